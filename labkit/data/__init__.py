@@ -1,0 +1,9 @@
+"""JSC data: the real dataset (download, validate, cache), the synthetic stand-in, and loaders."""
+
+from .base import CLASS_NAMES, DATASETS, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
+from .loaders import BatchIterator, JSCDataModule, epoch_permutation
+
+
+def load_dataset(name: str, **kwargs) -> JSCData:
+    """Load (from cache when possible) the registered dataset ``name``."""
+    return DATASETS.get(name)(**kwargs)

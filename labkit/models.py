@@ -1,0 +1,139 @@
+"""The model zoo: small MLPs for Jet Substructure Classification (JSC).
+
+Every model is built from a dataset ``info`` object that exposes ``num_features`` and
+``num_classes`` as attributes (a :class:`labkit.data.DatasetInfo`, or anything alike).
+Add your own with one decorator, e.g. in a notebook cell::
+
+    @register_model("jsc-custom")
+    class JSC_Custom(nn.Module):
+        def __init__(self, info): ...
+
+    model = get_model("jsc-custom", info)
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import torch.nn as nn
+
+from .registry import Registry
+
+MODELS = Registry("model")
+
+# The JSC task: 16 high-level jet features, 5 jet classes (g, q, w, z, t).
+JSC_INFO = SimpleNamespace(num_features=16, num_classes=5)
+
+
+def register_model(name: str, *, overwrite: bool = True):
+    """Decorator: register a class or function ``f(info) -> nn.Module`` under ``name``."""
+    return MODELS.register(name, overwrite=overwrite)
+
+
+def _as_info(info):
+    if info is None:
+        return JSC_INFO
+    if isinstance(info, dict):  # MASE passes plain dicts around
+        return SimpleNamespace(**info)
+    return info
+
+
+def get_model(name: str, info=None) -> nn.Module:
+    """Build the registered model ``name`` for a dataset ``info`` (default: the JSC task)."""
+    build = MODELS.get(name)
+    model = build(_as_info(info))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {name!r} built a {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_zoo(info=None) -> pd.DataFrame:
+    """One row per registered model: its parameter count and layer types."""
+    rows = []
+    for name in MODELS.names():
+        model = get_model(name, info)
+        layers = [type(m).__name__ for m in model.modules() if not list(m.children())]
+        rows.append({"model": name, "parameters": count_parameters(model),
+                     "layers": len(layers), "layer types": ", ".join(sorted(set(layers)))})
+    return pd.DataFrame(rows).set_index("model")
+
+
+# --- the registry models (after MASE's machop/chop/models/physical/jet_substructure) ------
+# ``nn.ReLU(16)`` in MASE sets ``inplace`` to a truthy value; we write ``inplace=True``.
+
+
+@register_model("jsc-tiny")
+class JSC_Tiny(nn.Module):
+    """BatchNorm1d(16) -> ReLU -> Linear(16, 5) -> ReLU: 32 + 85 = 117 parameters."""
+
+    def __init__(self, info):
+        super().__init__()
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(info.num_features),
+            nn.ReLU(inplace=True),
+            nn.Linear(info.num_features, info.num_classes),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.seq_blocks(x)
+
+
+@register_model("jsc-toy")
+class JSC_Toy(nn.Module):
+    """Three LogicNets-style layers 16 -> 8 -> 8 -> 5, each Linear -> BatchNorm1d -> ReLU."""
+
+    def __init__(self, info):
+        super().__init__()
+        f, c = info.num_features, info.num_classes
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(f), nn.ReLU(inplace=True),
+            nn.Linear(f, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True),
+            nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True),
+            nn.Linear(8, c), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.seq_blocks(x)
+
+
+@register_model("jsc-custom")
+class JSC_Custom(nn.Module):
+    """The lab report's network: 16 -> 32 -> 16 -> 5 with BatchNorm, ReLU and Dropout(0.2)."""
+
+    def __init__(self, info):
+        super().__init__()
+        f, c = info.num_features, info.num_classes
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(f), nn.ReLU(inplace=True),
+            nn.Linear(f, 32), nn.BatchNorm1d(32), nn.ReLU(inplace=True), nn.Dropout(0.2),
+            nn.Linear(32, 16), nn.BatchNorm1d(16), nn.ReLU(inplace=True), nn.Dropout(0.2),
+            nn.Linear(16, c), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.seq_blocks(x)
+
+
+@register_model("jsc-s")
+class JSC_S(nn.Module):
+    """The hls4ml-sized model, hidden layers 64-32-32-32 (MASE's ``jsc-s``)."""
+
+    def __init__(self, info, hidden=(64, 32, 32, 32)):
+        super().__init__()
+        widths = [info.num_features, *hidden, info.num_classes]
+        layers = [nn.BatchNorm1d(widths[0]), nn.ReLU()]
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(n_in, n_out))
+            if i == 0 or i == len(widths) - 2:
+                layers.append(nn.BatchNorm1d(n_out))
+            layers.append(nn.ReLU())
+        self.seq_blocks = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.seq_blocks(x)
