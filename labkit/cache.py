@@ -1,0 +1,74 @@
+"""A small on-disk store of finished results, keyed by the settings that produced them.
+
+Sweeps and quantisation comparisons save one JSON file per finished run, named by a hash
+of its settings. Re-running reuses finished runs instantly; an interrupted sweep resumes
+with only the missing runs; changing one setting invalidates only that run's entry.
+
+    cache = ResultCache("outputs/sweeps/lab1")
+    key = {"model": "jsc-tiny", "batch_size": 64, ...}
+    if (hit := cache.get(key)) is None:
+        cache.put(key, run(...))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def settings_hash(settings: dict) -> str:
+    """A stable short hash of a JSON-able settings dict (key order does not matter)."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str):
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultCache:
+    def __init__(self, directory):
+        self.dir = Path(directory)
+
+    def path(self, settings: dict) -> Path:
+        return self.dir / f"{settings_hash(settings)}.json"
+
+    def get(self, settings: dict):
+        """The stored result for ``settings``, or None (also for an unreadable entry)."""
+        path = self.path(settings)
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return entry["result"] if entry.get("settings") == json.loads(json.dumps(settings, default=str)) else None
+
+    def put(self, settings: dict, result: dict) -> Path:
+        path = self.path(settings)
+        atomic_write_text(path, json.dumps({"settings": settings, "result": result}, indent=1, default=str))
+        return path
+
+    def entries(self) -> list[dict]:
+        """Every stored ``{"settings": ..., "result": ...}``, oldest first."""
+        out = []
+        for p in sorted(self.dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
+    def __len__(self) -> int:
+        return len(list(self.dir.glob("*.json")))
