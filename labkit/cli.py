@@ -1,0 +1,167 @@
+"""The ``labkit`` command line: the lab's ``ch train / test / transform`` actions.
+
+    labkit train jsc-tiny jsc-synthetic --max-epochs 10 --batch-size 256
+    labkit test jsc-tiny jsc-synthetic --load outputs/.../best.ckpt --load-type pl
+    labkit transform --config configs/lab2_transform_jsc_custom.toml
+    labkit ls                     # models and datasets
+    labkit notebooks --quick      # execute every notebook with papermill
+
+Every error ends the program with exit status 2 and one line that names the bad value and
+what is allowed; nothing already computed (data caches, checkpoints) is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tabulate import tabulate
+
+from . import config as cfg
+
+TRAIN_FLAGS = ("max_epochs", "batch_size", "learning_rate", "project", "seed", "accelerator",
+               "weight_decay", "scheduler", "early_stopping", "max_time", "num_threads",
+               "log_every_n_steps")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="labkit: the MASE JSC labs from the command line.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+
+    def common(sp, need_load=False):
+        sp.add_argument("model", nargs="?", help="model name (see `labkit ls`)")
+        sp.add_argument("dataset", nargs="?", help="dataset name: jsc or jsc-synthetic")
+        sp.add_argument("--config", help="TOML file with the same keys (flags override it)")
+        sp.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default=None)
+        sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+        sp.add_argument("--seed", type=int, default=None)
+        sp.add_argument("--project", default=None, help="output folder under outputs/")
+        sp.add_argument("--load", dest="load_name", default=None, required=need_load,
+                        help="checkpoint to load")
+        sp.add_argument("--load-type", dest="load_type", choices=("pl", "pt"), default=None,
+                        help="pl: Lightning .ckpt, pt: torch state dict")
+
+    tr = sub.add_parser("train", help="train a model")
+    common(tr)
+    tr.add_argument("--max-epochs", dest="max_epochs", type=int, default=None)
+    tr.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
+    tr.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
+    tr.add_argument("--scheduler", choices=("cosine",), default=None)
+    tr.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE")
+    tr.add_argument("--max-time", dest="max_time", type=float, default=None, metavar="SECONDS")
+    tr.add_argument("--num-threads", dest="num_threads", type=int, default=None)
+    tr.add_argument("--log-every-n-steps", dest="log_every_n_steps", type=int, default=None)
+    tr.add_argument("--no-progress", dest="progress", action="store_false")
+
+    te = sub.add_parser("test", help="test a trained model on the test split")
+    common(te)
+
+    tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
+    common(tf)
+
+    sub.add_parser("ls", help="list models and datasets")
+
+    nb = sub.add_parser("notebooks", help="execute the notebooks with papermill")
+    nb.add_argument("--quick", action="store_true", help="small data and few epochs (what the tests run)")
+    nb.add_argument("--dataset", default="auto", help="auto (real if available, else synthetic), jsc, jsc-synthetic")
+    nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
+    nb.add_argument("--output-dir", default=None, help="where executed notebooks go (default notebooks/executed)")
+    return p
+
+
+def _overrides(args) -> dict:
+    names = TRAIN_FLAGS + ("model", "dataset", "load_name", "load_type")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _settings(args, keys) -> dict:
+    file_config = cfg.load_config(args.config) if args.config else None
+    overrides = cfg.validate(_overrides(args), source="command line")
+    table = cfg.settings_table(file_config, overrides, keys=keys)
+    print(tabulate(table, headers="keys", tablefmt="pretty", showindex=False))
+    effective = cfg.resolve(file_config, overrides)
+    if file_config and "passes" in file_config:
+        effective["passes"] = file_config["passes"]
+    for key in ("model", "dataset"):
+        if not effective.get(key):
+            raise cfg.ConfigError(f"no {key} given: pass it as an argument or set `{key} = ...` in a --config file")
+    return effective
+
+
+def _check_names(s):
+    from .data import DATASETS
+    from .models import MODELS
+    MODELS.get(s["model"])  # raises ValueError listing the known ones
+    DATASETS.get(s["dataset"])
+
+
+def cmd_train(args):
+    keys = ["model", "dataset", *TRAIN_FLAGS]
+    s = _settings(args, keys)
+    _check_names(s)
+    from .train import train
+    result = train(s["model"], s["dataset"], max_epochs=s["max_epochs"], batch_size=s["batch_size"],
+                   learning_rate=s["learning_rate"], seed=s["seed"], project=s["project"],
+                   accelerator=s["accelerator"], weight_decay=s["weight_decay"], scheduler=s["scheduler"],
+                   early_stopping=s["early_stopping"], max_time=s["max_time"], num_threads=s["num_threads"],
+                   log_every_n_steps=s["log_every_n_steps"], progress=args.progress)
+    print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"best.ckpt: {result['best_ckpt']}\nlast.ckpt: {result['last_ckpt']}")
+
+
+def cmd_test(args):
+    s = _settings(args, ["model", "dataset", "load_name", "load_type", "batch_size", "accelerator"])
+    _check_names(s)
+    if not s.get("load_name"):
+        raise cfg.ConfigError("test needs a checkpoint: --load PATH (and --load-type pl|pt)")
+    from .train import test
+    test(s["model"], s["dataset"], load=s["load_name"], load_type=s["load_type"],
+         batch_size=max(s["batch_size"], 8192), accelerator=s["accelerator"])
+
+
+def cmd_transform(args):
+    s = _settings(args, ["model", "dataset", "load_name", "load_type", "project", "seed", "accelerator"])
+    _check_names(s)
+    from .transform import run_transform
+    run_transform(s)
+
+
+def cmd_ls(args):
+    from .data import DATASETS
+    from .models import model_zoo
+    print(tabulate(model_zoo(), headers="keys", tablefmt="github"))
+    print("\ndatasets: " + ", ".join(DATASETS.names()))
+
+
+def cmd_notebooks(args):
+    from .notebooks import run_notebooks
+    run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.action:
+        parser.print_help()
+        return 0
+    from .data import base  # noqa: F401  (registries)
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError)
+    try:
+        from .data import DataUnavailableError
+        errors += (DataUnavailableError,)
+    except ImportError:
+        pass
+    try:
+        globals()[f"cmd_{args.action}"](args)
+    except errors as e:
+        print(f"labkit {args.action}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"labkit {args.action}: interrupted; finished checkpoints and caches are kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
