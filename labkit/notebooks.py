@@ -1,0 +1,57 @@
+"""Execute the numbered notebooks end to end with papermill (``make run``, and the tests).
+
+Every notebook has a papermill ``parameters`` cell with at least ``dataset`` and ``quick``.
+Quick mode uses a small slice of the data and few epochs, so each notebook runs in well
+under two minutes; full mode reproduces the lab at full size. Executed copies go to
+``notebooks/executed/`` (ignored by git); the committed notebooks stay output-free.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .paths import project_root
+
+
+def notebook_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def list_notebooks(only=None) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in order, optionally filtered by prefix."""
+    books = sorted(p for p in notebook_dir().glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        books = [p for p in books if any(p.name.startswith(o) for o in only)]
+        if not books:
+            raise ValueError(f"no notebook matches {only}; available: "
+                             f"{', '.join(p.name for p in list_notebooks())}")
+    return books
+
+
+def run_notebook(path, output, parameters: dict, progress: bool = False):
+    import papermill as pm
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(Path(path).parent),
+                        kernel_name="python3", progress_bar=progress, log_output=False)
+
+
+def run_notebooks(quick: bool = False, dataset: str = "auto", only=None, output_dir=None,
+                  extra_parameters: dict | None = None) -> pd.DataFrame:
+    """Execute the notebooks in order; returns one row per notebook with its wall time."""
+    from .data import choose_dataset
+    dataset = choose_dataset(dataset)
+    out_dir = Path(output_dir) if output_dir else notebook_dir() / "executed"
+    rows = []
+    for book in list_notebooks(only):
+        params = {"dataset": dataset, "quick": quick, **(extra_parameters or {})}
+        print(f"[labkit] executing {book.name} (dataset={dataset}, quick={quick}) ...", flush=True)
+        start = time.perf_counter()
+        run_notebook(book, out_dir / book.name, params, progress=True)
+        rows.append({"notebook": book.name, "seconds": round(time.perf_counter() - start, 1),
+                     "output": str(out_dir / book.name)})
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    return table
