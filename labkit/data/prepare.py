@@ -1,0 +1,200 @@
+"""From a raw jet table to training-ready splits, with an on-disk cache of the result.
+
+The recipe follows MASE / hls4ml (``train_test_split(test_size=0.2, random_state=42)`` after
+``drop_duplicates()``, then a ``StandardScaler``), with one fix: MASE validates on its own
+training data, here a real validation split is held out of ``train_val``.
+
+1. drop duplicate rows (features + label), keeping the first occurrence;
+2. test split: the first ``ceil(test_fraction * n)`` rows of ``RandomState(seed).permutation(n)``
+   (exactly sklearn's ``train_test_split``, so the test set matches MASE's);
+3. validation split: the last ``ceil(val_fraction * len(train_val))`` rows of ``train_val``;
+4. standardise with the mean and (population) std of the *training* rows only.
+
+The processed cache is one ``torch.save`` file (unscaled float32 features in train|val|test
+order, int64 labels, split sizes, the scaler and the manifest), loaded with
+``weights_only=True``, plus the same manifest as readable JSON. Its name carries a hash of
+everything that decides its content (source checksum, seeds, sizes, fractions, versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData
+
+PREP_VERSION = 1
+DEFAULT_SEED = 42              # MASE / hls4ml random_state
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_VAL_FRACTION = 0.1     # of train_val
+
+
+def check_fraction(name: str, value, upper: float = 0.9) -> float:
+    """``value`` as a float in (0, upper], or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a number in (0, {upper}], got {value!r}")
+    if not (0.0 < float(value) <= upper):
+        raise ValueError(f"{name} must be in (0, {upper}], got {value!r}")
+    return float(value)
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove repeated (features, label) rows, keeping first occurrences in order."""
+    table = pd.DataFrame(x)
+    table["label"] = y
+    keep = ~table.duplicated().to_numpy()
+    return x[keep], y[keep]
+
+
+def split_indices(n: int, seed: int, test_fraction: float, val_fraction: float):
+    """Row indices of (train, val, test); test as in sklearn's ``train_test_split``."""
+    perm = np.random.RandomState(seed).permutation(n)
+    n_test = math.ceil(test_fraction * n)
+    test, train_val = perm[:n_test], perm[n_test:]
+    n_val = math.ceil(val_fraction * len(train_val))
+    train, val = train_val[:len(train_val) - n_val], train_val[len(train_val) - n_val:]
+    if min(len(train), len(val), len(test)) == 0:
+        raise ValueError(f"{n} rows are too few to split into train/val/test "
+                         f"(test_fraction={test_fraction}, val_fraction={val_fraction})")
+    return train, val, test
+
+
+def cache_key(settings: dict) -> str:
+    blob = json.dumps({**settings, "prep_version": PREP_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def processed_path(data_dir: Path, name: str, settings: dict) -> Path:
+    return Path(data_dir) / "processed" / f"{name}-{cache_key(settings)}.pt"
+
+
+def atomic_save(obj, path: Path):
+    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def preprocess(x: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float,
+               val_fraction: float) -> dict:
+    """Dedupe, split and fit the scaler; returns the content of a processed cache file."""
+    n_raw = len(y)
+    x, y = drop_duplicates(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64))
+    train, val, test = split_indices(len(y), seed, test_fraction, val_fraction)
+    order = np.concatenate([train, val, test])
+    mean = x[train].mean(axis=0)
+    std = x[train].std(axis=0)
+    std[std == 0] = 1.0                       # a constant feature stays as it is (sklearn does the same)
+    counts = {s: np.bincount(y[idx], minlength=len(CLASS_NAMES)).tolist()
+              for s, idx in (("train", train), ("val", val), ("test", test))}
+    return {
+        "x": torch.from_numpy(x[order].astype(np.float32)),
+        "y": torch.from_numpy(y[order]),
+        "sizes": [len(train), len(val), len(test)],
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "stats": {"rows_raw": n_raw, "duplicates_dropped": n_raw - len(y), "class_counts": counts},
+    }
+
+
+def save_processed(path: Path, content: dict, manifest: dict) -> dict:
+    """Write the processed cache (and a JSON copy of its manifest) atomically."""
+    manifest = {**manifest, **content["stats"],
+                "split_sizes": dict(zip(JSCData.SPLITS, content["sizes"])),
+                "scaler": {"mean": dict(zip(FEATURE_NAMES, content["mean"])),
+                           "std": dict(zip(FEATURE_NAMES, content["std"]))},
+                "feature_names": list(FEATURE_NAMES), "class_names": list(CLASS_NAMES),
+                "prep_version": PREP_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "cache_file": path.name}
+    payload = {k: content[k] for k in ("x", "y", "sizes", "mean", "std")}
+    payload["manifest"] = json.dumps(manifest)
+    atomic_save(payload, path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_processed(path: Path) -> dict | None:
+    """The cached content at ``path``, or None if it is missing or unreadable (then rebuild)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        x, y, sizes = payload["x"], payload["y"], [int(s) for s in payload["sizes"]]
+        ok = (x.ndim == 2 and x.shape[1] == len(FEATURE_NAMES) and x.dtype == torch.float32
+              and y.dtype == torch.int64 and len(y) == len(x) == sum(sizes))
+        if not ok:
+            raise ValueError("shapes do not match")
+        payload["manifest"] = json.loads(payload["manifest"])
+        return payload
+    except Exception as err:  # a truncated/corrupt cache file: say so, then rebuild it
+        print(f"[labkit] ignoring unreadable processed cache {path} ({type(err).__name__}: {err}); rebuilding")
+        return None
+
+
+def to_jscdata(payload: dict, info: DatasetInfo) -> JSCData:
+    """Standardise the cached (unscaled) features and cut them into the three splits."""
+    mean = torch.tensor(payload["mean"], dtype=torch.float32)
+    std = torch.tensor(payload["std"], dtype=torch.float32)
+    x = (payload["x"] - mean) / std
+    y = payload["y"]
+    n_train, n_val, _ = payload["sizes"]
+    a, b = n_train, n_train + n_val
+    return JSCData(info, x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], manifest=payload["manifest"])
+
+
+def load_or_build(data_dir: Path, name: str, settings: dict, build, info: DatasetInfo,
+                  manifest: dict) -> JSCData:
+    """Load the processed cache for ``settings``; on a miss call ``build() -> (x, y)``,
+    preprocess, save, and return the result."""
+    path = processed_path(data_dir, name, settings)
+    payload = read_processed(path)
+    if payload is None:
+        x, y = build()
+        content = preprocess(x, y, seed=settings["seed"], test_fraction=settings["test_fraction"],
+                             val_fraction=settings["val_fraction"])
+        full_manifest = save_processed(path, content, {**manifest, "settings": settings})
+        payload = {**content, "manifest": full_manifest}
+    payload["manifest"]["cache_path"] = str(path)
+    return to_jscdata(payload, info)
+
+
+def unscaled_frame(payload: dict) -> pd.DataFrame:
+    """The cached features in physical units, with ``split`` and ``label`` columns."""
+    frame = pd.DataFrame(payload["x"].numpy(), columns=list(FEATURE_NAMES))
+    frame["label"] = pd.Categorical.from_codes(payload["y"].numpy(), categories=list(CLASS_NAMES))
+    frame["split"] = np.repeat(list(JSCData.SPLITS), payload["sizes"])
+    return frame

@@ -1,0 +1,178 @@
+"""``jsc-synthetic``: a seeded, physics-shaped stand-in for the JSC data (NOT real physics).
+
+When the real hls4ml jet table cannot be downloaded, the labs still need data with the same
+schema and roughly the same *difficulty*. This module draws jets class by class from a
+small generative story (vectorised numpy, ~830k rows in a few seconds):
+
+* every jet has a transverse momentum ``pt`` near 1 TeV and a number of hard prongs:
+  one for light-quark (q) and gluon (g) jets, two for W and Z jets, three for top jets;
+* the groomed mass ``j_mass_mmdt`` (GeV) peaks near the W (80.4), Z (91.2) and top (173)
+  masses, with a low-mass tail where grooming loses a prong; q/g masses fall steeply,
+  gluons a little heavier than quarks;
+* the constituent ``j_multiplicity`` (an integer) is higher for gluons than for quarks
+  and highest for tops; ``j_zlogz`` follows it (more constituents, more negative);
+* the energy-correlation features follow their definitions from a few shared latents:
+  ``C1^(b) = e2^(b)`` grows with ``(m/pt)^b``; the ratios ``C2 = e3/e2^2``,
+  ``D2 = e3/e2^3``, ``N2`` and ``M2`` share one "prong-ness" latent, so they are
+  correlated and small for two-prong (W/Z) jets, large for one-prong (q/g) jets and in
+  between for three-prong (top) jets.
+
+Resolutions are set so the hard pairs stay hard (W vs Z, q vs g) and a linear model is
+clearly worse than a small MLP (the mass windows are not linear). ``calibrate()`` measures
+this; the numbers are in ``data/README.md``::
+
+    python -m labkit.data.synthetic --calibrate
+
+Never present results on this data as results about real jets: :attr:`DatasetInfo.label`
+marks it SYNTHETIC everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import paths
+from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
+from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, check_fraction,
+                      check_seed, load_or_build)
+
+GENERATOR_VERSION = 1
+DEFAULT_SIZE = 830_000          # rows in the real OpenML table (hls4ml_lhc_jets_hlf)
+DEFAULT_GENERATOR_SEED = 0
+# Class shares: the real table is close to balanced (about a fifth each).
+CLASS_SHARES = (0.20, 0.20, 0.20, 0.20, 0.20)
+
+W_MASS, Z_MASS, TOP_MASS = 80.4, 91.2, 173.0
+
+# Per class (g, q, w, z, t): the knobs of the story above.
+_PRONGS = np.array([1, 1, 2, 2, 3])
+_MULT_MEAN = np.array([50.0, 30.0, 38.0, 40.0, 66.0])      # mean constituent multiplicity
+_PRONG_MEDIAN = np.array([3.2, 2.4, 1.2, 1.25, 2.1])       # median D2^(1) (two-prong: small)
+_PRONG_SPREAD = np.array([0.32, 0.35, 0.35, 0.35, 0.40])   # log-normal width of D2^(1)
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an integer number of rows, got {size!r}")
+    if size < 100:
+        raise ValueError(f"size must be at least 100 rows, got {size}")
+    return int(size)
+
+
+def _groomed_mass(rng, cls, pt):
+    """Groomed (mMDT) jet mass in GeV: resonance peaks for W/Z/top, a falling spectrum for q/g."""
+    n = len(cls)
+    u = rng.random(n)
+    # QCD-like falling spectrum (also the tail of resonances whose prongs were groomed away).
+    qcd_median = np.where(cls == 0, 38.0, 26.0)
+    m = qcd_median * np.exp(0.65 * rng.standard_normal(n)) * pt / 1000.0
+    w = (cls == 2) & (u < 0.86)
+    m[w] = rng.normal(W_MASS, 7.0, w.sum())
+    z = (cls == 3) & (u < 0.86)
+    m[z] = rng.normal(Z_MASS, 7.5, z.sum())
+    t_full = (cls == 4) & (u < 0.75)
+    m[t_full] = rng.normal(TOP_MASS, 16.0, t_full.sum())
+    t_w = (cls == 4) & (u >= 0.75) & (u < 0.88)         # the b quark fell outside the jet
+    m[t_w] = rng.normal(W_MASS + 5.0, 12.0, t_w.sum())
+    # Grooming sometimes removes everything but a single hard core.
+    core = rng.random(n) < np.where(cls <= 1, 0.10, 0.04)
+    m[core] = rng.exponential(4.0, core.sum())
+    return np.clip(m, 0.0, 400.0)
+
+
+def generate(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``size`` synthetic jets: features ``(size, 16)`` float64 in :data:`FEATURE_NAMES`
+    order and physical units, labels ``(size,)`` int64 indices into :data:`CLASS_NAMES`."""
+    size = _check_size(size)
+    rng = np.random.default_rng(seed)
+    cls = rng.choice(len(CLASS_NAMES), size=size, p=CLASS_SHARES)
+    pt = rng.normal(1000.0, 120.0, size).clip(600.0, 1600.0)        # GeV; latent, not a feature
+    prongs = _PRONGS[cls]
+
+    mass = _groomed_mass(rng, cls, pt)
+    r = np.maximum(mass, 0.5) / pt                                    # m / pt, ~0.08 for a W
+
+    # Multiplicity: gamma-Poisson (overdispersed), rising a little with mass.
+    mult_mean = _MULT_MEAN[cls] * (1.0 + 0.15 * np.tanh((mass - 60.0) / 60.0))
+    mult = rng.poisson(rng.gamma(9.0, mult_mean / 9.0)) + 1
+    # zlogz = sum z log z over constituents: about -log(effective number of constituents).
+    n_eff = np.maximum(mult ** 0.62 * np.exp(0.25 * rng.standard_normal(size)) * (0.8 + 0.2 * prongs), 1.0)
+    zlogz = -np.log(n_eff) - 0.05 * rng.random(size)
+
+    # Two-point functions e2^(beta) = C1^(beta): beta=0 measures how evenly energy is shared,
+    # beta=1 and 2 scale with the opening angle, i.e. with (m/pt) and (m/pt)^2.
+    c1_b0 = 0.5 * (1.0 - 1.0 / n_eff) * np.exp(0.06 * rng.standard_normal(size))
+    c1_b1 = 0.9 * r * np.exp(0.20 * rng.standard_normal(size))
+    c1_b2 = 1.1 * r ** 2 * np.exp(0.25 * rng.standard_normal(size))
+
+    # One shared "prong-ness" latent: D2^(1) ~ e3 / e2^3, small for two-prong jets.
+    d2_b1 = _PRONG_MEDIAN[cls] * np.exp(_PRONG_SPREAD[cls] * rng.standard_normal(size))
+    prongness = np.log(d2_b1)
+    d2_b2 = d2_b1 ** 1.15 * np.exp(0.15 + 0.25 * rng.standard_normal(size))
+    d2_a1_b1 = 0.55 * d2_b1 ** 0.9 * np.exp(0.20 * rng.standard_normal(size))
+    d2_a1_b2 = 0.60 * d2_b2 ** 0.9 * np.exp(0.20 * rng.standard_normal(size))
+    c2_b1 = d2_b1 * c1_b1                                             # C2 = e3/e2^2 = D2 * e2
+    c2_b2 = d2_b2 * c1_b2
+    n2_b1 = 0.11 * np.exp(0.55 * prongness + 0.18 * rng.standard_normal(size))
+    n2_b2 = 0.09 * np.exp(0.60 * prongness + 0.22 * rng.standard_normal(size))
+    m2_b1 = 0.04 * np.exp(0.30 * prongness + 0.35 * rng.standard_normal(size)) * (1 + 3 * c1_b1)
+    m2_b2 = 0.02 * np.exp(0.30 * prongness + 0.40 * rng.standard_normal(size)) * (1 + 3 * c1_b2)
+
+    columns = {
+        "j_zlogz": zlogz,
+        "j_c1_b0_mmdt": c1_b0, "j_c1_b1_mmdt": c1_b1, "j_c1_b2_mmdt": c1_b2,
+        "j_c2_b1_mmdt": c2_b1, "j_c2_b2_mmdt": c2_b2,
+        "j_d2_b1_mmdt": d2_b1, "j_d2_b2_mmdt": d2_b2,
+        "j_d2_a1_b1_mmdt": d2_a1_b1, "j_d2_a1_b2_mmdt": d2_a1_b2,
+        "j_m2_b1_mmdt": m2_b1, "j_m2_b2_mmdt": m2_b2,
+        "j_n2_b1_mmdt": n2_b1, "j_n2_b2_mmdt": n2_b2,
+        "j_mass_mmdt": mass,
+        "j_multiplicity": mult.astype(np.float64),
+    }
+    x = np.column_stack([columns[name] for name in FEATURE_NAMES])
+    return x, cls.astype(np.int64)
+
+
+def synthetic_frame(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> pd.DataFrame:
+    """The synthetic jets as a table: 16 feature columns plus ``label`` (a class name)."""
+    x, y = generate(size, seed)
+    frame = pd.DataFrame(x, columns=list(FEATURE_NAMES))
+    frame["label"] = pd.Categorical.from_codes(y, categories=list(CLASS_NAMES))
+    return frame
+
+
+@register_dataset("jsc-synthetic")
+def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENERATOR_SEED, *,
+                   seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION,
+                   test_fraction: float = DEFAULT_TEST_FRACTION, data_dir=None,
+                   progress: bool = True) -> JSCData:
+    """The synthetic stand-in, preprocessed exactly like the real data and cached in ``data/``.
+
+    ``size`` rows are drawn with ``generator_seed``; ``seed`` picks the train/val/test split.
+    """
+    settings = {"dataset": "jsc-synthetic", "size": _check_size(size),
+                "generator_seed": check_seed(generator_seed), "generator_version": GENERATOR_VERSION,
+                "seed": check_seed(seed), "val_fraction": check_fraction("val_fraction", val_fraction),
+                "test_fraction": check_fraction("test_fraction", test_fraction)}
+    info = DatasetInfo("jsc-synthetic", synthetic=True, source=f"labkit.data.synthetic v{GENERATOR_VERSION}")
+    manifest = {"dataset": "jsc-synthetic", "synthetic": True, "source": info.source,
+                "checksum": None, "generator_version": GENERATOR_VERSION,
+                "generator_seed": settings["generator_seed"], "seed": settings["seed"]}
+
+    def build():
+        start = time.perf_counter()
+        x, y = generate(size, generator_seed)
+        manifest["checksum"] = "sha256:" + hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+        if progress:
+            print(f"[labkit] generated {len(y):,} SYNTHETIC jets in {time.perf_counter() - start:.1f} s "
+                  f"(jsc-synthetic v{GENERATOR_VERSION}, generator_seed={generator_seed})")
+        return x, y
+
+    return load_or_build(Path(data_dir) if data_dir else paths.data_dir(), "jsc-synthetic",
+                         settings, build, info, manifest)
