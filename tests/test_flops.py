@@ -17,6 +17,7 @@ from labkit.passes.flop_calculators import (
 )
 from labkit.passes.flops import analyse_flops_pass, format_flops_table
 from labkit.passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
+from models_zoo import EXTRA_MODELS, dummy_input
 
 # The "Computations summary" of the lab report (jsc-custom, dummy batch of 8), verbatim.
 SPEC_TABLE = """\
@@ -389,3 +390,42 @@ def test_registry_models_fully_counted(name):
     bn = sum(2 * m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d))
     assert info["totals"]["Parameters"] == weights + bn
     assert info["totals"]["Forward FLOPS"] > 8 * weights  # MACs plus the elementwise ops
+
+
+# --- the shared extra models (tests/models_zoo.py) -----------------------------------------------
+
+MAC_OPS = {"linear", "conv1d", "conv2d", "matmul", "mm", "bmm"}
+
+
+@pytest.mark.parametrize("name", EXTRA_MODELS)
+def test_extra_models_counted_and_macs_match_flop_counter_mode(name):
+    torch.manual_seed(0)
+    model, x = EXTRA_MODELS[name](), dummy_input()
+    info = flops(model, x, convention="2flops_per_mac")
+    body = info["table"].iloc[:-1]
+    assert info["unsupported"] == []
+    counted = body[~body["Node type"].isin(["placeholder", "output"])]
+    assert counted[NUMBERS].notna().all().all()  # every node has numbers
+    # torch counts only the matrix products (mm, addmm, bmm, convolution): so must we
+    macs = body[body["Node type"].isin(MAC_OPS)]
+    forward, backward = torch_flops(model, x)
+    assert macs["Forward FLOPS"].sum() == forward > 0
+    assert macs["Backward FLOPS"].sum() == backward
+
+
+class WithBuffer(nn.Module):
+    """A get_attr on a buffer (not a parameter): read, but not counted as parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc(x * self.mask)
+
+
+def test_get_attr_buffer_is_not_a_parameter():
+    info = flops(WithBuffer(), torch.randn(8, 16))
+    assert row(info, "mask")["Parameters"] == 0 and row(info, "mul")["Forward FLOPS"] == 128
+    assert info["totals"]["Parameters"] == 80

@@ -30,10 +30,10 @@ Backward counts assume every input needs a gradient (linear and conv: 2 x forwar
 from __future__ import annotations
 
 import warnings
-from math import prod
 
 import pandas as pd
 import torch
+import torch.nn as nn
 from tabulate import tabulate
 from torch.fx.operator_schemas import normalize_function
 
@@ -107,11 +107,10 @@ def _count_node(graph, node, convention: str) -> dict:
 
     if node.op in ("placeholder", "output"):
         return {**row, **blank}
-    if node.op == "get_attr":  # a tensor the graph reads: parameters, no arithmetic
-        shape = _shape(common.get("results", {}).get("data_out_0"))
-        if shape is None:
-            shape = tuple(getattr(_fetch_attr(graph, node.target), "shape", (0,)))
-        return {**row, **dict.fromkeys(NUMBER_COLUMNS, 0), "Parameters": prod(shape)}
+    if node.op == "get_attr":  # reads a tensor: no arithmetic; a Parameter counts as parameters
+        value = _fetch_attr(graph, node.target)
+        params = value.numel() if isinstance(value, nn.Parameter) else 0
+        return {**row, **dict.fromkeys(NUMBER_COLUMNS, 0), "Parameters": params}
 
     call = _op_call(graph, node, op, common)
     try:
