@@ -1,0 +1,479 @@
+"""Quantisation passes: swap float layers for quantised ones, and report what changed.
+
+    pass_args = {
+        "by": "type",                                  # match nodes by mase_op ("name": by node name)
+        "default": {"config": {"name": None}},         # everything else: leave as it is
+        "linear": {"config": {"name": "integer",
+                              "data_in_width": 8, "data_in_frac_width": 4,
+                              "weight_width": 8, "weight_frac_width": 4,
+                              "bias_width": 8, "bias_frac_width": 4}},
+    }
+    ori_mg = deepcopy_mase_graph(mg)
+    mg, _ = quantize_transform_pass(mg, pass_args)     # a NEW graph; mg's old model is untouched
+    summarize_quantization_analysis_pass(mg, {"original_graph": ori_mg, "save_dir": None})
+
+:func:`auto_frac_width_pass` writes such a ``pass_args`` for you: for a total bit width it
+picks each layer's fractional width (or minifloat exponent bias) from the value ranges,
+so that nothing saturates.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from tabulate import tabulate
+
+from ..graph import MaseGraph, deepcopy_mase_graph
+from ..quantize.modules import QUANTIZED_OPS, quantize_module, quantized_class
+from ..quantize.quantizers import OPERANDS, QUANTIZERS, is_no_quantization, parse_config
+from .metadata import node_op_and_type
+
+__all__ = ["quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
+           "auto_quantize_config", "validate_quantize_args", "QUANTIZABLE_OPS"]
+
+QUANTIZABLE_OPS = tuple(QUANTIZED_OPS)  # linear, relu, batch_norm1d, conv1d, conv2d
+BY = ("type", "name")
+# functional forms we can turn into a quantised layer: F.relu(x), torch.relu(x), x.relu()
+_FUNCTIONAL_RELU = {F.relu, torch.relu, "relu"}
+
+
+# --- reading the graph ------------------------------------------------------------------------
+
+def _graph_module(graph) -> fx.GraphModule:
+    gm = getattr(graph, "model", None)
+    if not isinstance(gm, fx.GraphModule):
+        raise TypeError(f"expected a MaseGraph, got {type(graph).__name__}; build one with MaseGraph(model=model)")
+    return gm
+
+
+def node_mase_op(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str]:
+    """``(mase_op, mase_type)`` from the node's metadata, or worked out from the node itself."""
+    try:
+        common = node.meta["mase"].parameters["common"]
+        return common["mase_op"], common["mase_type"]
+    except (KeyError, AttributeError, TypeError):
+        return node_op_and_type(node, gm)
+
+
+def _original_type(node: fx.Node, gm: fx.GraphModule) -> str:
+    """How the summary names what a node runs: the layer class, else the function/target name."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)
+
+
+# --- validating pass_args ---------------------------------------------------------------------
+
+def _entry_config(pass_args: dict, key: str):
+    """``pass_args[key]["config"]``, checked to be a dict (or None)."""
+    entry = pass_args[key]
+    if not isinstance(entry, dict) or "config" not in entry or set(entry) - {"config"}:
+        raise ValueError(f"pass_args[{key!r}] must be {{'config': {{...}}}}, got {entry!r}")
+    config = entry["config"]
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"pass_args[{key!r}]['config'] must be a dict, got {config!r}")
+    return config
+
+
+def validate_quantize_args(graph, pass_args: dict) -> dict:
+    """Check ``pass_args`` against the graph; returns ``{node_name: config}`` of the nodes to quantise.
+
+    Every config is checked in full (keys, format, widths), also for ops the graph lacks, so
+    a typo never passes silently. Raises ValueError naming the key, value and node/op.
+    """
+    gm = _graph_module(graph)
+    if not isinstance(pass_args, dict):
+        raise ValueError(f"quantize pass_args must be a dict, got {type(pass_args).__name__}")
+    by = pass_args.get("by")
+    if by not in BY:
+        raise ValueError(f"pass_args['by'] must be 'type' (match mase_op) or 'name' (match node name), got {by!r}")
+    nodes = {n.name: (n, *node_mase_op(n, gm)) for n in gm.graph.nodes}
+    keys = [k for k in pass_args if k not in ("by", "default")]
+    default = _entry_config(pass_args, "default") if "default" in pass_args else None
+
+    # 1) every explicit entry: a known op / node, and a valid config for it
+    for key in keys:
+        config = _entry_config(pass_args, key)
+        if by == "type":
+            ops_here = sorted({op for _, op, _ in nodes.values()})
+            if key not in QUANTIZABLE_OPS and key not in ops_here:
+                raise ValueError(f"pass_args: unknown op {key!r} (by='type'); quantisable ops: "
+                                 f"{', '.join(QUANTIZABLE_OPS)}; ops in this graph: {', '.join(ops_here)}")
+            op, where = key, f"pass_args[{key!r}] (op {key})"
+        else:
+            if key not in nodes:
+                raise ValueError(f"pass_args: no node named {key!r} (by='name'); nodes: {', '.join(nodes)}")
+            op = nodes[key][1]
+            where = f"node {key!r} ({op})"
+        if is_no_quantization(config):
+            continue
+        if op not in QUANTIZABLE_OPS:
+            raise ValueError(f"{where}: op {op!r} cannot be quantised; quantisable ops: {', '.join(QUANTIZABLE_OPS)}")
+        parse_config(config, QUANTIZED_OPS[op].operands, where)
+    if not is_no_quantization(default):
+        parse_config(default, OPERANDS, "pass_args['default']")
+
+    # 2) which nodes get which config
+    plan = {}
+    for name, (node, op, _) in nodes.items():
+        lookup = op if by == "type" else name
+        explicit = lookup in keys
+        config = _entry_config(pass_args, lookup) if explicit else default
+        if is_no_quantization(config) or (op not in QUANTIZABLE_OPS and not explicit):
+            continue
+        where = f"node {name!r} ({op})"
+        functional_relu = node.op in ("call_function", "call_method") and node.target in _FUNCTIONAL_RELU
+        if node.op != "call_module" and not functional_relu:
+            if not explicit:
+                continue  # e.g. F.linear under a default config: nothing we can swap
+            raise ValueError(f"{where}: only layers (call_module) and functional relu can be quantised; "
+                             f"this node is a {node.op} of {getattr(node.target, '__name__', node.target)!r}. "
+                             "Use the nn.Module layer instead")
+        parse_config(config, QUANTIZED_OPS[op].operands, where)
+        plan[name] = config
+    return plan
+
+
+# --- the transform ----------------------------------------------------------------------------
+
+def _update_metadata(node: fx.Node, module: nn.Module):
+    """Write the quantisers' ``type``/``precision`` into the node's common metadata."""
+    meta = node.meta.get("mase")
+    if meta is None:
+        return
+    args = meta.parameters.get("common", {}).get("args")
+    if not isinstance(args, dict):
+        return
+    names = {"data_in": "data_in_0", "weight": "weight", "bias": "bias"}
+    for operand, quantizer in module.quantizers().items():
+        key = names[operand]
+        if key in args and isinstance(args[key], dict):
+            args[key].update(quantizer.metadata())
+    meta.parameters["common"]["quant_config"] = dict(module.config)
+
+
+def _unique_attr(gm: fx.GraphModule, base: str) -> str:
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _quantize_functional_relu(gm: fx.GraphModule, node: fx.Node, config: dict, where: str) -> nn.Module:
+    """Turn ``F.relu(x)`` / ``torch.relu(x)`` / ``x.relu()`` into a call of a new ReLU layer."""
+    inplace = bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+    module = quantized_class("relu", config["name"])(inplace=inplace, config=config)
+    target = _unique_attr(gm, f"{node.name}_q")
+    gm.add_submodule(target, module)
+    node.op, node.target = "call_module", target
+    node.args, node.kwargs = (node.args[0],), {}
+    return module
+
+
+def quantize_transform_pass(graph, pass_args: dict):
+    """Replace the layers ``pass_args`` selects by quantised ones, in a copy of ``graph``.
+
+    Returns ``(new_graph, info)``: a new :class:`MaseGraph` (the input graph, its model and
+    metadata are left as they were) and ``info = {"changed": [node names], "configs":
+    {node name: config}}``. Changed nodes' metadata (``args.data_in_0/weight/bias`` ``type``
+    and ``precision``) describe the new number formats, for later passes such as BitOPs.
+    """
+    plan = validate_quantize_args(graph, pass_args)
+    new = deepcopy_mase_graph(graph) if isinstance(graph, MaseGraph) else copy.deepcopy(graph)
+    gm = new.model
+    for node in list(gm.graph.nodes):
+        if node.name not in plan:
+            continue
+        config = plan[node.name]
+        op, _ = node_mase_op(node, gm)
+        where = f"node {node.name!r} ({op})"
+        if node.op == "call_module":
+            parent, _, leaf = node.target.rpartition(".")
+            module = quantize_module(gm.get_submodule(node.target), config, where)
+            setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+        else:
+            module = _quantize_functional_relu(gm, node, config, where)
+        _update_metadata(node, module)
+    gm.graph.lint()
+    gm.recompile()
+    return new, {"changed": list(plan), "configs": {k: dict(v) for k, v in plan.items()}}
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+def compare_nodes(graph, original_graph) -> pd.DataFrame:
+    """One row per node: Name | MASE_TYPE | Mase_OP | Original type | Quantized type | Changed."""
+    gm, ori = _graph_module(graph), _graph_module(original_graph)
+    ori_nodes = {n.name: n for n in ori.graph.nodes}
+    new_names = [n.name for n in gm.graph.nodes]
+    if sorted(new_names) != sorted(ori_nodes):
+        missing = sorted(set(ori_nodes) ^ set(new_names))
+        raise ValueError(f"the graphs have different nodes ({', '.join(missing)}); "
+                         "original_graph must be the graph quantize_transform_pass was given")
+    rows = []
+    for node in gm.graph.nodes:
+        old = ori_nodes[node.name]
+        op, mase_type = node_mase_op(old, ori)
+        before, after = _original_type(old, ori), _original_type(node, gm)
+        rows.append({"Name": node.name, "MASE_TYPE": mase_type, "Mase_OP": op,
+                     "Original type": before, "Quantized type": after, "Changed": before != after})
+    return pd.DataFrame(rows)
+
+
+def summarize_quantization_analysis_pass(graph, pass_args: dict):
+    """Count, per original layer type, how many nodes the quantisation changed (MASE's table).
+
+    pass_args: ``{"original_graph": ori_mg, "save_dir": None or a folder, "verbose": True}``.
+    Prints the summary (a GitHub-style table); with ``save_dir`` also writes
+    ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}`` there. Returns
+    ``(graph, {"summary": DataFrame, "nodes": DataFrame})``.
+    """
+    if not isinstance(pass_args, dict) or "original_graph" not in pass_args:
+        raise ValueError("summarize_quantization_analysis_pass needs pass_args={'original_graph': ori_mg, "
+                         f"'save_dir': None}}, got {pass_args!r}")
+    unknown = set(pass_args) - {"original_graph", "save_dir", "verbose"}
+    if unknown:
+        raise ValueError(f"summarize_quantization_analysis_pass: unknown key {sorted(unknown)[0]!r}; "
+                         "allowed: original_graph, save_dir, verbose")
+    nodes = compare_nodes(graph, pass_args["original_graph"])
+    summary = (nodes.groupby("Original type")
+               .agg(OP=("Mase_OP", "first"), Total=("Changed", "size"), Changed=("Changed", "sum"))
+               .reset_index())
+    summary["Changed"] = summary["Changed"].astype(int)
+    summary["Unchanged"] = summary["Total"] - summary["Changed"]
+    table = tabulate(summary, headers="keys", tablefmt="github", showindex=False)
+    if pass_args.get("verbose", True):
+        print(f"A summary of quantisation:\n{table}")
+    save_dir = pass_args.get("save_dir")
+    if save_dir:
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(save_dir / "quantize_summary.csv", index=False)
+        (save_dir / "quantize_summary.md").write_text(table + "\n")
+        nodes.to_csv(save_dir / "quantize_nodes.csv", index=False)
+        (save_dir / "quantize_nodes.md").write_text(
+            tabulate(nodes, headers="keys", tablefmt="github", showindex=False) + "\n")
+    return graph, {"summary": summary, "nodes": nodes}
+
+
+# --- automatic fractional widths --------------------------------------------------------------
+
+def integer_frac_width(lo: float, hi: float, width: int) -> int:
+    """The largest ``frac_width`` for which ``width``-bit fixed point holds [lo, hi] unsaturated.
+
+    With step s = 2^-frac the format spans [-2^(w-1) s, (2^(w-1) - 1) s]; a value may exceed
+    the top by half a step and still round there, so we need (2^(w-1) - 1/2) s >= hi and
+    (2^(w-1) + 1/2) s >= -lo. All-zero ranges get frac = width - 1.
+    """
+    half = 2 ** (width - 1)
+    candidates = []
+    if hi > 0:
+        candidates.append(math.floor(math.log2((half - 0.5) / hi)))
+    if lo < 0:
+        candidates.append(math.floor(math.log2((half + 0.5) / -lo)))
+    frac = min(candidates) if candidates else width - 1
+    return max(-32, min(32, frac))
+
+
+def default_exponent_width(width: int) -> int:
+    """The exponent bits of a minifloat of ``width`` bits: 2-3 -> 1, 4-5 -> 2, 6-7 -> 3,
+    8-11 -> 4 (8 bits is E4M3), 12-16 -> 5 (16 bits is IEEE half's E5M10), wider -> 8."""
+    for top, e in ((3, 1), (5, 2), (7, 3), (11, 4), (16, 5)):
+        if width <= top:
+            return min(e, width - 1)
+    return 8
+
+
+def minifloat_exponent_bias(lo: float, hi: float, width: int, exponent_width: int) -> int:
+    """The largest exponent bias (finest resolution) whose largest value still covers [lo, hi]."""
+    m = max(abs(lo), abs(hi))
+    mantissa = width - 1 - exponent_width
+    top_code = 2 ** exponent_width - 1
+    if m == 0:
+        return 2 ** (exponent_width - 1) - 1
+    # largest = 2^(top_code - bias) * (2 - 2^-M) (+ half an ulp still rounds down) >= m
+    limit = (2 - 2.0 ** -mantissa + 2.0 ** -(mantissa + 1))
+    bias = math.floor(top_code - math.log2(m / limit))
+    return max(-126, min(126, bias))
+
+
+def _ranges_from_stats(node: fx.Node) -> dict:
+    """``{"data_in_0": (lo, hi), "weight": ..., ...}`` from profile_statistics_analysis_pass stats."""
+    out = {}
+    try:
+        args = node.meta["mase"].parameters["software"]["args"]
+    except (KeyError, AttributeError, TypeError):
+        return out
+    for key, entry in args.items():
+        stat = entry.get("stat", {}) if isinstance(entry, dict) else {}
+        for kind in ("range_min_max", "range_quantile", "range"):
+            r = stat.get(kind)
+            if isinstance(r, dict) and "min" in r and "max" in r:
+                out[key] = (float(torch.as_tensor(r["min"]).min()), float(torch.as_tensor(r["max"]).max()))
+                break
+    return out
+
+
+class _InputRecorder(fx.Interpreter):
+    """Runs a batch through the graph and keeps min/max of the first input of chosen nodes."""
+
+    def __init__(self, gm, names):
+        super().__init__(gm)
+        self.names, self.ranges = set(names), {}
+
+    def run_node(self, n):
+        if n.name in self.names and n.args and isinstance(n.args[0], fx.Node):
+            x = self.env[n.args[0]]
+            if isinstance(x, torch.Tensor) and x.numel():
+                self.ranges[n.name] = (float(x.min()), float(x.max()))
+        return super().run_node(n)
+
+
+def _calibration_input(pass_args: dict):
+    x = pass_args.get("dummy_in", pass_args.get("data"))
+    if x is None:
+        return None
+    if hasattr(x, "split") and hasattr(x, "info"):  # a JSCData: a slice of the training split
+        return x.split("train")[0][: int(pass_args.get("num_samples", 4096))]
+    if isinstance(x, dict):
+        if len(x) != 1:
+            raise ValueError(f"dummy_in must hold one input, got keys {sorted(x)}")
+        x = next(iter(x.values()))
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"dummy_in must be a tensor, {{'x': tensor}} or a JSCData, got {type(x).__name__}")
+    return x
+
+
+_AUTO_KEYS = {"width", "format", "by", "ops", "dummy_in", "data", "num_samples", "exponent_width", "verbose"}
+
+
+def auto_frac_width_pass(graph, pass_args: dict):
+    """Choose per-layer number formats for a total ``width`` so that no value saturates.
+
+    pass_args:
+      ``width``: total bits, an int or ``{"data_in": 8, "weight": 4, "bias": 8}``;
+      ``format``: "integer" (default: picks ``frac_width``) or "minifloat" (picks the
+      exponent bias; ``exponent_width`` optional);
+      ``ops``: which mase ops to quantise (default ``["linear", "relu"]``);
+      ``by``: "name" (a config per node, default) or "type" (one per op: the smallest
+      frac/bias over its nodes, so that none saturates);
+      ``dummy_in`` / ``data``: a calibration batch (or a JSCData), needed for the
+      activation ranges unless ``profile_statistics_analysis_pass`` already stored them.
+
+    Weight and bias ranges come from the parameters themselves; activation ranges from the
+    profiler's ``range_min_max``/``range_quantile`` stats when present, else from running
+    the calibration batch. Returns ``(graph, {"pass_args": ..., "table": DataFrame})``;
+    ``info["pass_args"]`` goes straight into :func:`quantize_transform_pass`.
+    """
+    if not isinstance(pass_args, dict):
+        raise ValueError(f"auto_frac_width_pass needs a dict of pass_args, got {pass_args!r}")
+    unknown = sorted(set(pass_args) - _AUTO_KEYS)
+    if unknown:
+        raise ValueError(f"auto_frac_width_pass: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_AUTO_KEYS))}")
+    gm = _graph_module(graph)
+    fmt = pass_args.get("format", "integer")
+    if fmt not in ("integer", "minifloat"):
+        raise ValueError(f"auto_frac_width_pass: format must be 'integer' or 'minifloat', got {fmt!r}")
+    by = pass_args.get("by", "name")
+    if by not in BY:
+        raise ValueError(f"auto_frac_width_pass: by must be 'name' or 'type', got {by!r}")
+    ops = pass_args.get("ops", ["linear", "relu"])
+    if isinstance(ops, str) or not all(op in QUANTIZABLE_OPS for op in ops):
+        raise ValueError(f"auto_frac_width_pass: ops must be a list of {', '.join(QUANTIZABLE_OPS)}, got {ops!r}")
+    widths = pass_args.get("width")
+    if not isinstance(widths, dict):
+        widths = {op: widths for op in OPERANDS}
+    if set(widths) != set(OPERANDS):
+        raise ValueError(f"auto_frac_width_pass: width must be an int or a dict with keys "
+                         f"{', '.join(OPERANDS)}, got {pass_args.get('width')!r}")
+    for operand, w in widths.items():
+        if isinstance(w, bool) or not isinstance(w, int) or not (1 if fmt == "integer" else 2) <= w <= 32:
+            raise ValueError(f"auto_frac_width_pass: {operand} width must be an integer in "
+                             f"[{1 if fmt == 'integer' else 2}, 32], got {w!r}")
+
+    targets = [n for n in gm.graph.nodes if node_mase_op(n, gm)[0] in ops
+               and (n.op == "call_module" or n.target in _FUNCTIONAL_RELU)]
+    ranges = {n.name: _ranges_from_stats(n) for n in targets}
+    missing = [n.name for n in targets if "data_in_0" not in ranges[n.name]]
+    if missing:
+        x = _calibration_input(pass_args)
+        if x is None:
+            raise ValueError(f"auto_frac_width_pass: no activation ranges for {', '.join(missing)}; pass a "
+                             "calibration batch as 'dummy_in' (or 'data'), or run profile_statistics_analysis_pass first")
+        recorder = _InputRecorder(gm, missing)
+        was_training = gm.training
+        gm.eval()
+        with torch.no_grad():
+            recorder.run(x)
+        gm.train(was_training)
+        for name, r in recorder.ranges.items():
+            ranges[name]["data_in_0"] = r
+
+    rows, configs = [], {}
+    for node in targets:
+        op = node_mase_op(node, gm)[0]
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        config = {"name": fmt}
+        for operand in QUANTIZED_OPS[op].operands:
+            key = {"data_in": "data_in_0"}.get(operand, operand)
+            if operand != "data_in":
+                t = getattr(module, operand, None) if module is not None else None
+                if t is None:
+                    lo = hi = 0.0
+                else:
+                    lo, hi = float(t.detach().min()), float(t.detach().max())
+            else:
+                lo, hi = ranges[node.name].get(key, (0.0, 0.0))
+            w = widths[operand]
+            config[f"{operand}_width"] = w
+            if fmt == "integer":
+                choice = integer_frac_width(lo, hi, w)
+                config[f"{operand}_frac_width"] = choice
+            else:
+                e = pass_args.get("exponent_width", default_exponent_width(w))
+                e = min(e, w - 1)
+                choice = minifloat_exponent_bias(lo, hi, w, e)
+                config[f"{operand}_exponent_width"] = e
+                config[f"{operand}_exponent_bias"] = choice
+            rows.append({"node": node.name, "op": op, "operand": operand, "min": lo, "max": hi,
+                         "width": w, "frac_width" if fmt == "integer" else "exponent_bias": choice})
+        configs[node.name] = (op, config)
+
+    out = {"by": by, "default": {"config": {"name": None}}}
+    if by == "name":
+        out.update({name: {"config": cfg} for name, (_, cfg) in configs.items()})
+    else:  # one config per op: the most conservative (smallest frac / bias) over its nodes
+        for name, (op, cfg) in configs.items():
+            if op not in out:
+                out[op] = {"config": dict(cfg)}
+                continue
+            merged = out[op]["config"]
+            for k, v in cfg.items():
+                if k.endswith(("_frac_width", "_exponent_bias")):
+                    merged[k] = min(merged[k], v)
+    table = pd.DataFrame(rows)
+    if pass_args.get("verbose", False) and len(table):
+        print(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
+    return graph, {"pass_args": out, "table": table}
+
+
+def auto_quantize_config(graph, width, *, format: str = "integer", ops=("linear", "relu"), by: str = "name",
+                         dummy_in=None, data=None, exponent_width=None) -> dict:
+    """Shortcut: the ``pass_args`` :func:`auto_frac_width_pass` chooses for ``width`` bits."""
+    args = {"width": width, "format": format, "ops": list(ops), "by": by}
+    if dummy_in is not None:
+        args["dummy_in"] = dummy_in
+    if data is not None:
+        args["data"] = data
+    if exponent_width is not None:
+        args["exponent_width"] = exponent_width
+    return auto_frac_width_pass(graph, args)[1]["pass_args"]

@@ -1,0 +1,234 @@
+"""Quantised layers: the float layer, with its input, weight and bias quantised on the fly.
+
+Each class subclasses the float layer, so it has the same parameters, the same state dict
+and the same ``repr`` arguments; only ``forward`` differs. Weights stay in float32 (so
+quantisation-aware training can keep nudging them) and are rounded on every call:
+
+    layer = LinearInteger(16, 5, config={"name": "integer",
+                                         "data_in_width": 8, "data_in_frac_width": 4,
+                                         "weight_width": 2, "weight_frac_width": 2,
+                                         "bias_width": 2, "bias_frac_width": 2})
+    layer.w_quantizer(layer.weight)   # the weights the forward pass really uses
+
+There is one class per (layer, format): ``LinearInteger``, ``LinearMinifloat``,
+``ReLULog``, ``Conv2dBinary``, ... They are made from the five generic classes below
+(``QuantizedLinear`` & co.) by :func:`quantized_class`, also for formats registered later.
+
+``module.bypass = True`` switches a layer back to the float forward pass (for ablations).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .quantizers import OPERANDS, QUANTIZERS, is_no_quantization, parse_config
+
+
+class QuantizedMixin:
+    """Holds the config and the three quantisers; ``forward`` lives in the layer classes."""
+
+    format: str | None = None  # set on the per-format classes, e.g. "integer"
+    operands: tuple = OPERANDS  # what this layer quantises (a ReLU: only its input)
+
+    def set_quantization(self, config: dict, where: str | None = None):
+        """(Re)build the quantisers from a config such as ``{"name": "integer", ...}``."""
+        where = where or type(self).__name__
+        config = dict(config)
+        if self.format is not None:
+            config.setdefault("name", self.format)
+            if config["name"] != self.format:
+                raise ValueError(f"{where}: a {type(self).__name__} takes {self.format!r} configs, "
+                                 f"got name {config['name']!r}")
+        if is_no_quantization(config):
+            raise ValueError(f"{where}: config {config!r} means 'no quantisation'; "
+                             f"keep the float layer instead")
+        quantizers = parse_config(config, self.operands, where)
+        self.config = config
+        self.bypass = False
+        self.x_quantizer = quantizers["data_in"]
+        self.w_quantizer = quantizers.get("weight")
+        self.b_quantizer = quantizers.get("bias")
+
+    def quantizers(self) -> dict:
+        """``{"data_in": ..., "weight": ..., "bias": ...}`` for the operands this layer has."""
+        out = {"data_in": self.x_quantizer, "weight": self.w_quantizer, "bias": self.b_quantizer}
+        return {k: v for k, v in out.items() if k in self.operands and v is not None}
+
+    def _q(self, quantizer, t):
+        return t if self.bypass or t is None else quantizer(t)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, config: dict, where: str | None = None) -> nn.Module:
+        """A quantised copy of the float ``module``: same hyper-parameters, weights, device,
+        dtype and train/eval mode. ``cls`` may be generic (``QuantizedLinear``): the
+        config's ``name`` then picks the per-format class."""
+        if not isinstance(config, dict) or "name" not in config:
+            raise ValueError(f"{where or cls.__name__}: config needs a 'name', got {config!r}")
+        target = quantized_class(cls.float_class, config["name"]) if cls.format is None else cls
+        if not isinstance(module, target.float_class):
+            raise TypeError(f"{target.__name__}.from_float expects a {target.float_class.__name__}, "
+                            f"got {type(module).__name__}")
+        new = target.__new__(target)
+        nn.Module.__init__(new)
+        # copy the float layer's state: hyper-parameters, parameters, buffers, hooks, mode
+        new.__dict__.update({k: v for k, v in module.__dict__.items()
+                             if k not in ("_parameters", "_buffers", "_modules")})
+        new._parameters = dict(module._parameters)
+        new._buffers = dict(module._buffers)
+        new._modules = dict(module._modules)
+        new.set_quantization(config, where)
+        return new
+
+
+class QuantizedLinear(QuantizedMixin, nn.Linear):
+    float_class = nn.Linear
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, config=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.set_quantization(config or {})
+
+    def forward(self, x):
+        return F.linear(self._q(self.x_quantizer, x), self._q(self.w_quantizer, self.weight),
+                        self._q(self.b_quantizer, self.bias))
+
+
+class QuantizedReLU(QuantizedMixin, nn.ReLU):
+    """ReLU of the quantised input (MASE's ReLUInteger): only ``data_in_*`` keys apply."""
+
+    float_class = nn.ReLU
+    operands = ("data_in",)
+
+    def __init__(self, inplace: bool = False, config=None):
+        super().__init__(inplace)
+        self.set_quantization(config or {})
+
+    def forward(self, x):
+        return F.relu(self._q(self.x_quantizer, x), inplace=self.inplace and not self.bypass)
+
+
+class QuantizedBatchNorm1d(QuantizedMixin, nn.BatchNorm1d):
+    """BatchNorm1d with quantised input, scale (``weight``, gamma) and shift (``bias``, beta).
+    The running statistics stay in float."""
+
+    float_class = nn.BatchNorm1d
+
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_quantization(config or {})
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        # nn.BatchNorm's bookkeeping: count batches, and pick batch or running statistics
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_running = not self.training or self.track_running_stats
+        return F.batch_norm(
+            self._q(self.x_quantizer, x),
+            self.running_mean if keep_running else None,
+            self.running_var if keep_running else None,
+            self._q(self.w_quantizer, self.weight), self._q(self.b_quantizer, self.bias),
+            use_batch_stats, factor, self.eps)
+
+
+class QuantizedConv1d(QuantizedMixin, nn.Conv1d):
+    float_class = nn.Conv1d
+
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_quantization(config or {})
+
+    def forward(self, x):
+        return self._conv_forward(self._q(self.x_quantizer, x), self._q(self.w_quantizer, self.weight),
+                                  self._q(self.b_quantizer, self.bias))
+
+
+class QuantizedConv2d(QuantizedMixin, nn.Conv2d):
+    float_class = nn.Conv2d
+
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_quantization(config or {})
+
+    def forward(self, x):
+        return self._conv_forward(self._q(self.x_quantizer, x), self._q(self.w_quantizer, self.weight),
+                                  self._q(self.b_quantizer, self.bias))
+
+
+# The MASE op each generic class quantises.
+QUANTIZED_OPS = {
+    "linear": QuantizedLinear,
+    "relu": QuantizedReLU,
+    "batch_norm1d": QuantizedBatchNorm1d,
+    "conv1d": QuantizedConv1d,
+    "conv2d": QuantizedConv2d,
+}
+
+_FORMAT_NAMES = {"integer": "Integer", "minifloat": "Minifloat", "log": "Log", "binary": "Binary"}
+
+
+def format_class_suffix(fmt: str) -> str:
+    """"integer" -> "Integer", "block_fp" -> "BlockFp"."""
+    return _FORMAT_NAMES.get(fmt) or "".join(p.capitalize() for p in fmt.replace("-", "_").split("_"))
+
+
+def quantized_class(float_class_or_op, fmt: str) -> type:
+    """The quantised layer class for a float layer (class or MASE op name) and a format:
+    ``quantized_class(nn.Linear, "integer") is LinearInteger``. Classes are made once and
+    live in this module (so they pickle), also for formats registered after import."""
+    if isinstance(float_class_or_op, str):
+        if float_class_or_op not in QUANTIZED_OPS:
+            raise ValueError(f"op {float_class_or_op!r} cannot be quantised; quantisable ops: "
+                             f"{', '.join(QUANTIZED_OPS)}")
+        generic = QUANTIZED_OPS[float_class_or_op]
+    else:
+        matches = [g for g in QUANTIZED_OPS.values()
+                   if isinstance(float_class_or_op, type) and issubclass(float_class_or_op, g.float_class)]
+        if not matches:
+            raise ValueError(f"no quantised version of {getattr(float_class_or_op, '__name__', float_class_or_op)}; "
+                             f"quantisable layers: {', '.join(g.float_class.__name__ for g in QUANTIZED_OPS.values())}")
+        generic = matches[0]
+    if fmt not in QUANTIZERS:
+        raise ValueError(QUANTIZERS.unknown_message(fmt))
+    name = generic.float_class.__name__ + format_class_suffix(fmt)
+    module = sys.modules[__name__]
+    cls = getattr(module, name, None)
+    if cls is None or getattr(cls, "format", None) != fmt:
+        cls = type(name, (generic,), {"format": fmt, "__module__": __name__,
+                                      "__doc__": f"{generic.float_class.__name__} with {fmt} quantisation."})
+        setattr(module, name, cls)
+    return cls
+
+
+def quantize_module(module: nn.Module, config: dict, where: str | None = None) -> nn.Module:
+    """A quantised twin of a float layer (``nn.Linear`` -> ``LinearInteger`` ...).
+
+    The twin *shares* the layer's parameters and buffers (no copy is made: the transform
+    pass deep-copies the whole model first); ``deepcopy`` the layer for an independent one.
+    """
+    where = where or f"quantize_module({type(module).__name__})"
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"{where}: config must be a dict with a 'name', got {config!r}")
+    return quantized_class(type(module), config["name"]).from_float(module, config, where)
+
+
+# Make the classes for the built-in formats, so `from labkit.quantize.modules import LinearInteger` works.
+for _fmt in ("integer", "minifloat", "log", "binary"):
+    for _op in QUANTIZED_OPS:
+        quantized_class(_op, _fmt)
+
+LinearInteger = quantized_class("linear", "integer")
+ReLUInteger = quantized_class("relu", "integer")
+BatchNorm1dInteger = quantized_class("batch_norm1d", "integer")
+Conv1dInteger = quantized_class("conv1d", "integer")
+Conv2dInteger = quantized_class("conv2d", "integer")
+LinearMinifloat = quantized_class("linear", "minifloat")
+ReLUMinifloat = quantized_class("relu", "minifloat")
+BatchNorm1dMinifloat = quantized_class("batch_norm1d", "minifloat")
+Conv1dMinifloat = quantized_class("conv1d", "minifloat")
+Conv2dMinifloat = quantized_class("conv2d", "minifloat")
