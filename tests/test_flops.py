@@ -17,6 +17,7 @@ from labkit.passes.flop_calculators import (
 )
 from labkit.passes.flops import analyse_flops_pass, format_flops_table
 from labkit.passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
+from labkit.passes.quantize import quantize_transform_pass
 from models_zoo import EXTRA_MODELS, dummy_input
 
 # The "Computations summary" of the lab report (jsc-custom, dummy batch of 8), verbatim.
@@ -152,6 +153,49 @@ def test_bitops_follow_metadata_precision():
     assert row(info, "seq_blocks_1")["Forward bitops"] == 128 * 8
     assert row(info, "seq_blocks_10")["Forward bitops"] == 640 * F32       # untouched: float32
     assert row(info, "seq_blocks_2")["Forward FLOPS"] == 4096              # FLOPs do not see it
+
+
+def integer(width, operands=("data_in", "weight", "bias")):
+    """An integer (fixed-point) quantisation config of ``width`` bits for ``operands``."""
+    config = {"name": "integer"}
+    for operand in operands:
+        config.update({f"{operand}_width": width, f"{operand}_frac_width": width // 2})
+    return {"config": config}
+
+
+# The lab report's pass_args for jsc-custom: 2-bit linear layers, 8-bit ReLUs.
+SPEC_QUANT_ARGS = {
+    "by": "type",
+    "default": {"config": {"name": None}},
+    "linear": {"config": {"name": "integer", "data_in_width": 2, "data_in_frac_width": 2,
+                          "weight_width": 2, "weight_frac_width": 2,
+                          "bias_width": 2, "bias_frac_width": 2}},
+    "relu": {"config": {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4}},
+}
+
+
+def test_bitops_after_quantize_transform_pass(jsc_custom):
+    qmg, _ = quantize_transform_pass(jsc_custom, SPEC_QUANT_ARGS)
+    _, info = analyse_flops_pass(qmg, {"print": False})
+    _, before = analyse_flops_pass(jsc_custom, {"print": False})  # the original is untouched
+    for name, op, params, fwd, bwd, *_ in SPEC_ROWS:
+        r = row(info, name)
+        assert (r["Parameters"], r["Forward FLOPS"], r["Backward FLOPS"]) == (params, fwd, bwd)
+        scale = {"linear": 2 * 2, "relu": 8, "batch_norm1d": F32, "dropout": 0}[op]
+        assert r["Forward bitops"] == fwd * scale and r["Backward bitops"] == bwd * scale
+        assert row(before, name)["Forward bitops"] == row(before, name)["Forward FLOPS"] * (
+            32 if op == "relu" else F32)
+    assert info["totals"]["Forward bitops"] < before["totals"]["Forward bitops"] / 4
+
+
+def test_bitops_after_quantising_convs_and_linears_to_8_bits():
+    mg = annotated(EXTRA_MODELS["conv2d"](), dummy_input())
+    eight = integer(8)
+    qmg, _ = quantize_transform_pass(mg, {"by": "type", "conv2d": eight, "linear": eight})
+    _, info = analyse_flops_pass(qmg, {"print": False})
+    for name in ("conv1", "conv2", "fc"):
+        assert row(info, name)["Forward bitops"] == row(info, name)["Forward FLOPS"] * 64 > 0
+    assert row(info, "bn1")["Forward bitops"] == row(info, "bn1")["Forward FLOPS"] * F32
 
 
 # --- the 2-FLOPs-per-MAC convention against torch's FlopCounterMode ---------------------------
