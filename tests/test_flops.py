@@ -242,6 +242,7 @@ FLOP_COUNTER_CASES = {
     "conv1d": (lambda: nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 8, 3, stride=2)),
                (3, 4, 20)),
     "matmul_bmm": (Attention, (2, 5, 6)),
+    "conv_transpose2d": (lambda: nn.Sequential(nn.ConvTranspose2d(4, 3, 3, stride=2)), (2, 4, 5, 5)),
 }
 
 
@@ -262,9 +263,11 @@ def test_two_flops_per_mac_matches_flop_counter_mode(case):
 def test_grouped_conv_forward_matches_flop_counter_mode():
     # (FlopCounterMode over-counts the weight gradient of grouped convs by `groups`,
     #  so only the forward pass is compared here.)
+    # A bare Conv2d traces *into* its forward: get_attr weight/bias + a functional conv2d.
     model, x = nn.Conv2d(8, 12, 3, groups=4), torch.randn(2, 8, 10, 10)
     forward, _ = torch_flops(model, x)
     info = flops(model, x, convention="2flops_per_mac")
+    assert row(info, "conv2d")["Parameters"] == 0 and row(info, "weight")["Parameters"] == 12 * 2 * 9
     assert info["totals"]["Forward FLOPS"] == forward == 2 * 2 * 12 * 8 * 8 * (8 // 4) * 9
 
 
@@ -309,6 +312,20 @@ def test_custom_calculator_makes_an_op_countable():
     finally:
         from labkit.passes.flop_calculators import FLOP_CALCULATORS
         del FLOP_CALCULATORS._entries["cumsum"]
+
+
+def test_calculators_are_pure_functions_of_shapes():
+    # the report's seq_blocks_2 / seq_blocks_0 / seq_blocks_1, without any graph
+    assert count_op(OpCall("linear", inputs=[(8, 16)], output=(8, 32), module=nn.Linear(16, 32))) \
+        == OpCount(512, 4096, 8192, macs=True, bitops="weighted")
+    assert count_op(OpCall("batch_norm1d", inputs=[(8, 16)], module=nn.BatchNorm1d(16))) \
+        == OpCount(32, 512, 512, bitops="weighted")
+    assert count_op(OpCall("relu", inputs=[(8, 16)], output=(8, 16))) == OpCount(0, 128, 128)
+    # a functional conv: the weight is the second input, and it owns no parameters
+    conv = count_op(OpCall("conv2d", inputs=[(2, 8, 9, 9), (12, 2, 3, 3)], output=(2, 12, 7, 7)))
+    assert (conv.params, conv.forward) == (0, 2 * 12 * 7 * 7 * 2 * 3 * 3)
+    pool = count_op(OpCall("avg_pool1d", inputs=[(2, 3, 8)], output=(2, 3, 4), attrs={"kernel_size": 2}))
+    assert pool.forward == 2 * 3 * 4 * 2
 
 
 def test_calculator_errors():
