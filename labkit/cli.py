@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("model", nargs="?", help="model name (see `labkit ls`)")
         sp.add_argument("dataset", nargs="?", help="dataset name: jsc or jsc-synthetic")
         sp.add_argument("--config", help="TOML file with the same keys (flags override it)")
+        sp.add_argument("--data-size", dest="data_size", type=int, default=None,
+                        help="use only this many rows of the dataset (quick runs)")
         sp.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default=None)
         sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
         sp.add_argument("--seed", type=int, default=None)
@@ -71,16 +73,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args) -> dict:
-    names = TRAIN_FLAGS + ("model", "dataset", "load_name", "load_type")
+    names = TRAIN_FLAGS + ("model", "dataset", "data_size", "load_name", "load_type")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _settings(args, keys) -> dict:
     file_config = cfg.load_config(args.config) if args.config else None
     overrides = cfg.validate(_overrides(args), source="command line")
-    table = cfg.settings_table(file_config, overrides, keys=keys)
-    print(tabulate(table, headers="keys", tablefmt="pretty", showindex=False))
     effective = cfg.resolve(file_config, overrides)
+    if not effective.get("project") and effective.get("model") and effective.get("dataset"):
+        effective["project"] = f"{effective['model']}_{effective['dataset']}"  # train()'s default
+    table = cfg.settings_table(file_config, overrides, keys=keys)
+    table["Effective"] = [effective.get(k, "") if effective.get(k) is not None else "" for k in table["Name"]]
+    print(tabulate(table, headers="keys", tablefmt="pretty", showindex=False))
     if file_config and "passes" in file_config:
         effective["passes"] = file_config["passes"]
     for key in ("model", "dataset"):
@@ -96,12 +101,18 @@ def _check_names(s):
     DATASETS.get(s["dataset"])
 
 
+def _load_data(s):
+    from .data import load_dataset
+    kwargs = {"size": s["data_size"]} if s.get("data_size") else {}
+    return load_dataset(s["dataset"], **kwargs)
+
+
 def cmd_train(args):
-    keys = ["model", "dataset", *TRAIN_FLAGS]
+    keys = ["model", "dataset", "data_size", *TRAIN_FLAGS]
     s = _settings(args, keys)
     _check_names(s)
     from .train import train
-    result = train(s["model"], s["dataset"], max_epochs=s["max_epochs"], batch_size=s["batch_size"],
+    result = train(s["model"], _load_data(s), max_epochs=s["max_epochs"], batch_size=s["batch_size"],
                    learning_rate=s["learning_rate"], seed=s["seed"], project=s["project"],
                    accelerator=s["accelerator"], weight_decay=s["weight_decay"], scheduler=s["scheduler"],
                    early_stopping=s["early_stopping"], max_time=s["max_time"], num_threads=s["num_threads"],
@@ -111,17 +122,18 @@ def cmd_train(args):
 
 
 def cmd_test(args):
-    s = _settings(args, ["model", "dataset", "load_name", "load_type", "batch_size", "accelerator"])
+    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "batch_size", "accelerator"])
     _check_names(s)
     if not s.get("load_name"):
         raise cfg.ConfigError("test needs a checkpoint: --load PATH (and --load-type pl|pt)")
     from .train import test
-    test(s["model"], s["dataset"], load=s["load_name"], load_type=s["load_type"],
+    test(s["model"], _load_data(s), load=s["load_name"], load_type=s["load_type"],
          batch_size=max(s["batch_size"], 8192), accelerator=s["accelerator"])
 
 
 def cmd_transform(args):
-    s = _settings(args, ["model", "dataset", "load_name", "load_type", "project", "seed", "accelerator"])
+    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed",
+                         "accelerator"])
     _check_names(s)
     from .transform import run_transform
     run_transform(s)

@@ -17,6 +17,7 @@ import pandas as pd
 KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "model": ((str,), None, "registered model name, e.g. jsc-tiny"),
     "dataset": ((str,), None, "registered dataset name: jsc or jsc-synthetic"),
+    "data_size": ((int,), None, "use only this many rows (synthetic: generate this many); quick runs"),
     "task": ((str,), "cls", "cls (classification); the only task of the JSC labs"),
     "accelerator": ((str,), "auto", "auto, cpu or gpu"),
     "project": ((str,), None, "output folder name under outputs/"),
@@ -61,7 +62,7 @@ def validate(config: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source}: task must be one of {', '.join(TASKS)}, got {config['task']!r}")
     if config.get("load_type") not in (None, *LOAD_TYPES):
         raise ConfigError(f"{source}: load_type must be one of {', '.join(LOAD_TYPES)}, got {config['load_type']!r}")
-    for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads"):
+    for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads", "data_size"):
         if config.get(key) is not None and config[key] < 1:
             raise ConfigError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
     for key in ("learning_rate", "max_time"):
@@ -105,7 +106,7 @@ def settings_table(file_config: dict | None, overrides: dict | None, keys=None) 
             "Manual Override": (overrides or {}).get(k),
             "Effective": effective.get(k),
         })
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, dtype=object)
     if file_config is None:
         table = table.drop(columns="Config File")
-    return table.astype(object).where(table.notna(), "")
+    return table.map(lambda v: "" if v is None else v)

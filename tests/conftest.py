@@ -1,0 +1,21 @@
+"""Shared test setup: one CPU thread per worker, outputs and figures in a temp folder."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+_TMP = tempfile.mkdtemp(prefix="labkit-tests-")
+# Tests (and the notebooks they execute, which inherit the environment) never write into the
+# checkout's outputs/ or figures/. The processed-data cache in data/ is shared on purpose.
+os.environ.setdefault("LABKIT_OUTPUT_DIR", os.path.join(_TMP, "outputs"))
+os.environ.setdefault("LABKIT_FIGURES_DIR", os.path.join(_TMP, "figures"))
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """20k rows of jsc-synthetic: enough for training tests to learn something, fast to load."""
+    from labkit.data import load_dataset
+    return load_dataset("jsc-synthetic", size=20_000, progress=False)

@@ -1,0 +1,117 @@
+"""The command line: the lab's train/test actions, the settings table, and one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit.cli import main
+
+TINY = ["--data-size", "6000", "--no-progress"]
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`labkit train jsc-tiny jsc-synthetic --max-epochs 2` (on 6k rows) -> its best.ckpt."""
+    code = main(["train", "jsc-tiny", "jsc-synthetic", "--max-epochs", "2", "--project", "cli-tiny", *TINY])
+    assert code == 0
+    best = Path(os.environ["LABKIT_OUTPUT_DIR"]) / "cli-tiny" / "software" / "training_ckpts" / "best.ckpt"
+    assert best.is_file()
+    return best
+
+
+def test_train_prints_settings_table_history_and_checkpoints(capsys):
+    code, out, _ = _run(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--max-epochs", "1",
+                                 "--batch-size", "256", "--learning-rate", "0.001", "--project", "cli-a", *TINY])
+    assert code == 0
+    for word in ("Name", "Default", "Manual Override", "Effective", "batch_size", "256", "0.001"):
+        assert word in out
+    assert "best.ckpt:" in out and "val_acc" in out and "SYNTHETIC" in out
+
+
+def test_test_action_prints_accuracy(capsys, trained):
+    code, out, _ = _run(capsys, ["test", "jsc-tiny", "jsc-synthetic", "--load", str(trained),
+                                 "--load-type", "pl", "--data-size", "6000"])
+    assert code == 0
+    assert "test jsc-tiny" in out and "acc 0." in out
+
+
+def test_config_file_and_flag_precedence(capsys, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nmax_epochs = 1\nbatch_size = 512\n'
+                    'learning_rate = 1e-3\nproject = "cli-cfg"\ndata_size = 6000\n')
+    code, out, _ = _run(capsys, ["train", "--config", str(toml), "--batch-size", "1024", "--no-progress"])
+    assert code == 0
+    row = next(line for line in out.splitlines() if "batch_size" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["batch_size", "128", "512", "1024", "1024"]  # default, file, flag, effective
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "jsc-tyni", "jsc-synthetic"], "unknown model 'jsc-tyni'"),
+    (["train", "jsc-tiny", "cifar10"], "unknown dataset 'cifar10'"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--batch-size", "-4"], "batch_size must be a positive integer, got -4"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "0"], "learning_rate must be > 0, got 0.0"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "-0.1"], "learning_rate must be > 0"),
+    (["train"], "no model given"),
+    (["test", "jsc-tiny", "jsc-synthetic", "--load", "/nonexistent/best.ckpt"], "checkpoint not found"),
+    (["train", "--config", "/nonexistent.toml"], "config file not found"),
+])
+def test_bad_input_exits_2_with_one_clear_line(capsys, argv, message):
+    code, _, err = _run(capsys, argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "jsc-tiny", "jsc-synthetic", "--max-epoch-count", "3"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --max-epoch-count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, message", [
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nbatch_sise = 64\n', "unknown key 'batch_sise'"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nbatch_size = "64"\n', "batch_size must be int, got '64'"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nlearning_rate = true\n', "learning_rate must be float or int"),
+    ('model = "jsc-tiny"\nload_type = "pkl"\n', "load_type must be one of pl, pt"),
+    ('model = "jsc-tiny\n', "not valid TOML"),
+])
+def test_bad_toml_exits_2(capsys, tmp_path, body, message):
+    toml = tmp_path / "bad.toml"
+    toml.write_text(body)
+    code, _, err = _run(capsys, ["train", "--config", str(toml)])
+    assert code == 2 and message in err, err
+
+
+def test_wrong_or_corrupt_checkpoint_leaves_files_intact(capsys, trained, tmp_path):
+    before = trained.read_bytes()
+    code, _, err = _run(capsys, ["test", "jsc-custom", "jsc-synthetic", "--load", str(trained), "--data-size", "6000"])
+    assert code == 2 and "trained for model 'jsc-tiny', not 'jsc-custom'" in err
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(before[: len(before) // 3])
+    code, _, err = _run(capsys, ["test", "jsc-tiny", "jsc-synthetic", "--load", str(corrupt), "--data-size", "6000"])
+    assert code == 2 and "could not read checkpoint" in err
+    assert trained.read_bytes() == before
+
+
+def test_python_dash_m_and_console_script_help():
+    for cmd in ([sys.executable, "-m", "labkit", "--help"], [str(Path(sys.executable).parent / "labkit"), "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "train" in out.stdout and "transform" in out.stdout
+
+
+def test_ls_lists_models_with_parameter_counts(capsys):
+    code, out, _ = _run(capsys, ["ls"])
+    assert code == 0
+    assert "jsc-tiny" in out and "117" in out and "jsc-synthetic" in out
