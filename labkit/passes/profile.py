@@ -1,0 +1,407 @@
+"""Statistical profiling: what do the weights and activations of chosen layers look like?
+
+    pass_args = {
+        "by": "type",                                # match nodes by mase_op ("type") or node name
+        "target_weight_nodes": ["linear"],           # profile these layers' weights ...
+        "target_activation_nodes": ["relu"],         # ... and these layers' inputs (data_in_0)
+        "weight_statistics": {"variance_precise": {"device": "cpu", "dims": "all"}},
+        "activation_statistics": {"range_quantile": {"device": "cpu", "dims": "all", "quantile": 0.97}},
+        "input_generator": data_module,              # a LightningDataModule or any iterable of batches
+        "num_samples": 32,                           # how many batches to run
+    }
+    mg, info = profile_statistics_analysis_pass(mg, pass_args)
+
+Results land where MASE puts them, as plain floats (or nested lists when dims are kept):
+``meta["mase"].parameters["software"]["args"]["weight"]["stat"]["variance_precise"]`` and
+``...["args"]["data_in_0"]["stat"]["range_quantile"]``; ``info["table"]`` has them all.
+
+Each statistic reduces over every dimension except the ``dims`` it keeps: ``"all"`` gives
+one number per tensor, ``[1]`` one per channel (feature) of a ``[batch, channel]`` input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.fx as fx
+from tqdm.auto import tqdm
+
+from ..registry import Registry
+from .metadata import _positional_inputs
+from .utils import check_pass_args, node_common
+
+__all__ = [
+    "profile_statistics_analysis_pass", "STATISTICS", "Statistic", "VariancePrecise", "VarianceOnline",
+    "RangeMinMax", "RangeQuantile", "AbsMean", "make_statistic",
+]
+
+STATISTICS = Registry("statistic")
+
+
+def _tolist(t: torch.Tensor):
+    """A 0-d tensor as a float, anything else as (nested) lists of floats."""
+    return float(t) if t.dim() == 0 else t.tolist()
+
+
+class Statistic:
+    """Accumulates one statistic over a stream of tensors (batches).
+
+    ``update(x)`` folds in one tensor, ``compute()`` returns a dict of plain floats/lists.
+    Internally each tensor is viewed as ``[K, N]``: K positions of the kept ``dims``
+    (K = 1 for ``"all"``) by N values reduced over. Sums run in float64.
+    """
+
+    name = "statistic"
+    options: dict = {}
+
+    def __init__(self, dims="all", device="cpu", **options):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"statistic {self.name!r}: unknown options {unknown}; "
+                             f"allowed: ['device', 'dims'{''.join(', ' + repr(o) for o in self.options)}]")
+        if dims != "all" and not (isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims)):
+            raise ValueError(f"statistic {self.name!r}: dims must be 'all' or a list of ints to keep, got {dims!r}")
+        self.dims = dims
+        self.device = torch.device(device)
+        for key, default in self.options.items():
+            setattr(self, key, options.get(key, default))
+        self.kept_shape = None
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to(self.device, torch.float64)
+        if self.dims == "all":
+            kept = []
+        else:
+            kept = []
+            for d in self.dims:
+                if not -x.dim() <= d < x.dim():
+                    raise ValueError(f"statistic {self.name!r}: dim {d} is out of range for a "
+                                     f"{x.dim()}-d tensor of shape {list(x.shape)}")
+                kept.append(d % x.dim())
+            kept = sorted(set(kept))
+        shape = [x.shape[d] for d in kept]
+        if self.kept_shape is None:
+            self.kept_shape = shape
+        elif shape != self.kept_shape:
+            raise ValueError(f"statistic {self.name!r}: kept dims {self.dims} have sizes {shape} here but "
+                             f"{self.kept_shape} before (keep dims whose size is fixed, not the batch dim)")
+        rest = [d for d in range(x.dim()) if d not in kept]
+        return x.permute(*kept, *rest).reshape(math.prod(shape), -1)
+
+    def _out(self, t: torch.Tensor):
+        return _tolist(t.reshape(self.kept_shape) if self.kept_shape else t.reshape(()))
+
+    def update(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict:
+        raise NotImplementedError
+
+    def _check_seen(self):
+        if self.kept_shape is None:
+            raise ValueError(f"statistic {self.name!r} has seen no data")
+
+
+@STATISTICS.register("variance_precise")
+class VariancePrecise(Statistic):
+    """Mean and (population) variance of every value seen, computed in one go at the end."""
+
+    name = "variance_precise"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.chunks = []
+
+    def update(self, x):
+        self.chunks.append(self._rows(x))
+
+    def compute(self):
+        self._check_seen()
+        allx = torch.cat(self.chunks, dim=1)
+        return {"mean": self._out(allx.mean(1)), "variance": self._out(allx.var(1, correction=0)),
+                "count": allx.shape[1]}
+
+
+@STATISTICS.register("variance_online")
+class VarianceOnline(Statistic):
+    """Mean and (population) variance in O(1) memory: Welford's update, batch by batch.
+
+    Each batch contributes its own count n_b, mean m_b and sum of squared deviations M2_b;
+    Chan et al.'s rule merges them: d = m_b - m, m += d n_b / n, M2 += M2_b + d^2 n n_b / (n + n_b).
+    """
+
+    name = "variance_online"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def update(self, x):
+        rows = self._rows(x)
+        n_b = rows.shape[1]
+        if n_b == 0:
+            return
+        mean_b = rows.mean(1)
+        m2_b = ((rows - mean_b[:, None]) ** 2).sum(1)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * n_b / n
+        self.m2 = self.m2 + m2_b + delta ** 2 * self.count * n_b / n
+        self.count = n
+
+    def compute(self):
+        self._check_seen()
+        return {"mean": self._out(self.mean), "variance": self._out(self.m2 / self.count), "count": self.count}
+
+
+@STATISTICS.register("range_min_max")
+class RangeMinMax(Statistic):
+    """Smallest and largest value seen (of |x| with ``abs=True``)."""
+
+    name = "range_min_max"
+    options = {"abs": False}
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.min, self.max = None, None
+
+    def update(self, x):
+        rows = self._rows(x.abs() if self.abs else x)
+        lo, hi = rows.min(1).values, rows.max(1).values
+        self.min = lo if self.min is None else torch.minimum(self.min, lo)
+        self.max = hi if self.max is None else torch.maximum(self.max, hi)
+
+    def compute(self):
+        self._check_seen()
+        return {"min": self._out(self.min), "max": self._out(self.max), "range": self._out(self.max - self.min)}
+
+
+@STATISTICS.register("range_quantile")
+class RangeQuantile(Statistic):
+    """A range that ignores outliers: ``max`` = the q-quantile, ``min`` = the (1 - q)-quantile.
+
+    Exact (linear interpolation, like ``np.quantile``) over every value seen.
+    """
+
+    name = "range_quantile"
+    options = {"quantile": 0.97, "abs": False}
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        if not isinstance(self.quantile, (int, float)) or not 0.5 <= self.quantile <= 1:
+            raise ValueError(f"range_quantile: quantile must be a number in [0.5, 1], got {self.quantile!r}")
+        self.chunks = []
+
+    def update(self, x):
+        self.chunks.append(self._rows(x.abs() if self.abs else x).cpu())
+
+    def compute(self):
+        self._check_seen()
+        allx = torch.cat(self.chunks, dim=1).numpy()
+        hi = torch.from_numpy(np.quantile(allx, self.quantile, axis=1))
+        lo = torch.from_numpy(np.quantile(allx, 1 - self.quantile, axis=1))
+        return {"min": self._out(lo), "max": self._out(hi), "range": self._out(hi - lo)}
+
+
+@STATISTICS.register("abs_mean")
+class AbsMean(Statistic):
+    """Mean magnitude, mean(|x|): a quick sense of scale."""
+
+    name = "abs_mean"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.total, self.count = None, 0
+
+    def update(self, x):
+        rows = self._rows(x).abs()
+        s = rows.sum(1)
+        self.total = s if self.total is None else self.total + s
+        self.count += rows.shape[1]
+
+    def compute(self):
+        self._check_seen()
+        return {"abs_mean": self._out(self.total / self.count), "count": self.count}
+
+
+def make_statistic(name: str, config: dict | None = None) -> Statistic:
+    """Build statistic ``name`` from its config dict (``{"device": ..., "dims": ..., ...}``)."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config of statistic {name!r} must be a dict, got {type(config).__name__}")
+    return STATISTICS.get(name)(**config)
+
+
+# --- the pass --------------------------------------------------------------------------------
+
+_DEFAULTS = {
+    "by": "type", "target_weight_nodes": [], "target_activation_nodes": [],
+    "weight_statistics": {}, "activation_statistics": {},
+    "input_generator": None, "num_samples": 1, "split": "train", "progress": True,
+}
+
+
+def _match(graph_nodes, targets, by, what):
+    """Nodes whose mase_op (by="type") or name (by="name") is in ``targets``."""
+    if isinstance(targets, str):
+        targets = [targets]
+    key = (lambda n: node_common(n, "profile_statistics_analysis_pass")["mase_op"]) if by == "type" \
+        else (lambda n: n.name)
+    found = {key(n) for n in graph_nodes}
+    missing = [t for t in targets if t not in found]
+    if missing:
+        raise ValueError(f"profile_statistics_analysis_pass: {what} {missing} match no node by {by}; "
+                         f"this graph has: {sorted(found)}")
+    return [n for n in graph_nodes if key(n) in targets]
+
+
+def _stat_slot(node: fx.Node, arg: str) -> dict:
+    sw = node.meta["mase"].parameters["software"]
+    return sw.setdefault("args", {}).setdefault(arg, {}).setdefault("stat", {})
+
+
+def _batches(source, split: str):
+    """Iterate the batches of a LightningDataModule (its ``split`` loader) or of any iterable."""
+    if hasattr(source, "train_dataloader") and hasattr(source, "val_dataloader"):
+        loaders = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
+        if split not in loaders:
+            raise ValueError(f"split must be one of {list(loaders)}, got {split!r}")
+        make = getattr(source, loaders[split])
+        try:
+            source = make()
+        except Exception:  # a DataModule that loads its data in setup()
+            source.setup("fit" if split != "test" else "test")
+            source = make()
+    if isinstance(source, torch.Tensor):
+        raise TypeError("input_generator must yield batches; wrap a single tensor as [tensor]")
+    try:
+        return iter(source)
+    except TypeError:
+        raise TypeError("input_generator must be a LightningDataModule or an iterable of batches, "
+                        f"got {type(source).__name__}") from None
+
+
+def _batch_inputs(batch, names):
+    """The model inputs in one batch: a tensor, ``(x, y)``, or ``{"x": x, ...}``."""
+    if isinstance(batch, dict):
+        picked = {k: v for k, v in batch.items() if k in names}
+        if not picked:
+            raise ValueError(f"batch dict has keys {sorted(batch)}, none of the model inputs {names}")
+        return picked
+    if isinstance(batch, (list, tuple)):
+        return batch[0] if len(names) == 1 else tuple(batch[:len(names)])
+    if isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(f"cannot read model inputs from a batch of type {type(batch).__name__}")
+
+
+class _ActivationProfiler(fx.Interpreter):
+    """Runs the graph and feeds each profiled node's first input to its statistics."""
+
+    def __init__(self, gm, stats_by_node):
+        super().__init__(gm)
+        self.stats_by_node = stats_by_node
+
+    def run_node(self, n):
+        stats = self.stats_by_node.get(n)
+        if stats:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if x is None:
+                raise ValueError(f"node {n.name!r} has no tensor input to profile")
+            for s in stats.values():  # before the node runs: ReLU(inplace=True) rewrites its input
+                s.update(x)
+        return super().run_node(n)
+
+
+def profile_statistics_analysis_pass(graph, pass_args=None):
+    """Profile weights (once) and activations (over ``num_samples`` batches) of the target nodes.
+
+    Weights: the ``weight`` of each targeted call_module node. Activations: each targeted
+    node's first tensor input (``data_in_0``), gathered while batches from
+    ``input_generator`` run through the graph (eval mode, no grad). For a DataModule the
+    ``"split"`` loader is used ("train" by default). info: ``table`` (one row per node,
+    tensor, statistic and value), ``stats`` (the same, nested) and ``num_batches``.
+    """
+    args = check_pass_args(pass_args, _DEFAULTS, "profile_statistics_analysis_pass")
+    if args["by"] not in ("type", "name"):
+        raise ValueError(f"profile_statistics_analysis_pass: by must be 'type' or 'name', got {args['by']!r}")
+    gm = graph.model
+    nodes = list(gm.graph.nodes)
+    for n in nodes:
+        node_common(n, "profile_statistics_analysis_pass")
+    for key in ("weight_statistics", "activation_statistics"):
+        if not isinstance(args[key], dict):
+            raise TypeError(f"{key} must be a dict {{stat name: config}}, got {type(args[key]).__name__}")
+
+    results = {}  # node name -> tensor name -> stat name -> values
+
+    # weights: straight from the modules, no data needed
+    weight_nodes = _match(nodes, args["target_weight_nodes"], args["by"], "target_weight_nodes")
+    if weight_nodes and not args["weight_statistics"]:
+        raise ValueError("profile_statistics_analysis_pass: target_weight_nodes given but no weight_statistics")
+    no_weight = [n.name for n in weight_nodes
+                 if n.op != "call_module" or not isinstance(getattr(gm.get_submodule(n.target), "weight", None), torch.Tensor)]
+    if no_weight:
+        raise ValueError(f"profile_statistics_analysis_pass: target_weight_nodes matched nodes without a "
+                         f"weight: {no_weight}")
+    for n in weight_nodes:
+        weight = gm.get_submodule(n.target).weight
+        for name, cfg in args["weight_statistics"].items():
+            stat = make_statistic(name, cfg)
+            stat.update(weight)
+            value = stat.compute()
+            _stat_slot(n, "weight")[name] = value
+            results.setdefault(n.name, {}).setdefault("weight", {})[name] = value
+
+    # activations: run batches through the graph
+    act_nodes = _match(nodes, args["target_activation_nodes"], args["by"], "target_activation_nodes")
+    num_batches = 0
+    if act_nodes:
+        if not args["activation_statistics"]:
+            raise ValueError("profile_statistics_analysis_pass: target_activation_nodes given but no "
+                             "activation_statistics")
+        if args["input_generator"] is None:
+            raise ValueError("profile_statistics_analysis_pass: activation profiling needs an "
+                             "input_generator (a LightningDataModule or an iterable of batches)")
+        num_samples = args["num_samples"]
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int (batches to profile), got {num_samples!r}")
+        stats_by_node = {n: {name: make_statistic(name, cfg) for name, cfg in args["activation_statistics"].items()}
+                         for n in act_nodes}
+        names = [n.target for n in nodes if n.op == "placeholder"]
+        batches = _batches(args["input_generator"], args["split"])
+        profiler = _ActivationProfiler(gm, stats_by_node)
+        was_training = gm.training
+        gm.eval()
+        try:
+            with torch.no_grad(), tqdm(total=num_samples, desc="profiling", disable=not args["progress"]) as bar:
+                for batch in batches:
+                    profiler.run(*_positional_inputs(gm, _batch_inputs(batch, names)))
+                    num_batches += 1
+                    bar.update(1)
+                    if num_batches >= num_samples:
+                        break
+        finally:
+            gm.train(was_training)
+        if num_batches == 0:
+            raise ValueError("profile_statistics_analysis_pass: input_generator yielded no batches")
+        for n, stats in stats_by_node.items():
+            for name, stat in stats.items():
+                value = stat.compute()
+                _stat_slot(n, "data_in_0")[name] = value
+                results.setdefault(n.name, {}).setdefault("data_in_0", {})[name] = value
+
+    ops = {n.name: n.meta["mase"]["common"]["mase_op"] for n in nodes}
+    rows = [{"node": node, "mase_op": ops[node], "tensor": tensor, "statistic": stat, "key": key, "value": value}
+            for node, tensors in results.items() for tensor, stats in tensors.items()
+            for stat, values in stats.items() for key, value in values.items()]
+    table = pd.DataFrame(rows, columns=["node", "mase_op", "tensor", "statistic", "key", "value"])
+    return graph, {"table": table, "stats": results, "num_batches": num_batches}
