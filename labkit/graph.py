@@ -278,8 +278,8 @@ def _draw(graph: MaseGraph, path=None, *, title=None, dpi=120):
     pos = _layout(nodes)
     n_rows = 1 + max(r for _, r in pos.values())
     n_cols = max(sum(1 for p in pos.values() if p[1] == r) for r in range(n_rows))
-    box_w, box_h, dx, dy = 2.6, 0.62, 3.0, 1.0
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + n_cols * 3.0), 0.6 + n_rows * 0.95))
+    box_w, box_h, dx, dy = 2.6, 0.72, 3.0, 1.0
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + n_cols * 3.0), 0.6 + n_rows * 1.1))
     xy = {n: (x * dx, -r * dy) for n, (x, r) in pos.items()}
 
     for n in nodes:  # edges first, boxes on top
@@ -302,10 +302,12 @@ def _draw(graph: MaseGraph, path=None, *, title=None, dpi=120):
         op = _mase_op(n)
         what = _short_target(n) if n.op not in ("placeholder", "output") else n.op
         what = n.op if what == n.name else what
-        label = f"{n.name}\n{what}" + (f" · {op}" if op and op not in (what, n.op) else "")
-        shape = _shape_of(n)
-        if shape:
-            label += f"\n{shape}"
+        lines = [n.name, what]
+        if op and op not in (what, n.op):
+            lines.append(op)
+        if _shape_of(n):
+            lines.append(_shape_of(n))
+        label = "\n".join(lines)
         ax.text(x, y, label, ha="center", va="center", fontsize=7, family="monospace")
 
     xs = [p[0] for p in xy.values()]

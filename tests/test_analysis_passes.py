@@ -61,7 +61,7 @@ def test_report_graph_writes_the_file_instead_of_printing(tmp_path, capsys):
     _, info = report_graph_analysis_pass(mg, {"file_name": path})
     assert capsys.readouterr().out == ""
     assert path.read_text() == info["text"]
-    _, info2 = report_graph_analysis_pass(mg, str(tmp_path / "g2.txt"))  # a bare path works too
+    report_graph_analysis_pass(mg, str(tmp_path / "g2.txt"))  # a bare path works too
     assert (tmp_path / "g2.txt").exists()
 
 
