@@ -1,0 +1,163 @@
+"""``labkit transform --config FILE.toml``: load a trained checkpoint, quantise it, compare.
+
+The lab's TOML, as written (see ``configs/lab2_transform_jsc_custom.toml``)::
+
+    model = "jsc-custom"
+    dataset = "jsc"
+    load_name = "./outputs/lab-1_jsc-custom/software/training_ckpts/best.ckpt"
+    load_type = "pl"
+    project = "lab-2_transform"
+
+    [passes.quantize]
+    by = "type"
+    [passes.quantize.default.config]
+    name = "NA"
+    [passes.quantize.linear.config]
+    name = "integer"
+    data_in_width = 8
+    ...
+
+What happens: the checkpoint is loaded into the model, traced into a MaseGraph with
+metadata, quantised by ``quantize_transform_pass``; the summary table is printed; test
+accuracy is measured before and after; and ``outputs/<project>/transform/`` receives the
+transformed model (``transformed.pt``: state dict + the quantisation config), the config
+used (``config.json``), the summary tables and ``results.json``.
+:func:`load_transformed` rebuilds the quantised model from ``transformed.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from .cache import atomic_write_text
+from .paths import outputs_dir, project_root
+
+PASSES = ("quantize",)
+
+
+def check_passes(passes) -> dict:
+    """The ``[passes]`` section: a dict with a ``quantize`` table (the only transform here)."""
+    if passes is None:
+        raise ValueError("the config has no [passes] section; add [passes.quantize] with 'by' and the "
+                         "per-op configs (see configs/lab2_transform_jsc_custom.toml)")
+    if not isinstance(passes, dict):
+        raise ValueError(f"passes must be a table, got {passes!r}")
+    unknown = sorted(set(passes) - set(PASSES))
+    if unknown:
+        raise ValueError(f"unknown pass [passes.{unknown[0]}]; allowed passes: {', '.join(PASSES)}")
+    if "quantize" not in passes:
+        raise ValueError("the [passes] section has no [passes.quantize] table; nothing to transform")
+    if not isinstance(passes["quantize"], dict):
+        raise ValueError(f"[passes.quantize] must be a table, got {passes['quantize']!r}")
+    return passes
+
+
+def resolve_checkpoint(load_name) -> Path:
+    """``load_name`` as given, or relative to the project root (where ``outputs/`` lives)."""
+    if not load_name:
+        raise ValueError("no checkpoint given: set load_name = \"path/to/best.ckpt\" (and load_type = \"pl\")")
+    path = Path(load_name).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    alt = project_root() / path
+    return alt if alt.is_file() else path
+
+
+def _config_dict(config) -> dict:
+    from .config import load_config, validate
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    if not isinstance(config, dict):
+        raise TypeError(f"run_transform needs a config dict or a TOML path, got {type(config).__name__}")
+    return validate(dict(config), source="transform config")
+
+
+def run_transform(config, *, data=None, save: bool = True, verbose: bool = True) -> dict:
+    """Run the config's transform. ``config``: a dict (as parsed from the TOML) or a path.
+
+    ``data`` (a JSCData) overrides loading ``dataset``. Returns accuracies before/after,
+    the summary DataFrames, both graphs and the paths written.
+    """
+    from .data import load_dataset
+    from .graph import MaseGraph, deepcopy_mase_graph
+    from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
+    from .passes.quantize import quantize_transform_pass, summarize_quantization_analysis_pass
+    from .train import evaluate, load_model
+
+    config = _config_dict(config)
+    for key in ("model", "dataset"):
+        if not config.get(key):
+            raise ValueError(f"the transform config needs {key} = \"...\"")
+    quant_args = check_passes(config.get("passes"))["quantize"]
+    model_name = config["model"]
+    ckpt = resolve_checkpoint(config.get("load_name"))
+    load_type = config.get("load_type") or "pl"
+
+    if data is None:
+        kwargs = {"size": config["data_size"]} if config.get("data_size") else {}
+        data = load_dataset(config["dataset"], **kwargs)
+    torch.manual_seed(int(config.get("seed") or 0))
+    model = load_model(model_name, ckpt, load_type, info=data.info)
+    model.eval()
+
+    batch = data.split("train")[0][: int(config.get("batch_size") or 128)]
+    mg = MaseGraph(model=model)
+    mg, _ = init_metadata_analysis_pass(mg, None)
+    mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": batch}})
+    ori_mg = deepcopy_mase_graph(mg)
+    mg, qinfo = quantize_transform_pass(mg, quant_args)
+
+    project = config.get("project") or f"{model_name}_{data.info.name}"
+    out = outputs_dir() / project / "transform"
+    if save:
+        out.mkdir(parents=True, exist_ok=True)
+    _, summary = summarize_quantization_analysis_pass(
+        mg, {"original_graph": ori_mg, "save_dir": out if save else None, "verbose": verbose})
+
+    before, after = evaluate(ori_mg.model, data, "test"), evaluate(mg.model, data, "test")
+    result = {
+        "model": model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
+        "checkpoint": str(ckpt), "project": project,
+        "test_acc_before": before["acc"], "test_acc_after": after["acc"],
+        "test_loss_before": before["loss"], "test_loss_after": after["loss"], "n_test": after["n"],
+        "changed": qinfo["changed"],
+    }
+    if verbose:
+        print(f"[labkit] transform {model_name} on {data.info.label}: test acc {before['acc']:.4f} -> "
+              f"{after['acc']:.4f} after quantisation ({len(qinfo['changed'])} nodes changed)")
+    if save:
+        state_path, config_path = out / "transformed.pt", out / "config.json"
+        torch.save({"state_dict": mg.model.state_dict(), "model_name": model_name,
+                    "dataset_name": data.info.name, "quantize": copy.deepcopy(quant_args)}, state_path)
+        atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+        result.update(output_dir=str(out), state_dict_path=str(state_path), config_path=str(config_path))
+        if verbose:
+            print(f"[labkit] outputs: {out}")
+    result.update(summary=summary["summary"], nodes=summary["nodes"], graph=mg, original_graph=ori_mg)
+    return result
+
+
+def load_transformed(path, info=None):
+    """Rebuild a quantised model saved by :func:`run_transform` (``transformed.pt``).
+
+    Returns a :class:`MaseGraph` whose ``.model`` runs the quantised forward pass.
+    """
+    from .graph import MaseGraph
+    from .models import get_model
+    from .passes.quantize import quantize_transform_pass
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"transformed model not found: {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or not {"state_dict", "model_name", "quantize"} <= set(saved):
+        raise ValueError(f"{path} is not a labkit transform output (needs state_dict, model_name, quantize)")
+    model = get_model(saved["model_name"], info)
+    model.load_state_dict(saved["state_dict"])
+    mg, _ = quantize_transform_pass(MaseGraph(model=model.eval()), saved["quantize"])
+    return mg
