@@ -1,6 +1,16 @@
-"""labkit: a lab workbook for the MASE deep-learning-systems labs on Jet Substructure Classification."""
+"""labkit: a lab workbook for the MASE deep-learning-systems labs on Jet Substructure Classification.
+
+Everything the notebooks and the lab report's snippets use is importable from here.
+"""
 
 from .models import MODELS, count_parameters, get_model, model_zoo, register_model
-from .data import DatasetInfo, JSCData, JSCDataModule, load_dataset, register_dataset
+from .data import (
+    DATASETS, DatasetInfo, JSCData, JSCDataModule, BatchIterator, load_dataset, register_dataset,
+)
+from .train import LitClassifier, evaluate, load_model, test, train
+from .graph import GraphTraceError, MaseGraph, deepcopy_mase_graph, get_node_actual_target
+from .passes import *  # noqa: F401,F403  (every pass, MASE names)
+from .passes import __all__ as _passes_all
+from .plots import data_banner, save_figure, titled
 
 __version__ = "0.1.0"
