@@ -7,7 +7,7 @@ from .models import MODELS, count_parameters, get_model, model_zoo, register_mod
 from .data import (
     DATASETS, DatasetInfo, JSCData, JSCDataModule, BatchIterator, load_dataset, register_dataset,
 )
-from .train import LitClassifier, evaluate, load_model, test, train
+from .train import LitClassifier, checkpoint_or_train, evaluate, load_model, test, train
 from .graph import GraphTraceError, MaseGraph, deepcopy_mase_graph, get_node_actual_target
 from .passes import *  # noqa: F401,F403  (every pass, MASE names)
 from .passes import __all__ as _passes_all

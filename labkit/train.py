@@ -376,6 +376,25 @@ def load_model(model, path, load_type: str = "pl", info=None) -> nn.Module:
     return net
 
 
+def checkpoint_or_train(model: str, data: JSCData, project: str, **train_kwargs) -> dict:
+    """Reuse ``outputs/<project>/software/training_ckpts/best.ckpt`` when it holds ``model``
+    trained on this dataset; otherwise train one now (``train_kwargs`` go to :func:`train`).
+
+    Returns ``{"best_ckpt", "trained_now", "model", "dataset"}``. The Lab-2 notebooks use this to
+    pick up the Lab-1 checkpoints, or make a quick one when those were never trained.
+    """
+    best = project_dir(project) / "training_ckpts" / "best.ckpt"
+    if best.is_file():
+        try:
+            ckpt = read_checkpoint(best, "pl")
+        except ValueError:
+            ckpt = None  # unreadable: train a new one (the old file is archived, not deleted)
+        if ckpt and ckpt["model_name"] == model and ckpt["dataset_name"] == data.info.name:
+            return {"best_ckpt": str(best), "trained_now": False, "model": model, "dataset": data.info.name}
+    result = train(model, data, project=project, **train_kwargs)
+    return {"best_ckpt": result["best_ckpt"], "trained_now": True, "model": model, "dataset": data.info.name}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 65536) -> dict:
     """Plain (no Lightning) evaluation: ``{"acc", "loss", "n"}`` on one split of ``data``."""

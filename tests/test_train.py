@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from labkit.data import epoch_permutation
 from labkit.models import get_model
-from labkit.train import LitClassifier, evaluate, load_model, read_checkpoint, train
+from labkit.train import LitClassifier, checkpoint_or_train, evaluate, load_model, read_checkpoint, train
 from labkit.train import test as run_test
 
 
@@ -165,3 +165,15 @@ def test_checkpoint_errors(tmp_path, small_data):
     with pytest.raises(ValueError, match="does not fit model 'jsc-tiny'"):
         load_model("jsc-tiny", tmp_path / "other.pt", load_type="pt")
     assert Path(r["best_ckpt"]).is_file()  # errors never touch existing checkpoints
+
+
+def test_checkpoint_or_train_reuses_a_matching_checkpoint(small_data):
+    first = checkpoint_or_train("jsc-tiny", small_data, "t-reuse", max_epochs=1, batch_size=512,
+                                progress=False, verbose=False)
+    assert first["trained_now"] and Path(first["best_ckpt"]).is_file()
+    again = checkpoint_or_train("jsc-tiny", small_data, "t-reuse", max_epochs=1, batch_size=512,
+                                progress=False, verbose=False)
+    assert not again["trained_now"] and again["best_ckpt"] == first["best_ckpt"]
+    other = checkpoint_or_train("jsc-custom", small_data, "t-reuse", max_epochs=1, batch_size=512,
+                                progress=False, verbose=False)
+    assert other["trained_now"]  # a checkpoint of another model is not reused
