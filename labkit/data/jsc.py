@@ -20,6 +20,7 @@ remembers its size, mtime and sha256, so later runs skip re-hashing and re-parsi
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -82,7 +83,10 @@ def _stamp(path: Path) -> dict:
 
 def _record_check(path: Path, kind: str, sha256: str, origin: str, rows: int):
     record = {**_stamp(path), "kind": kind, "sha256": sha256, "origin": origin, "rows": rows}
-    atomic_write_text(_check_path(path), json.dumps(record, indent=2) + "\n")
+    try:
+        atomic_write_text(_check_path(path), json.dumps(record, indent=2) + "\n")
+    except OSError:  # e.g. a read-only folder holding the user's own copy: just check it every time
+        pass
 
 
 def checked_file(path: Path, origin: str | None = None) -> RawFile:
@@ -191,6 +195,8 @@ def fetch(url: str, data_dir: Path, *, timeout: float, progress: bool = True) ->
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, http.client.IncompleteRead):
+        return f"truncated download: connection closed after {len(err.partial)} bytes"
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, urllib.error.URLError):
@@ -260,7 +266,7 @@ def ensure_raw(source=None, data_dir=None, *, timeout: float = DEFAULT_TIMEOUT,
             if progress:
                 print(f"[labkit] real JSC data saved to {raw.path} ({raw.kind}, from {raw.origin})")
             return raw
-        except (OSError, DataFormatError, ValueError) as err:   # URLError/timeouts are OSErrors
+        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, timeouts, bad files
             attempts.append((url, _describe(err)))
     raise DataUnavailableError(unavailable_message(data_dir, attempts))
 

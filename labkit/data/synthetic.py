@@ -21,7 +21,7 @@ Resolutions are set so the hard pairs stay hard (W vs Z, q vs g) and a linear mo
 clearly worse than a small MLP (the mass windows are not linear). ``calibrate()`` measures
 this; the numbers are in ``data/README.md``::
 
-    python -m labkit.data.synthetic --calibrate
+    python -m labkit.data --calibrate
 
 Never present results on this data as results about real jets: :attr:`DatasetInfo.label`
 marks it SYNTHETIC everywhere.
@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from .. import paths
 from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
@@ -176,3 +179,117 @@ def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENER
 
     return load_or_build(Path(data_dir) if data_dir else paths.data_dir(), "jsc-synthetic",
                          settings, build, info, manifest)
+
+
+# --- the real file formats, written from synthetic jets (for tests and offline rehearsal) ---------
+
+def write_source_files(folder, size: int = 20_000, seed: int = DEFAULT_GENERATOR_SEED, *,
+                       base_url: str | None = None) -> dict:
+    """Write synthetic jets in both real source formats into ``folder``.
+
+    Returns ``{"arff", "json", "hdf5"}`` paths: the OpenML ARFF, an OpenML-style JSON
+    description pointing at it (at ``base_url`` + file name when served over HTTP), and the
+    hls4ml HDF5 file. The files say they are labkit-written stand-ins; never pass them off as real.
+    """
+    from .formats import md5_file, openml_description, write_arff, write_hdf5
+    from .jsc import ARFF_FILE, HDF5_FILE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = generate(size, seed)
+    arff, hdf5, desc = folder / ARFF_FILE, folder / HDF5_FILE, folder / "openml-42468.json"
+    write_arff(arff, x, y)
+    write_hdf5(hdf5, x, y)
+    url = f"{base_url.rstrip('/')}/{ARFF_FILE}" if base_url else arff.resolve().as_uri()
+    desc.write_text(json.dumps(openml_description(url, md5_file(arff)), indent=2))
+    return {"arff": arff, "json": desc, "hdf5": hdf5}
+
+
+# --- calibration: is the stand-in as hard as the real task, in the right ways? ---------------------
+
+def _standardised_split(size: int, seed: int):
+    x, y = generate(size, seed)
+    perm = np.random.RandomState(42).permutation(len(y))
+    n_test = len(y) // 5
+    test, train = perm[:n_test], perm[n_test:]
+    mean, std = x[train].mean(0), x[train].std(0)
+    xs = torch.tensor((x - mean) / std, dtype=torch.float32)
+    ys = torch.from_numpy(y)
+    return xs[train], ys[train], xs[test], ys[test]
+
+
+def _accuracy(model, x, y) -> float:
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def logistic_regression_accuracy(x_train, y_train, x_test, y_test, iterations: int = 200) -> float:
+    """Test accuracy of multinomial logistic regression (full-batch L-BFGS, to convergence)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x_train.shape[1], int(y_train.max()) + 1)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x_train), y_train)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return _accuracy(model, x_test, y_test)
+
+
+def mlp_accuracy(name: str, x_train, y_train, x_test, y_test, *, epochs: int = 3,
+                 batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:
+    """Test accuracy of zoo model ``name`` after a plain Adam loop (no Lightning)."""
+    from ..models import get_model
+
+    torch.manual_seed(seed)
+    model = get_model(name)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y_train), generator=g)
+        for i in range(0, len(perm), batch_size):
+            b = perm[i:i + batch_size]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x_train[b]), y_train[b]).backward()
+            opt.step()
+    return _accuracy(model, x_test, y_test)
+
+
+def calibrate(size: int = 150_000, seed: int = DEFAULT_GENERATOR_SEED, epochs: int = 3,
+              models=("jsc-tiny", "jsc-custom", "jsc-s")) -> pd.DataFrame:
+    """Test accuracies on ``size`` synthetic jets (80/20 split): logistic regression, and each
+    zoo model trained the same way (Adam lr 1e-3, batch 256, ``epochs`` epochs)."""
+    x_train, y_train, x_test, y_test = _standardised_split(size, seed)
+    rows = [{"model": "logistic regression (L-BFGS)",
+             "test acc": logistic_regression_accuracy(x_train, y_train, x_test, y_test)}]
+    for name in tqdm(models, desc="calibrate", leave=False):
+        rows.append({"model": f"{name} (Adam 1e-3, batch 256, {epochs} epochs)",
+                     "test acc": mlp_accuracy(name, x_train, y_train, x_test, y_test, epochs=epochs)})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m labkit.data",
+                                     description="The jsc-synthetic stand-in: calibrate it or write it out.")
+    parser.add_argument("--calibrate", action="store_true", help="measure linear vs MLP accuracy")
+    parser.add_argument("--write", metavar="DIR", help="write ARFF + JSON + HDF5 copies into DIR")
+    parser.add_argument("--size", type=int, default=None, help="rows (calibrate: 150000, write: 20000)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_GENERATOR_SEED, help="generator seed")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs for --calibrate")
+    args = parser.parse_args(argv)
+    if not (args.calibrate or args.write):
+        parser.error("nothing to do: give --calibrate and/or --write DIR")
+    if args.write:
+        for kind, path in write_source_files(args.write, args.size or 20_000, args.seed).items():
+            print(f"{kind:5s} {path}")
+    if args.calibrate:
+        start = time.perf_counter()
+        table = calibrate(args.size or 150_000, args.seed, args.epochs)
+        print(f"jsc-synthetic v{GENERATOR_VERSION}, {args.size or 150_000} rows, generator seed "
+              f"{args.seed} ({time.perf_counter() - start:.0f} s):")
+        print(table.to_markdown(floatfmt=".4f"))

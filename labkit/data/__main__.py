@@ -1,0 +1,5 @@
+"""``python -m labkit.data --calibrate`` / ``--write DIR``: see :func:`labkit.data.synthetic.main`."""
+
+from .synthetic import main
+
+main()
