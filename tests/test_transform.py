@@ -110,3 +110,63 @@ def test_bad_passes_section(small_data, checkpoints, passes, match):
               "load_type": "pl", "passes": passes}
     with pytest.raises(ValueError, match=match):
         run_transform(config, data=small_data, save=False, verbose=False)
+
+
+# --- the accuracy-vs-bits comparison ----------------------------------------------------------
+
+def test_model_size_bits_counts_quantised_parameters_at_their_width():
+    import torch.nn as nn
+
+    from labkit.quantize.compare import model_size_bits
+    from labkit.quantize.modules import quantize_module
+
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3))
+    assert model_size_bits(model) == (8 + 15) * 32
+    model[1] = quantize_module(model[1], {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4,
+                                          "weight_width": 4, "weight_frac_width": 3,
+                                          "bias_width": 6, "bias_frac_width": 3})
+    assert model_size_bits(model) == 8 * 32 + 12 * 4 + 3 * 6
+
+
+def test_compare_quantization_runs_caches_and_plots(tmp_path, small_data, checkpoints):
+    from labkit.quantize.compare import compare_quantization, plot_accuracy_vs_bits
+
+    kwargs = dict(data=small_data, widths=(8, 3), qat_epochs=1, qat_learning_rate=1e-3,
+                  cache_dir=tmp_path / "cache", progress=False)
+    df = compare_quantization("jsc-custom", checkpoints["jsc-custom"], **kwargs)
+    assert len(df) == 1 + 2 * 2 * 2  # the float row + format x mode x width
+    assert set(df["format"]) == {"float", "integer", "minifloat"} and set(df["mode"]) == {"float", "ptq", "qat"}
+    assert df["test_acc"].between(0, 1).all() and not df["cached"].any()
+    runs = df[df["format"] != "float"].set_index(["format", "mode", "width"])
+    float_acc = float(df.loc[df["format"] == "float", "test_acc"].iloc[0])
+    for fmt in ("integer", "minifloat"):
+        assert abs(runs.loc[(fmt, "ptq", 8), "test_acc"] - float_acc) < 0.05  # 8 bits: nearly free
+        assert runs.loc[(fmt, "ptq", 8), "size_bits"] > runs.loc[(fmt, "ptq", 3), "size_bits"]
+        # QAT keeps its best epoch by validation accuracy, the PTQ start included
+        assert runs.loc[(fmt, "qat", 3), "qat_best_val_acc"] >= 0
+        assert runs.loc[(fmt, "qat", 3), "qat_epoch_kept"] in (0, 1)
+    config = json.loads(runs.loc[("integer", "ptq", 3), "config"])
+    assert config["seq_blocks_2"]["config"]["weight_width"] == 3 and "weight_frac_width" in config["seq_blocks_2"]["config"]
+
+    again = compare_quantization("jsc-custom", checkpoints["jsc-custom"], **kwargs)
+    assert again["cached"].iloc[1:].all()
+    assert again["test_acc"].tolist() == df["test_acc"].tolist()
+
+    fig = plot_accuracy_vs_bits(df, path=tmp_path / "acc.png")
+    assert "SYNTHETIC" in fig._suptitle.get_text() and (tmp_path / "acc.png").stat().st_size > 0
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4 + 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"formats": ("log",)}, "format 'log' cannot be compared"),
+    ({"modes": ("qta",)}, "mode must be one of ptq, qat, got 'qta'"),
+    ({"widths": (8, 0)}, "integer widths must be integers in \\[1, 32\\], got 0"),
+    ({"widths": (1,), "formats": ("minifloat",)}, "minifloat widths must be integers in \\[2, 32\\], got 1"),
+    ({"widths": ()}, "widths must be a non-empty list"),
+    ({"widths": 0}, "integer widths must be integers in \\[1, 32\\], got 0"),
+])
+def test_compare_quantization_bad_arguments(small_data, checkpoints, kwargs, match):
+    from labkit.quantize.compare import compare_quantization
+
+    with pytest.raises(ValueError, match=match):
+        compare_quantization("jsc-custom", checkpoints["jsc-custom"], data=small_data, progress=False, **kwargs)

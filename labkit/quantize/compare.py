@@ -1,0 +1,247 @@
+"""How much accuracy does each bit cost, and how much does quantisation-aware training win back?
+
+    df = compare_quantization("jsc-custom", "outputs/lab-1_jsc-custom/software/training_ckpts/best.ckpt",
+                              "jsc", widths=(16, 8, 4, 2), formats=("integer", "minifloat"),
+                              modes=("ptq", "qat"), qat_epochs=3)
+    plot_accuracy_vs_bits(df)
+
+For every format, width and mode, the float model is quantised with the same ``width`` for
+weights, biases and activations (inputs of the ``ops``, by default every Linear and ReLU),
+with per-layer fractional widths (integer) or exponent biases (minifloat) chosen by
+:func:`labkit.passes.quantize.auto_frac_width_pass` from a calibration batch, so nothing
+saturates. Then:
+
+* ``ptq`` (post-training quantisation): test accuracy of the quantised model as is;
+* ``qat`` (quantisation-aware training): ``qat_epochs`` of fine-tuning through the Lightning
+  trainer with the quantisers in the forward pass (straight-through gradients), then test
+  accuracy of the best epoch by validation accuracy (epoch 0, the PTQ model, included:
+  ``qat_epoch_kept`` says which).
+
+Each finished run is stored in a :class:`labkit.cache.ResultCache`, keyed by all of its
+settings plus checksums of the checkpoint and the data, so re-running is instant and an
+interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..cache import ResultCache
+from ..paths import outputs_dir
+from .modules import QuantizedMixin
+from .quantizers import QUANTIZERS
+
+MODES = ("ptq", "qat")
+AUTO_FORMATS = ("integer", "minifloat")
+COMPARE_VERSION = 1  # bump when a change here makes old cached results wrong
+
+
+def model_size_bits(model: nn.Module) -> int:
+    """Bits to store the parameters: quantised weights/biases at their widths, the rest at 32.
+
+    (BatchNorm running statistics are buffers, not counted: in hardware they fold into the
+    scale and shift.)
+    """
+    total = 0
+    for module in model.modules():
+        quantizers = module.quantizers() if isinstance(module, QuantizedMixin) and not module.bypass else {}
+        for name, p in module.named_parameters(recurse=False):
+            q = quantizers.get(name)
+            total += p.numel() * (q.bits if q is not None else torch.finfo(p.dtype).bits)
+    return int(total)
+
+
+def file_checksum(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def data_identity(data) -> dict:
+    """Name, split sizes and a checksum: the data-cache checksum if known, else the tensors' hash."""
+    ident = {"name": data.info.name, "synthetic": data.info.synthetic, "sizes": data.sizes()}
+    manifest = data.manifest or {}
+    if manifest.get("checksum") and manifest.get("settings"):
+        ident.update(checksum=manifest["checksum"], settings=manifest["settings"])
+    else:
+        h = hashlib.sha256()
+        for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        ident["content"] = h.hexdigest()[:16]
+    return ident
+
+
+def _check(widths, formats, modes):
+    if not len(widths):
+        raise ValueError(f"widths must be a non-empty list of bit widths, got {widths!r}")
+    for fmt in formats:
+        if fmt not in AUTO_FORMATS:
+            known = ", ".join(f for f in AUTO_FORMATS if f in QUANTIZERS)
+            raise ValueError(f"format {fmt!r} cannot be compared (its widths are not chosen automatically); "
+                             f"formats: {known}")
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    for fmt in formats:
+        lowest = 1 if fmt == "integer" else 2
+        for w in widths:
+            if isinstance(w, bool) or not isinstance(w, int) or not lowest <= w <= 32:
+                raise ValueError(f"{fmt} widths must be integers in [{lowest}, 32], got {w!r}")
+
+
+def _float_graph(model_name, checkpoint, load_type, data, calibration):
+    from ..graph import MaseGraph
+    from ..passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
+    from ..train import load_model
+
+    model = load_model(model_name, checkpoint, load_type, info=data.info).eval()
+    mg = MaseGraph(model=model)
+    mg, _ = init_metadata_analysis_pass(mg, None)
+    mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": calibration[:256]}})
+    return mg
+
+
+def _one_run(mg, data, calibration, fmt, width, mode, ops, qat, project) -> dict:
+    from ..passes.quantize import auto_quantize_config, quantize_transform_pass
+    from ..train import evaluate, load_model, train
+
+    start = time.perf_counter()
+    pass_args = auto_quantize_config(mg, width, format=fmt, ops=ops, dummy_in=calibration)
+    qmg, _ = quantize_transform_pass(mg, pass_args)
+    model = qmg.model
+    extra = {}
+    if mode == "qat":
+        start_val = evaluate(model, data, "val")["acc"]
+        start_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.train()  # Lightning keeps sub-modules' modes: BatchNorm/Dropout must train too
+        r = train(model, data, max_epochs=qat["epochs"], batch_size=qat["batch_size"],
+                  learning_rate=qat["learning_rate"], seed=qat["seed"], project=project,
+                  progress=False, verbose=False)
+        # keep the best epoch by validation accuracy, counting the PTQ start as epoch 0
+        kept = 0
+        if r["best_ckpt"] and r["best_val_acc"] > start_val:
+            model = load_model(model, r["best_ckpt"], "pl")
+            kept = int(r["history"]["val_acc"].idxmax()) + 1
+        else:
+            model.load_state_dict(start_state)
+        extra = {"ptq_val_acc": start_val, "qat_best_val_acc": r["best_val_acc"], "qat_epoch_kept": kept}
+    metrics = evaluate(model, data, "test")
+    return {"test_acc": metrics["acc"], "test_loss": metrics["loss"], "size_bits": model_size_bits(model),
+            "config": json.dumps(pass_args), "run_s": time.perf_counter() - start, **extra}
+
+
+def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *,
+                         widths=(16, 12, 8, 6, 4, 3, 2), formats=("integer", "minifloat"),
+                         modes=("ptq", "qat"), ops=("linear", "relu"), qat_epochs: int = 3,
+                         qat_learning_rate: float = 1e-4, batch_size: int = 256, seed: int = 0,
+                         load_type: str = "pl", data=None, calibration_samples: int = 4096,
+                         cache_dir=None, progress: bool = True) -> pd.DataFrame:
+    """Test accuracy of ``model_name`` (loaded from ``checkpoint``) quantised at each width.
+
+    Returns one row per (format, width, mode) plus a ``float`` row (the unquantised model):
+    ``format, width, mode, test_acc, test_loss, size_bits, float_acc, acc_drop, config``
+    (the pass_args used, as JSON), ``cached``, ``dataset_label`` and timing.
+    """
+    from ..data import load_dataset
+    from ..train import evaluate
+
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    widths = (widths,) if isinstance(widths, int) else tuple(widths)
+    _check(widths, formats, modes)
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if data is None:
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    calibration = data.split("train")[0][:calibration_samples]
+    cache = ResultCache(cache_dir or outputs_dir() / "quantization_compare" / model_name)
+    qat = {"epochs": qat_epochs, "learning_rate": qat_learning_rate, "batch_size": batch_size, "seed": seed}
+    base_key = {"version": COMPARE_VERSION, "model": model_name, "checkpoint": file_checksum(checkpoint),
+                "data": data_identity(data), "ops": sorted(ops), "calibration_samples": calibration_samples}
+
+    mg = _float_graph(model_name, checkpoint, load_type, data, calibration)
+    float_metrics = evaluate(mg.model, data, "test")
+    rows = [{"format": "float", "width": 32, "mode": "float", "test_acc": float_metrics["acc"],
+             "test_loss": float_metrics["loss"], "size_bits": model_size_bits(mg.model), "config": "",
+             "cached": False}]
+
+    runs = [(fmt, w, mode) for fmt in formats for mode in modes for w in widths]
+    bar = tqdm(runs, desc="quantisation runs", disable=not progress)
+    for fmt, width, mode in bar:
+        bar.set_postfix_str(f"{fmt} {width}b {mode}")
+        key = {**base_key, "format": fmt, "width": width, "mode": mode, **({"qat": qat} if mode == "qat" else {})}
+        result = cache.get(key)
+        cached = result is not None
+        if not cached:
+            project = f"quantization_compare/{model_name}/qat_{fmt}_{width}b"
+            result = _one_run(mg, data, calibration, fmt, width, mode, list(ops), qat, project)
+            cache.put(key, result)
+        rows.append({"format": fmt, "width": width, "mode": mode, **result, "cached": cached})
+
+    df = pd.DataFrame(rows)
+    df["float_acc"] = float_metrics["acc"]
+    df["acc_drop"] = df["float_acc"] - df["test_acc"]
+    df["dataset_label"] = data.info.label
+    first = ["format", "width", "mode", "test_acc", "acc_drop", "size_bits", "float_acc"]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | None = None, path=None):
+    """Test accuracy against bit width and/or model size, one line per (format, mode).
+
+    ``x``: "width", "size_bits" or "both" (two panels). The float model is the dashed line.
+    The title names the dataset (its label says SYNTHETIC for the stand-in data).
+    Returns the matplotlib Figure; saves it to ``path`` when given.
+    """
+    import matplotlib.pyplot as plt
+
+    axes_for = {"width": ["width"], "size_bits": ["size_bits"], "both": ["width", "size_bits"]}
+    if x not in axes_for:
+        raise ValueError(f"x must be 'width', 'size_bits' or 'both', got {x!r}")
+    need = {"format", "mode", "width", "size_bits", "test_acc"}
+    if not need <= set(df.columns):
+        raise ValueError(f"df lacks columns {sorted(need - set(df.columns))}; pass compare_quantization's result")
+    panels = axes_for[x]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    quant = df[df["format"] != "float"]
+    floats = df[df["format"] == "float"]
+    colours = {fmt: f"C{i}" for i, fmt in enumerate(sorted(quant["format"].unique()))}
+    styles = {"ptq": "--", "qat": "-"}
+    for ax, col in zip(axes[0], panels):
+        for (fmt, mode), group in quant.groupby(["format", "mode"], sort=True):
+            g = group.sort_values(col)
+            xs = g[col] / 1000 if col == "size_bits" else g[col]
+            ax.plot(xs, g["test_acc"], styles.get(mode, "-"), color=colours[fmt], marker="o",
+                    label=f"{fmt} {mode.upper()}")
+        if len(floats):
+            ax.axhline(float(floats["test_acc"].iloc[0]), color="grey", ls=":", label="float32")
+        if col == "width":
+            ax.set_xscale("log", base=2)
+            ticks = sorted(quant["width"].unique())
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("bits per value (weights, biases and activations)")
+        else:
+            ax.set_xlabel("model size (kbit of parameters)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    label = df["dataset_label"].iloc[0] if "dataset_label" in df.columns and len(df) else "unknown data"
+    fig.suptitle(title or f"Accuracy vs bits: {label}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
