@@ -1,0 +1,539 @@
+"""Hyperparameter sweeps: one training per setting, cached on disk, spread over CPU cores.
+
+The lab's bash loop (``for b in 64 128 ...; do ch train jsc-tiny jsc --batch-size $b; done``)
+becomes one call that returns a table and the learning curves::
+
+    res = sweep("jsc-tiny", data, "batch_size", [64, 128, 256], max_epochs=10)
+    res.table                 # one row per run: setting, val/test accuracy, epochs, time, ckpt
+    res.histories             # label -> per-epoch DataFrame (epoch, val_acc, ...)
+    res.plot()                # val accuracy per epoch, one curve per value
+
+Every finished run is written at once to ``outputs/sweeps/<name>/<hash>.json`` (a
+:class:`~labkit.cache.ResultCache`), keyed by *everything that decides its result*: the
+model (name and architecture), the dataset identity, each training setting and the recipe
+version. So a re-run is instant, an interrupted sweep (Ctrl-C, a dead kernel) resumes with
+only the missing runs, and changing one setting retrains only the runs it touches.
+
+Runs are spread over CPU cores with worker processes (one thread each; each worker loads
+the dataset once from the processed cache), or run one after another in this process with
+``workers=1`` or on a GPU (``accelerator="gpu"``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .cache import ResultCache, settings_hash
+from .data import JSCData, load_dataset
+from .models import MODELS, get_model
+from .paths import outputs_dir
+from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, train
+
+# Bump when the training recipe changes in a way that changes results: old entries then miss.
+RECIPE_VERSION = 1
+
+# The settings a sweep may vary or fix, with their defaults (MASE's where it has one).
+SETTINGS = {
+    "model": None,
+    "max_epochs": DEFAULTS["max_epochs"],
+    "batch_size": DEFAULTS["batch_size"],
+    "learning_rate": DEFAULTS["learning_rate"],
+    "seed": DEFAULTS["seed"],
+    "weight_decay": 0.0,
+    "scheduler": None,
+    "early_stopping": None,
+    "max_time": None,
+}
+RESULT_COLUMNS = ["final_val_acc", "best_val_acc", "test_acc", "epochs", "wall_time_s", "cached",
+                  "best_ckpt"]
+
+
+# -- checking settings before anything runs --------------------------------------------------
+
+
+def _nonneg_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    return v
+
+
+def check_value(name: str, value):
+    """Validate one setting value and return it normalised (``ValueError`` names the bad one)."""
+    if name not in SETTINGS:
+        raise ValueError(f"cannot sweep or fix {name!r}; the settings are {', '.join(SETTINGS)}")
+    if name == "model":
+        if isinstance(value, nn.Module):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"model must be a registered model name or an nn.Module, got {value!r}")
+        MODELS.get(value)  # ValueError listing the registered names
+        return value
+    if name in ("max_epochs", "batch_size"):
+        check_settings(**{name: value})
+        return int(value)
+    if name == "learning_rate":
+        check_settings(learning_rate=value)
+        return float(value)
+    if name == "scheduler":
+        check_settings(scheduler=value)
+        return value
+    if name == "seed":
+        return _nonneg_int("seed", value)
+    if name == "weight_decay":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"weight_decay must be a number >= 0, got {value!r}")
+        return float(value)
+    # early_stopping (patience in epochs) and max_time (seconds): None switches them off
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if name == "early_stopping":
+        if not (ok and float(value).is_integer()):
+            raise ValueError(f"early_stopping must be None or a positive integer (patience in epochs), got {value!r}")
+        return int(value)
+    if not ok:
+        raise ValueError(f"max_time must be None or a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _check_grid(grid) -> dict:
+    if not isinstance(grid, dict) or not grid:
+        raise TypeError(f"grid must be a non-empty dict of setting -> list of values, got {grid!r}")
+    out = {}
+    for name, values in grid.items():
+        if name not in SETTINGS:
+            raise ValueError(f"cannot sweep {name!r}; sweepable settings: {', '.join(SETTINGS)}")
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TypeError(f"values for {name} must be a list, got {values!r}")
+        values = [check_value(name, v) for v in values]
+        if not values:
+            raise ValueError(f"no values given for {name}")
+        keys = [_jsonable(v) for v in values]
+        if len(set(map(str, keys))) != len(keys):
+            raise ValueError(f"repeated values for {name}: {keys}")
+        out[name] = values
+    return out
+
+
+# -- what identifies a run -------------------------------------------------------------------
+
+
+def _jsonable(v):
+    if isinstance(v, nn.Module):
+        return _module_identity(v)["model"]
+    return v
+
+
+def _tensor_digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_identity(data: JSCData) -> dict:
+    """What pins the data down: name, split sizes and the manifest's recipe (or a content hash)."""
+    ident = {"name": data.info.name, "synthetic": data.info.synthetic, "sizes": data.sizes()}
+    m = data.manifest or {}
+    if m.get("settings"):
+        ident.update(settings=m["settings"], checksum=m.get("checksum"),
+                     prep_version=m.get("prep_version"))
+    else:  # built in memory: hash the tensors themselves
+        ident["content"] = _tensor_digest([data.x_train, data.y_train, data.x_val, data.y_val,
+                                           data.x_test, data.y_test])
+    return ident
+
+
+def _module_identity(module: nn.Module) -> dict:
+    state = module.state_dict()
+    return {"model": type(module).__name__,
+            "architecture": hashlib.sha256(repr(module).encode()).hexdigest()[:16],
+            "initial_weights": _tensor_digest([state[k] for k in sorted(state)])}
+
+
+def model_identity(model, info) -> dict:
+    """A registry name plus a hash of the architecture it builds (re-registering a different
+    network under the same name must not reuse old results)."""
+    if isinstance(model, nn.Module):
+        return _module_identity(model)
+    arch = repr(get_model(model, info))
+    return {"model": model, "architecture": hashlib.sha256(arch.encode()).hexdigest()[:16]}
+
+
+def _device_kind(accelerator: str) -> str:
+    if accelerator in ("gpu", "cuda"):
+        return "gpu"
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "mps":
+        return "mps"
+    return "cpu"
+
+
+def label_of(setting: dict) -> str:
+    """``{"batch_size": 64}`` -> ``"batch_size=64"`` (floats in short form: ``1e-05``)."""
+    parts = []
+    for k, v in setting.items():
+        v = _jsonable(v)
+        parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+# -- running one training (in this process or in a worker) -----------------------------------
+
+
+def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> dict:
+    """Train with ``settings``, test the best checkpoint, return plain JSON-able values."""
+    model = settings["model"]
+    if isinstance(model, nn.Module):
+        model = copy.deepcopy(model)  # every run starts from the same weights
+    kwargs = {k: settings[k] for k in SETTINGS if k != "model"}
+    r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
+              progress=False, verbose=False, **kwargs)
+    test_acc = float("nan")
+    if r["best_ckpt"]:
+        if isinstance(model, nn.Module):
+            net = copy.deepcopy(model)
+            net.load_state_dict(read_checkpoint(r["best_ckpt"])["state_dict"])
+        else:
+            net = load_model(model, r["best_ckpt"], "pl", data.info)
+        test_acc = evaluate(net, data, "test")["acc"]
+    out = {k: r[k] for k in ("best_val_acc", "final_val_acc", "final_train_acc", "epochs", "steps",
+                             "wall_time_s", "stopped_early", "best_ckpt", "last_ckpt")}
+    out["test_acc"] = test_acc
+    out["history"] = r["history"].to_dict(orient="records")
+    return out
+
+
+def _lightning_exit(exc: SystemExit) -> bool:
+    """Was this the ``sys.exit(1)`` Lightning raises after catching Ctrl-C?"""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return exc.code == 1 and "lightning" in tb.tb_frame.f_code.co_filename
+
+
+@contextmanager
+def interruptible():
+    """Make Ctrl-C during a Lightning fit a plain ``KeyboardInterrupt``.
+
+    Lightning answers Ctrl-C by calling ``sys.exit(1)`` (having ignored SIGINT meanwhile):
+    fine for a script, but in a notebook it ends the cell with ``SystemExit`` instead of an
+    interrupt. We turn it back into KeyboardInterrupt, with the SIGINT handler as before.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as exc:
+        if not _lightning_exit(exc):
+            raise
+        if main and signal.getsignal(signal.SIGINT) is not handler and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt("training interrupted") from None
+
+
+_WORKER_DATA: JSCData | None = None
+
+
+def _data_source(data: JSCData):
+    """How a worker gets the data: the processed cache file when there is one, else the tensors."""
+    path = (data.manifest or {}).get("cache_path")
+    if path and Path(path).is_file():
+        return ("cache", str(path), data.info, dataset_identity(data))
+    return ("tensors", data)
+
+
+def _load_source(source) -> JSCData:
+    if source[0] == "tensors":
+        return source[1]
+    from .data.prepare import read_processed, to_jscdata
+    _, path, info, ident = source
+    payload = read_processed(Path(path))
+    data = to_jscdata(payload, info) if payload is not None else None
+    if data is None or dataset_identity(data) != ident:
+        raise RuntimeError(f"the processed data cache {path} changed under the sweep; rerun it")
+    return data
+
+
+def _init_worker(source, threads: int):
+    global _WORKER_DATA
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
+    torch.set_num_threads(threads)
+    _WORKER_DATA = _load_source(source)  # once per process, not per run
+
+
+def _run_in_worker(settings, project, accelerator):
+    return _run_one(settings, _WORKER_DATA, project, accelerator)
+
+
+def _picklable_for_workers(model) -> bool:
+    """Spawned workers re-import modules; a model defined in a notebook (``__main__``) is not
+    importable there, so such sweeps run in this process instead."""
+    target = type(model) if isinstance(model, nn.Module) else MODELS.get(model)
+    return getattr(target, "__module__", "__main__") != "__main__"
+
+
+def _run_cost(settings: dict) -> float:
+    """Rough relative cost, to start the longest runs first (better packing over workers)."""
+    return settings["max_epochs"] * (1.0 + 256.0 / settings["batch_size"])
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    """A finished sweep: ``table`` (one row per run) and ``histories`` (label -> per-epoch table)."""
+
+    name: str
+    params: list
+    table: pd.DataFrame
+    histories: dict = field(default_factory=dict)
+    info: object = None
+    directory: Path | None = None
+    elapsed_s: float = 0.0  # how long this call took (cached runs cost ~nothing)
+
+    def _repr_html_(self):
+        head = f"<b>sweep {self.name}</b> over {', '.join(self.params)}"
+        if self.info is not None:
+            head += f" &mdash; {getattr(self.info, 'label', self.info)}"
+        cols = [c for c in self.table.columns if c not in ("best_ckpt", "label")]
+        return head + self.table[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}")
+
+    def __repr__(self):
+        cols = [c for c in self.table.columns if c not in ("best_ckpt", "label")]
+        return f"SweepResult({self.name!r})\n" + self.table[cols].to_string(index=False)
+
+    def best(self, metric: str = "best_val_acc") -> pd.Series:
+        """The row with the highest ``metric``."""
+        return self.table.loc[self.table[metric].idxmax()]
+
+    def plot(self, metric: str = "val_acc", title: str | None = None, ax=None):
+        """One curve per run (``metric`` per epoch), titled with the data it came from."""
+        from .plots import plot_histories
+        title = title or f"{metric.replace('_', ' ')} per epoch, varying {' and '.join(self.params)}"
+        return plot_histories(self.histories, metric=metric, title=title, data_or_info=self.info, ax=ax)
+
+
+def _row(setting: dict, result: dict, cached: bool) -> dict:
+    row = {k: _jsonable(v) for k, v in setting.items()}
+    row.update({k: result.get(k) for k in RESULT_COLUMNS if k != "cached"})
+    row["cached"] = cached
+    row["label"] = label_of(setting)
+    return row
+
+
+def _history(result: dict) -> pd.DataFrame:
+    return pd.DataFrame(result.get("history") or [])
+
+
+# -- the sweep itself ------------------------------------------------------------------------
+
+
+def _resolve_data(dataset, data) -> JSCData:
+    if data is not None:
+        if not isinstance(data, JSCData):
+            raise TypeError(f"data must be a JSCData (from load_dataset), got {type(data).__name__}")
+        return data
+    if isinstance(dataset, JSCData):
+        return dataset
+    if not isinstance(dataset, str):
+        raise TypeError(f"dataset must be a dataset name or a JSCData, got {type(dataset).__name__}")
+    return load_dataset(dataset)
+
+
+def _default_name(model, params) -> str:
+    m = model if isinstance(model, str) else "models" if model is None else type(model).__name__
+    return f"{m}-{'-'.join(params)}"
+
+
+def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, workers: int | None = None,
+               accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
+               **fixed) -> SweepResult:
+    """Train once for every combination in ``grid`` (``{"batch_size": [64, 128], ...}``).
+
+    ``fixed`` sets the other settings (``max_epochs``, ``learning_rate``, ``seed``, ...;
+    defaults as in :func:`labkit.train.train`). Finished runs live in
+    ``cache_dir`` (default ``outputs/sweeps/<name>``) and are reused. ``workers``: processes
+    to use (default: one per CPU core, at most one per missing run; 1 = in this process).
+    """
+    start = time.perf_counter()
+    grid = _check_grid(grid)
+    for k in fixed:
+        if k not in SETTINGS or k == "model":
+            raise TypeError(f"unknown setting {k!r} for a sweep; fixed settings can be "
+                            f"{', '.join(s for s in SETTINGS if s != 'model')}")
+        if k in grid:
+            raise ValueError(f"{k!r} is both swept and fixed; drop one")
+    base = {k: check_value(k, v) for k, v in {**SETTINGS, "model": model, **fixed}.items()
+            if k != "model" or "model" not in grid}
+    check_settings(accelerator=accelerator)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
+    data = _resolve_data(dataset, data)
+    device = _device_kind(accelerator)
+    name = name or _default_name(model, list(grid))
+    directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
+    cache = ResultCache(directory)
+
+    data_id = dataset_identity(data)
+    runs = []  # (setting shown in the table, full settings, cache key)
+    model_ids = {}
+    for combo in itertools.product(*grid.values()):
+        setting = dict(zip(grid, combo))
+        full = {**base, **setting}
+        m = full["model"]
+        mkey = id(m) if isinstance(m, nn.Module) else m
+        if mkey not in model_ids:
+            model_ids[mkey] = model_identity(m, data.info)
+        key = {"recipe": RECIPE_VERSION, "dataset": data_id, "device": device, **model_ids[mkey],
+               **{k: v for k, v in full.items() if k != "model"}}
+        runs.append((setting, full, key))
+
+    results, cached = {}, set()
+    for i, (_, _, key) in enumerate(runs):
+        hit = cache.get(key)
+        if hit is not None:
+            results[i], _ = hit, cached.add(i)
+    missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
+
+    def project(i):
+        # An absolute path: train() writes checkpoints under outputs_dir() / project, and
+        # pathlib's "/" keeps an absolute right-hand side, so they land next to the cache.
+        return str((directory / "runs" / settings_hash(runs[i][2])).resolve())
+
+    def store(i, result):
+        cache.put(runs[i][2], result)
+        results[i] = result
+
+    bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
+    try:
+        n_workers = workers or min(len(missing), os.cpu_count() or 1)
+        in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1
+                      or not all(_picklable_for_workers(runs[i][1]["model"]) for i in missing))
+        if in_process:
+            for i in missing:
+                bar.set_postfix_str(label_of(runs[i][0]))
+                with interruptible():
+                    store(i, _run_one(runs[i][1], data, project(i), accelerator))
+                bar.update()
+        elif missing:
+            _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), store, bar)
+    finally:
+        bar.close()
+
+    rows = [_row(runs[i][0], results[i], i in cached) for i in range(len(runs))]
+    histories = {label_of(runs[i][0]): _history(results[i]) for i in range(len(runs))}
+    return SweepResult(name, list(grid), pd.DataFrame(rows), histories, data.info, directory,
+                       time.perf_counter() - start)
+
+
+def _run_pool(missing, runs, data, project, accelerator, n_workers, store, bar):
+    ctx = mp.get_context("spawn")  # safe with threads, notebooks and CUDA; workers import labkit
+    pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(_data_source(data), 1))
+    try:
+        futures = {pool.submit(_run_in_worker, runs[i][1], project(i), accelerator): i for i in missing}
+        for fut in cf.as_completed(futures):
+            i = futures[fut]
+            store(i, fut.result())  # each run is on disk as soon as it finishes
+            bar.set_postfix_str(label_of(runs[i][0]))
+            bar.update()
+    except BaseException:
+        # Ctrl-C or a failed run: drop queued runs and stop the busy workers now. Finished
+        # runs are already stored, so the next call resumes with the missing ones.
+        for p in list(getattr(pool, "_processes", {}).values()):
+            p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def sweep(model, dataset, param: str, values, *, data: JSCData | None = None, workers: int | None = None,
+          accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
+          **fixed) -> SweepResult:
+    """Train ``model`` once per value of one setting, e.g. ``sweep("jsc-tiny", data,
+    "batch_size", [64, 128, 256], max_epochs=10)``. See :func:`grid_sweep` for the options."""
+    if not isinstance(param, str):
+        raise TypeError(f"param must be a setting name (str), got {param!r}")
+    return grid_sweep(model, dataset, {param: values}, data=data, workers=workers, accelerator=accelerator,
+                      cache_dir=cache_dir, name=name or _default_name(model, [param]), progress=progress,
+                      **fixed)
+
+
+# -- browsing what is on disk ----------------------------------------------------------------
+
+
+def sweeps_root() -> Path:
+    return outputs_dir() / "sweeps"
+
+
+def list_sweeps(root=None) -> list[str]:
+    """Names of the sweeps with at least one finished run under ``root`` (default outputs/sweeps)."""
+    root = Path(root) if root else sweeps_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.json")))
+
+
+def load_sweep(name_or_dir, root=None) -> SweepResult:
+    """Every finished run stored for a sweep, without training anything.
+
+    The table's setting columns are those that differ between the stored runs.
+    """
+    directory = Path(name_or_dir)
+    if not directory.is_dir():
+        directory = (Path(root) if root else sweeps_root()) / str(name_or_dir)
+    if not directory.is_dir():
+        raise ValueError(f"no sweep {name_or_dir!r}; stored sweeps: {', '.join(list_sweeps(root)) or 'none'}")
+    entries = ResultCache(directory).entries()
+    if not entries:
+        raise ValueError(f"sweep {name_or_dir!r} has no finished runs in {directory}")
+    flat = [{k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+             for k, v in e["settings"].items()} for e in entries]
+    varying = [k for k in flat[0] if k not in ("recipe",) and len({str(f.get(k)) for f in flat}) > 1]
+    if not varying:
+        varying = [k for k in SETTINGS if k in flat[0]][:1] or ["model"]
+    rows, histories = [], {}
+    for e, f in zip(entries, flat):
+        setting = {k: f.get(k) for k in varying}
+        rows.append(_row(setting, e["result"], True))
+        histories[label_of(setting)] = _history(e["result"])
+    table = pd.DataFrame(rows)
+    try:
+        table = table.sort_values(varying, kind="stable").reset_index(drop=True)
+    except TypeError:  # mixed types in a column: keep finishing order
+        pass
+    info = _info_from_settings(entries[0]["settings"])
+    return SweepResult(directory.name, varying, table, histories, info, directory)
+
+
+def _info_from_settings(settings):
+    from .data import DatasetInfo
+    ds = settings.get("dataset") or {}
+    if isinstance(ds, dict) and ds.get("name"):
+        return DatasetInfo(ds["name"], synthetic=bool(ds.get("synthetic")))
+    return None
+
+
+__all__ = ["sweep", "grid_sweep", "SweepResult", "load_sweep", "list_sweeps", "dataset_identity",
+           "check_value", "label_of", "RECIPE_VERSION"]
