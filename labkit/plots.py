@@ -72,3 +72,189 @@ def plot_histories(histories: dict, metric: str = "val_acc", title: str = "", da
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+# --- Lab 2: what the layers hold, what they cost ----------------------------------------------
+
+
+def layer_values(graph, x, *, ops=None) -> dict:
+    """Weights and input activations of every layer of a MaseGraph, for plotting.
+
+    Runs ``x`` (one batch, eval mode, no grad) through ``graph`` with a torch.fx
+    Interpreter and records, for each ``call_module`` node, a copy of its first tensor input
+    (taken *before* the layer runs, so ``ReLU(inplace=True)`` cannot overwrite it) and its
+    ``weight`` if it has one. ``ops`` keeps only nodes whose ``mase_op`` (or, without
+    metadata, lower-case layer class name) is listed. Returns
+    ``{node name: {"op": ..., "weight": tensor | None, "activation": tensor}}`` in graph order.
+    """
+    import torch
+    import torch.fx as fx
+
+    gm = getattr(graph, "model", None)
+    if not isinstance(gm, fx.GraphModule):
+        raise TypeError(f"layer_values needs a MaseGraph, got {type(graph).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a tensor batch, got {type(x).__name__}")
+    if isinstance(ops, str):
+        ops = [ops]
+
+    def op_of(node):
+        meta = node.meta.get("mase")
+        try:
+            return meta.parameters["common"]["mase_op"]
+        except (AttributeError, KeyError, TypeError):
+            return type(gm.get_submodule(node.target)).__name__.lower()
+
+    wanted = {n: op_of(n) for n in gm.graph.nodes if n.op == "call_module"}
+    if ops is not None:
+        unknown = sorted(set(ops) - set(wanted.values()))
+        if unknown:
+            raise ValueError(f"layer_values: ops {unknown} match no layer; this graph has "
+                             f"{sorted(set(wanted.values()))}")
+        wanted = {n: op for n, op in wanted.items() if op in ops}
+    found = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            if n in wanted:
+                args, _ = self.fetch_args_kwargs_from_env(n)
+                act = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                if act is None:
+                    raise ValueError(f"layer_values: node {n.name!r} has no tensor input")
+                weight = getattr(gm.get_submodule(n.target), "weight", None)
+                found[n.name] = {"op": wanted[n],
+                                 "weight": weight.detach().clone() if isinstance(weight, torch.Tensor) else None,
+                                 "activation": act.detach().clone()}
+            return super().run_node(n)
+
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            Recorder(gm).run(x)
+    finally:
+        gm.train(was_training)
+    return found
+
+
+def plot_layer_distributions(values: dict, title: str = "Weights and activations per layer",
+                             data_or_info=None, kind: str = "box"):
+    """Per-layer distributions from :func:`layer_values`: weights (left) and inputs (right).
+
+    ``kind="box"``: one box per layer (whiskers at the 1st/99th percentile, so outliers show
+    as points); ``kind="hist"``: a row of two histograms per layer.
+    Returns the matplotlib Figure.
+    """
+    import numpy as np
+
+    if kind not in ("box", "hist"):
+        raise ValueError(f"kind must be 'box' or 'hist', got {kind!r}")
+    if not values:
+        raise ValueError("no layers to plot: layer_values returned nothing")
+    names = list(values)
+    label = {n: f"{n}\n({values[n]['op']})" for n in names}
+    weighted = [n for n in names if values[n]["weight"] is not None]
+    suptitle = titled(title, data_or_info) if data_or_info is not None else title
+
+    if kind == "box":
+        fig, (aw, aa) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 2.0),
+                                     gridspec_kw={"width_ratios": [1, 1]})
+        for ax, keys, what in ((aw, weighted, "weight"), (aa, names, "activation")):
+            data = [values[n][what].flatten().numpy() for n in keys]
+            if data:
+                ax.boxplot(data, vert=False, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
+                ax.set_yticks(range(1, len(keys) + 1), [label[n] for n in keys], fontsize=8)
+                ax.invert_yaxis()  # first layer on top, like the graph
+            ax.set_xlabel(f"{what} value" if what == "weight" else "input value (data_in_0)")
+            ax.set_title("weights" if what == "weight" else "input activations", fontsize=9)
+            ax.grid(alpha=0.3, axis="x")
+    else:
+        fig, axes = plt.subplots(len(names), 2, figsize=(10, 1.7 * len(names) + 1.0), squeeze=False)
+        for row, n in zip(axes, names):
+            for ax, what in zip(row, ("weight", "activation")):
+                t = values[n][what]
+                if t is None:
+                    ax.text(0.5, 0.5, "no weight", ha="center", va="center", transform=ax.transAxes,
+                            color="grey")
+                    ax.set_xticks([]), ax.set_yticks([])
+                else:
+                    v = t.flatten().numpy()
+                    ax.hist(v, bins=min(60, max(10, int(np.sqrt(v.size)))), color="#4a7ab5", alpha=0.85)
+                ax.set_title(f"{n} ({values[n]['op']}): {'weight' if what == 'weight' else 'input'}", fontsize=8)
+                ax.tick_params(labelsize=7)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_layer(tables: dict, column: str = "Forward bitops", title: str | None = None,
+                   data_or_info=None, log: bool = True, ax=None):
+    """Grouped bars: ``column`` per layer, one bar per table (e.g. float32 vs 8-bit vs 4-bit).
+
+    ``tables`` maps a label to an :func:`~labkit.passes.flops.analyse_flops_pass` table
+    (``info["table"]``); rows without a number (placeholder, output, total) are skipped.
+    """
+    import numpy as np
+
+    if not tables:
+        raise ValueError("tables is empty: pass {label: analyse_flops_pass(...)[1]['table']}")
+    first = next(iter(tables.values()))
+    if column not in first.columns:
+        raise ValueError(f"column {column!r} is not in the table; columns: {list(first.columns)}")
+    rows = first[(first["Node name"] != "total") & first[column].notna()]
+    names = list(rows["Node name"])
+    kinds = dict(zip(rows["Node name"], rows["Node type"]))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(names) * max(1, len(tables)) ** 0.5), 4.2))
+    width = 0.8 / len(tables)
+    pos = np.arange(len(names))
+    for i, (lab, table) in enumerate(tables.items()):
+        by_name = dict(zip(table["Node name"], table[column]))
+        heights = [by_name.get(n, np.nan) for n in names]
+        ax.bar(pos + (i - (len(tables) - 1) / 2) * width, heights, width, label=str(lab))
+    ax.set_xticks(pos, [f"{n}\n{kinds[n]}" for n in names], rotation=45, ha="right", fontsize=7)
+    if log:
+        ax.set_yscale("symlog", linthresh=1)  # dropout's 0 stays on the axis
+    ax.set_ylabel(column)
+    text = title or f"{column} per layer"
+    ax.set_title(titled(text, data_or_info) if data_or_info is not None else text, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax
+
+
+def plot_accuracy_vs_cost(df, cost: str = "bitops", title: str | None = None, data_or_info=None,
+                          ax=None, float_acc: float | None = None):
+    """Test accuracy against a cost column (BitOPs, model bits ...), one line per (format, mode).
+
+    ``df`` needs ``format``, ``mode``, ``width``, ``test_acc`` and ``cost``; each point is
+    labelled with its bit width. A ``float`` row (or ``float_acc``) is drawn as a star.
+    """
+    need = {"format", "mode", "width", "test_acc", cost}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise ValueError(f"df lacks columns {missing}; it needs {sorted(need)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.2))
+    quant = df[df["format"] != "float"]
+    floats = df[df["format"] == "float"]
+    for (fmt, mode), group in quant.groupby(["format", "mode"], sort=True):
+        g = group.sort_values(cost)
+        ax.plot(g[cost], g["test_acc"], "--" if mode == "ptq" else "-", marker="o", ms=4,
+                label=f"{fmt} {str(mode).upper()}")
+        for c, acc, w in zip(g[cost], g["test_acc"], g["width"]):
+            ax.annotate(f"{int(w)}b", (c, acc), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    if len(floats):
+        ax.plot(floats[cost], floats["test_acc"], "*", ms=12, color="black", label="float32")
+    elif float_acc is not None:
+        ax.axhline(float_acc, color="grey", ls=":", label="float32")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(cost)
+    ax.set_ylabel("test accuracy")
+    text = title or f"Test accuracy vs {cost}"
+    ax.set_title(titled(text, data_or_info) if data_or_info is not None else text, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax
