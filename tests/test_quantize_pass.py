@@ -351,3 +351,19 @@ def test_auto_frac_width_by_type_minifloat_and_errors(custom):
         auto_frac_width_pass(custom, {"widht": 8})
     with pytest.raises(ValueError, match="format must be 'integer' or 'minifloat', got 'log'"):
         auto_frac_width_pass(custom, {"width": 8, "format": "log"})
+
+
+def test_auto_frac_width_after_profile_statistics_analysis_pass(custom):
+    from labkit.passes.profile import profile_statistics_analysis_pass
+
+    batches = [torch.randn(128, 16) * 2 for _ in range(3)]
+    custom, _ = profile_statistics_analysis_pass(custom, {
+        "by": "type", "target_activation_nodes": ["linear", "relu"],
+        "activation_statistics": {"range_min_max": {"device": "cpu", "dims": "all"}},
+        "input_generator": batches, "num_samples": 3, "progress": False})
+    _, info = auto_frac_width_pass(custom, {"width": 8})  # no calibration batch needed now
+    lo = min(float(b.min()) for b in batches)
+    hi = max(float(b.max()) for b in batches)
+    assert info["pass_args"]["seq_blocks_1"]["config"]["data_in_frac_width"] == integer_frac_width(lo, hi, 8)
+    mg, _ = quantize_transform_pass(custom, info["pass_args"])
+    assert len([m for m in mg.modules.values() if type(m).__name__.endswith("Integer")]) == 7

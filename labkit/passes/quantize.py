@@ -101,10 +101,10 @@ def validate_quantize_args(graph, pass_args: dict) -> dict:
     default = _entry_config(pass_args, "default") if "default" in pass_args else None
 
     # 1) every explicit entry: a known op / node, and a valid config for it
+    ops_here = sorted({op for _, op, _ in nodes.values()})
     for key in keys:
         config = _entry_config(pass_args, key)
         if by == "type":
-            ops_here = sorted({op for _, op, _ in nodes.values()})
             if key not in QUANTIZABLE_OPS and key not in ops_here:
                 raise ValueError(f"pass_args: unknown op {key!r} (by='type'); quantisable ops: "
                                  f"{', '.join(QUANTIZABLE_OPS)}; ops in this graph: {', '.join(ops_here)}")

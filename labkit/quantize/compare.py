@@ -126,7 +126,8 @@ def _one_run(mg, data, calibration, fmt, width, mode, ops, qat, project) -> dict
         model.train()  # Lightning keeps sub-modules' modes: BatchNorm/Dropout must train too
         r = train(model, data, max_epochs=qat["epochs"], batch_size=qat["batch_size"],
                   learning_rate=qat["learning_rate"], seed=qat["seed"], project=project,
-                  progress=False, verbose=False)
+                  accelerator=qat["accelerator"], progress=False, verbose=False)
+        model = model.cpu()
         # keep the best epoch by validation accuracy, counting the PTQ start as epoch 0
         kept = 0
         if r["best_ckpt"] and r["best_val_acc"] > start_val:
@@ -145,7 +146,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
                          modes=("ptq", "qat"), ops=("linear", "relu"), qat_epochs: int = 3,
                          qat_learning_rate: float = 1e-4, batch_size: int = 256, seed: int = 0,
                          load_type: str = "pl", data=None, calibration_samples: int = 4096,
-                         cache_dir=None, progress: bool = True) -> pd.DataFrame:
+                         accelerator: str = "auto", cache_dir=None, progress: bool = True) -> pd.DataFrame:
     """Test accuracy of ``model_name`` (loaded from ``checkpoint``) quantised at each width.
 
     Returns one row per (format, width, mode) plus a ``float`` row (the unquantised model):
@@ -166,7 +167,11 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
     calibration = data.split("train")[0][:calibration_samples]
     cache = ResultCache(cache_dir or outputs_dir() / "quantization_compare" / model_name)
-    qat = {"epochs": qat_epochs, "learning_rate": qat_learning_rate, "batch_size": batch_size, "seed": seed}
+    # QAT runs on the accelerator; GPU and CPU results differ in rounding, so both go in the key
+    device = "gpu" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    qat = {"epochs": qat_epochs, "learning_rate": qat_learning_rate, "batch_size": batch_size, "seed": seed,
+           "accelerator": accelerator, "device": device}
     base_key = {"version": COMPARE_VERSION, "model": model_name, "checkpoint": file_checksum(checkpoint),
                 "data": data_identity(data), "ops": sorted(ops), "calibration_samples": calibration_samples}
 
@@ -180,7 +185,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     bar = tqdm(runs, desc="quantisation runs", disable=not progress)
     for fmt, width, mode in bar:
         bar.set_postfix_str(f"{fmt} {width}b {mode}")
-        key = {**base_key, "format": fmt, "width": width, "mode": mode, **({"qat": qat} if mode == "qat" else {})}
+        key = {**base_key, "format": fmt, "width": width, "mode": mode, **({"qat": {k: v for k, v in qat.items() if k != "accelerator"}} if mode == "qat" else {})}
         result = cache.get(key)
         cached = result is not None
         if not cached:

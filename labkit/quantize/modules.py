@@ -19,6 +19,7 @@ There is one class per (layer, format): ``LinearInteger``, ``LinearMinifloat``,
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import torch.nn as nn
@@ -74,11 +75,8 @@ class QuantizedMixin:
         new = target.__new__(target)
         nn.Module.__init__(new)
         # copy the float layer's state: hyper-parameters, parameters, buffers, hooks, mode
-        new.__dict__.update({k: v for k, v in module.__dict__.items()
-                             if k not in ("_parameters", "_buffers", "_modules")})
-        new._parameters = dict(module._parameters)
-        new._buffers = dict(module._buffers)
-        new._modules = dict(module._modules)
+        for key, value in module.__dict__.items():  # own containers (hooks, ...), shared tensors
+            new.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set, list)) else value
         new.set_quantization(config, where)
         return new
 
@@ -106,7 +104,7 @@ class QuantizedReLU(QuantizedMixin, nn.ReLU):
         self.set_quantization(config or {})
 
     def forward(self, x):
-        return F.relu(self._q(self.x_quantizer, x), inplace=self.inplace and not self.bypass)
+        return F.relu(self._q(self.x_quantizer, x), inplace=self.inplace)
 
 
 class QuantizedBatchNorm1d(QuantizedMixin, nn.BatchNorm1d):
