@@ -1,0 +1,284 @@
+"""Interactive explorers for notebooks: train with sliders, browse finished sweeps.
+
+    from labkit.widgets import explore
+    explore(data)          # two tabs: "Train" and "Sweep results"
+
+:class:`TrainExplorer` has sliders for the learning rate (log scale), batch size and
+maximum epochs, a model dropdown, a Train button, a progress bar and a validation-accuracy
+plot redrawn after every epoch (a Lightning callback calls :meth:`TrainExplorer.on_epoch`).
+:class:`SweepBrowser` reads finished sweeps from the cache in ``outputs/sweeps/`` and shows
+a run's curve and table row instantly, without training.
+
+All logic lives in plain methods (``run``, ``on_epoch``, ``select_sweep``, ``select_run``)
+that update plain attributes (``curves``, ``plot_data``, ``row``), so tests drive them
+without a browser. Plots are rendered to PNG bytes shown in an ``Image`` widget, which
+works the same in JupyterLab, VS Code and papermill.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+
+import ipywidgets as W
+import pandas as pd
+import pytorch_lightning as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from .data import JSCData, JSCDataModule
+from .models import MODELS, get_model
+from .plots import titled
+from .sweep import interruptible, list_sweeps, load_sweep
+from .train import (LitClassifier, _archive_previous, _quiet_lightning, check_settings, default_chunk,
+                    project_dir)
+
+BATCH_SIZES = [2 ** k for k in range(4, 13)]  # 16 ... 4096
+
+
+# -- training with a per-epoch callback ------------------------------------------------------
+
+
+class EpochReporter(pl.Callback):
+    """Calls ``fn(epoch, metrics)`` after every training epoch, validation included."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_train_epoch_end(self, trainer, lit):
+        # Validation ran inside this epoch, so its logged metrics are already here.
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        self.fn(trainer.current_epoch + 1, metrics)
+
+
+def fit_live(model: str, data: JSCData, *, max_epochs: int, batch_size: int, learning_rate: float,
+             seed: int = 0, project: str = "explorer", on_epoch=None) -> dict:
+    """Train like :func:`labkit.train.train` (same model init, batches and updates) but
+    report every epoch to ``on_epoch(epoch, metrics)``. Returns history, best val acc, ckpt."""
+    check_settings(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate)
+    _quiet_lightning()
+    pl.seed_everything(seed, verbose=False)  # before building the model, as train() does
+    lit = LitClassifier(get_model(model, data.info), learning_rate=float(learning_rate), max_epochs=max_epochs,
+                        num_classes=data.info.num_classes, model_name=model, dataset_name=data.info.name)
+    dm = JSCDataModule(data.info.name, batch_size=batch_size, seed=seed, data=data,
+                       chunk=default_chunk(int(batch_size)))
+    ckpt_dir = project_dir(project) / "training_ckpts"
+    _archive_previous(ckpt_dir)  # like train(): an earlier run's checkpoints are moved aside, not overwritten
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc",
+                           mode="max", save_last=True, save_top_k=1, enable_version_counter=False)
+    callbacks = [ckpt] + ([EpochReporter(on_epoch)] if on_epoch else [])
+    trainer = pl.Trainer(max_epochs=int(max_epochs), accelerator="cpu", devices=1, logger=False,
+                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, deterministic=True)
+    with interruptible():
+        trainer.fit(lit, datamodule=dm)
+    history = pd.DataFrame(lit.history)
+    return {"history": history, "best_ckpt": ckpt.best_model_path or None,
+            "best_val_acc": float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan,
+            "epochs": len(history)}
+
+
+# -- plotting to PNG bytes -------------------------------------------------------------------
+
+
+def render_curves(curves: dict, title: str, highlight=None, ylabel: str = "val acc") -> bytes:
+    """``curves``: label -> (epochs, values). The ``highlight`` label is drawn thick."""
+    fig = Figure(figsize=(6.4, 3.6), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, (x, y) in curves.items():
+        thick = highlight is None or label == highlight
+        ax.plot(x, y, marker="o" if len(x) <= 25 else None, ms=3, lw=2.2 if thick else 1.0,
+                alpha=1.0 if thick else 0.35, label=str(label))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# -- the training explorer -------------------------------------------------------------------
+
+
+class TrainExplorer:
+    """Pick a model, learning rate, batch size and epochs; train; watch val accuracy grow."""
+
+    def __init__(self, data: JSCData, *, model: str = "jsc-tiny", learning_rate: float = 1e-3,
+                 batch_size: int = 256, max_epochs: int = 10, epochs_limit: int = 100,
+                 project: str = "explorer"):
+        if not isinstance(data, JSCData):
+            raise TypeError(f"data must be a JSCData (from load_dataset), got {type(data).__name__}")
+        self.data, self.project = data, project
+        self.model = W.Dropdown(options=MODELS.names(), value=model, description="model")
+        self.learning_rate = W.FloatLogSlider(value=learning_rate, base=10, min=-6, max=-1, step=0.25,
+                                              description="learning rate", readout_format=".1e")
+        self.batch_size = W.SelectionSlider(options=BATCH_SIZES, value=batch_size, description="batch size")
+        self.max_epochs = W.IntSlider(value=max_epochs, min=1, max=epochs_limit, description="max epochs")
+        self.button = W.Button(description="Train", button_style="primary", icon="play")
+        self.progress = W.IntProgress(value=0, min=0, max=max_epochs, description="epoch")
+        self.status = W.HTML("Pick settings and press <b>Train</b>.")
+        self.image = W.Image(format="png")
+        self.curves: dict[str, tuple[list, list]] = {}  # every run of this session, for comparison
+        self.current: str | None = None
+        self.last_result: dict | None = None
+        self.button.on_click(self._on_click)
+        self.redraw()
+
+    def settings(self) -> dict:
+        return {"model": self.model.value, "learning_rate": float(self.learning_rate.value),
+                "batch_size": int(self.batch_size.value), "max_epochs": int(self.max_epochs.value)}
+
+    @staticmethod
+    def label(s: dict) -> str:
+        return f"{s['model']}, lr={s['learning_rate']:.1e}, bs={s['batch_size']}"
+
+    # the callbacks --------------------------------------------------------------------
+    def on_start(self, s: dict):
+        self.current = self.label(s)
+        self.curves[self.current] = ([], [])
+        self.progress.max, self.progress.value = s["max_epochs"], 0
+        self.button.disabled = True
+        self.status.value = f"training {html.escape(self.current)} ..."
+
+    def on_epoch(self, epoch: int, metrics: dict):
+        xs, ys = self.curves[self.current]
+        xs.append(epoch)
+        ys.append(metrics.get("val_acc", math.nan))
+        self.progress.value = epoch
+        self.status.value = (f"epoch {epoch}/{self.progress.max}: val acc {ys[-1]:.4f}, "
+                             f"val loss {metrics.get('val_loss', math.nan):.4f}")
+        self.redraw()
+
+    def on_end(self, result: dict):
+        self.last_result = result
+        self.button.disabled = False
+        self.status.value = (f"done: best val acc <b>{result['best_val_acc']:.4f}</b> after "
+                             f"{result['epochs']} epochs; checkpoint <code>{html.escape(str(result['best_ckpt']))}</code>")
+
+    def redraw(self):
+        title = titled("validation accuracy per epoch", self.data)
+        self.plot_data = {k: (list(x), list(y)) for k, (x, y) in self.curves.items()}
+        self.image.value = render_curves(self.plot_data, title, highlight=self.current)
+
+    # the action -----------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train with the current slider settings (what the Train button does)."""
+        s = self.settings()
+        self.on_start(s)
+        try:
+            result = fit_live(s["model"], self.data, max_epochs=s["max_epochs"], batch_size=s["batch_size"],
+                              learning_rate=s["learning_rate"], project=self.project, on_epoch=self.on_epoch)
+        except BaseException:
+            self.button.disabled = False
+            raise
+        self.on_end(result)
+        return result
+
+    def _on_click(self, _button):
+        try:
+            self.run()
+        except (Exception, KeyboardInterrupt) as e:  # show it in the widget; the kernel lives on
+            self.status.value = f"<span style='color:crimson'>stopped: {html.escape(f'{type(e).__name__}: {e}')}</span>"
+
+    @property
+    def widget(self) -> W.Widget:
+        controls = W.VBox([self.model, self.learning_rate, self.batch_size, self.max_epochs,
+                           W.HBox([self.button, self.progress])])
+        return W.VBox([controls, self.status, self.image])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+# -- browsing finished sweeps ----------------------------------------------------------------
+
+
+class SweepBrowser:
+    """Pick a stored sweep and a run: see every curve (the run highlighted) and its table row."""
+
+    ALL = "(all runs)"
+
+    def __init__(self, root=None, metric: str = "val_acc"):
+        self.root, self.metric = root, metric
+        self.sweep_picker = W.Dropdown(description="sweep")
+        self.run_picker = W.Dropdown(description="run")
+        self.refresh_button = W.Button(description="Refresh", icon="refresh")
+        self.table = W.HTML()
+        self.image = W.Image(format="png")
+        self.result = None
+        self.row: pd.Series | None = None
+        self.plot_data: dict = {}
+        self.sweep_picker.observe(lambda c: self.select_sweep(c["new"]), names="value")
+        self.run_picker.observe(lambda c: self.select_run(c["new"]), names="value")
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self.refresh()
+
+    def refresh(self):
+        """Re-read the list of stored sweeps (new ones appear as their first run finishes)."""
+        names = list_sweeps(self.root)
+        current = self.sweep_picker.value
+        self.sweep_picker.options = names
+        if names:
+            target = current if current in names else names[0]
+            if self.sweep_picker.value == target:
+                self.select_sweep(target)  # reload: more runs may have finished
+            else:
+                self.sweep_picker.value = target
+        else:
+            self.table.value = "No finished sweeps yet: run one with <code>labkit.sweep.sweep(...)</code>."
+
+    def select_sweep(self, name):
+        if not name:
+            return
+        self.result = load_sweep(name, root=self.root)
+        labels = list(self.result.table["label"])
+        self.run_picker.options = [self.ALL, *labels]
+        if self.run_picker.value == self.ALL:
+            self.select_run(self.ALL)
+        else:
+            self.run_picker.value = self.ALL
+
+    def select_run(self, label):
+        if self.result is None or label is None:
+            return
+        t = self.result.table
+        cols = [c for c in t.columns if c not in ("label",)]
+        if label == self.ALL:
+            self.row = None
+            shown = t[cols]
+        else:
+            self.row = t.loc[t["label"] == label].iloc[0]
+            shown = t.loc[t["label"] == label, cols]
+        self.table.value = shown.to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        self.plot_data = {k: (list(h["epoch"]), list(h[self.metric])) for k, h in self.result.histories.items()
+                          if len(h) and self.metric in h}
+        title = titled(f"sweep {self.result.name}: {self.metric.replace('_', ' ')} per epoch", self.result.info)
+        self.image.value = render_curves(self.plot_data, title, highlight=None if label == self.ALL else label,
+                                         ylabel=self.metric.replace("_", " "))
+
+    @property
+    def widget(self) -> W.Widget:
+        return W.VBox([W.HBox([self.sweep_picker, self.run_picker, self.refresh_button]), self.image, self.table])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+def explore(data: JSCData, root=None, **explorer_options) -> W.Tab:
+    """Both views in tabs: "Train" (sliders + live curve) and "Sweep results" (the cache)."""
+    tab = W.Tab(children=[TrainExplorer(data, **explorer_options).widget, SweepBrowser(root).widget])
+    tab.set_title(0, "Train")
+    tab.set_title(1, "Sweep results")
+    return tab
+
+
+__all__ = ["TrainExplorer", "SweepBrowser", "explore", "fit_live", "EpochReporter", "render_curves"]

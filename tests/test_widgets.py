@@ -1,0 +1,118 @@
+"""The widget explorers, driven through their callbacks without a browser."""
+
+import ipywidgets as W
+import pytest
+
+import labkit.widgets as wd
+from labkit.data import load_dataset
+from labkit.sweep import sweep
+from labkit.train import train
+from labkit.widgets import SweepBrowser, TrainExplorer, explore
+
+PNG = b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("jsc-synthetic", size=5000, progress=False)
+
+
+def test_train_button_trains_and_updates_the_plot_every_epoch(data):
+    ex = TrainExplorer(data, project="t-explorer")
+    ex.model.value, ex.learning_rate.value, ex.batch_size.value, ex.max_epochs.value = "jsc-tiny", 1e-2, 256, 3
+    seen = []
+    real_on_epoch = ex.on_epoch
+
+    def spy(epoch, metrics):
+        real_on_epoch(epoch, metrics)
+        seen.append((epoch, ex.progress.value, len(ex.plot_data[ex.current][0]), bytes(ex.image.value)))
+
+    ex.on_epoch = spy
+    ex.button.click()  # what a user's click does
+    assert [s[:3] for s in seen] == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]  # live, epoch by epoch
+    assert len({s[3] for s in seen}) == 3 and all(s[3].startswith(PNG) for s in seen)  # redrawn each time
+    assert "done" in ex.status.value and not ex.button.disabled
+    xs, ys = ex.plot_data[ex.current]
+    hist = ex.last_result["history"]
+    assert xs == [1, 2, 3] and ys == pytest.approx(list(hist["val_acc"]))
+    # the explorer trains exactly like labkit.train.train with the same settings
+    ref = train("jsc-tiny", data, max_epochs=3, batch_size=256, learning_rate=1e-2, project="t-explorer-ref",
+                progress=False, verbose=False)
+    assert ys == pytest.approx(list(ref["history"]["val_acc"]), abs=1e-6)
+
+
+def test_runs_of_a_session_stay_on_the_plot_for_comparison(data):
+    ex = TrainExplorer(data, project="t-explorer2", max_epochs=1)
+    ex.learning_rate.value = 1e-3
+    ex.run()
+    ex.learning_rate.value = 1e-2
+    ex.run()
+    assert len(ex.plot_data) == 2 and ex.current.endswith("bs=256") and "lr=1.0e-02" in ex.current
+
+
+def test_epoch_callback_alone_moves_progress_and_curve(data):
+    ex = TrainExplorer(data)
+    ex.on_start({"model": "jsc-tiny", "learning_rate": 1e-3, "batch_size": 64, "max_epochs": 4})
+    before = ex.image.value
+    assert ex.button.disabled and ex.progress.max == 4
+    ex.on_epoch(1, {"val_acc": 0.5, "val_loss": 1.2})
+    ex.on_epoch(2, {"val_acc": 0.6, "val_loss": 1.1})
+    assert ex.progress.value == 2 and ex.plot_data[ex.current] == ([1, 2], [0.5, 0.6])
+    assert bytes(ex.image.value) != bytes(before) and "0.6000" in ex.status.value
+
+
+def test_a_failed_run_is_reported_in_the_widget(data, monkeypatch):
+    def boom(*a, **k):
+        raise ValueError("batch_size must be a positive integer, got 0")
+
+    monkeypatch.setattr(wd, "fit_live", boom)
+    ex = TrainExplorer(data)
+    ex.button.click()
+    assert "batch_size" in ex.status.value and "crimson" in ex.status.value
+    assert not ex.button.disabled  # ready for the next try
+
+
+def test_bad_data_is_refused():
+    with pytest.raises(TypeError, match="JSCData"):
+        TrainExplorer("jsc-synthetic")
+
+
+def test_sweep_browser_shows_stored_runs_without_training(data, tmp_path, monkeypatch):
+    opts = dict(data=data, max_epochs=2, workers=1, progress=False)
+    bs = sweep("jsc-tiny", "jsc-synthetic", "batch_size", [256, 512], cache_dir=tmp_path / "bs",
+               learning_rate=1e-3, **opts)
+
+    def no_training(*a, **k):
+        raise AssertionError("the browser must not train")
+
+    monkeypatch.setattr("labkit.sweep.train", no_training)
+    br = SweepBrowser(root=tmp_path)
+    assert list(br.sweep_picker.options) == ["bs"] and br.result.name == "bs"
+    assert set(br.plot_data) == {"batch_size=256", "batch_size=512"} and bytes(br.image.value).startswith(PNG)
+    assert "<table" in br.table.value and br.row is None
+
+    br.run_picker.value = "batch_size=512"  # what picking in the dropdown does
+    row = bs.table.set_index("label").loc["batch_size=512"]
+    assert br.row["test_acc"] == pytest.approx(row["test_acc"])
+    assert br.plot_data["batch_size=512"][1] == pytest.approx(list(bs.histories["batch_size=512"]["val_acc"]))
+    assert f"{row['test_acc']:.4g}" in br.table.value and "256" not in br.table.value.split("</thead>")[1]
+
+    # a sweep finished later shows up on refresh
+    monkeypatch.undo()
+    sweep("jsc-tiny", "jsc-synthetic", "learning_rate", [1e-3, 1e-2], cache_dir=tmp_path / "lr", **opts)
+    br.refresh()
+    assert list(br.sweep_picker.options) == ["bs", "lr"]
+    br.sweep_picker.value = "lr"
+    assert set(br.plot_data) == {"learning_rate=0.001", "learning_rate=0.01"}
+    assert list(br.run_picker.options)[1:] == ["learning_rate=0.001", "learning_rate=0.01"]
+
+
+def test_empty_browser_says_what_to_do(tmp_path):
+    br = SweepBrowser(root=tmp_path / "none")
+    assert br.result is None and "sweep(" in br.table.value
+
+
+def test_explore_puts_both_views_in_tabs(data, tmp_path):
+    tab = explore(data, root=tmp_path)
+    assert isinstance(tab, W.Tab) and len(tab.children) == 2
+    assert [tab.get_title(i) for i in range(2)] == ["Train", "Sweep results"]
