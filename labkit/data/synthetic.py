@@ -45,7 +45,7 @@ from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData, register_dat
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, check_fraction,
                       check_seed, load_or_build)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_SIZE = 830_000          # rows in the real OpenML table (hls4ml_lhc_jets_hlf)
 DEFAULT_GENERATOR_SEED = 0
 # Class shares: the real table is close to balanced (about a fifth each).
@@ -57,7 +57,7 @@ W_MASS, Z_MASS, TOP_MASS = 80.4, 91.2, 173.0
 _PRONGS = np.array([1, 1, 2, 2, 3])
 _MULT_MEAN = np.array([50.0, 30.0, 38.0, 40.0, 66.0])      # mean constituent multiplicity
 _PRONG_MEDIAN = np.array([3.2, 2.4, 1.2, 1.25, 2.1])       # median D2^(1) (two-prong: small)
-_PRONG_SPREAD = np.array([0.32, 0.35, 0.35, 0.35, 0.40])   # log-normal width of D2^(1)
+_PRONG_SPREAD = np.array([0.30, 0.32, 0.32, 0.32, 0.38])   # log-normal width of D2^(1)
 
 
 def _check_size(size) -> int:
@@ -86,7 +86,7 @@ def _groomed_mass(rng, cls, pt):
     # Grooming sometimes removes everything but a single hard core.
     core = rng.random(n) < np.where(cls <= 1, 0.10, 0.04)
     m[core] = rng.exponential(4.0, core.sum())
-    return np.clip(m, 0.0, 400.0)
+    return np.maximum(m, 0.0)
 
 
 def generate(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,9 @@ def generate(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> tu
 
     # Two-point functions e2^(beta) = C1^(beta): beta=0 measures how evenly energy is shared,
     # beta=1 and 2 scale with the opening angle, i.e. with (m/pt) and (m/pt)^2.
-    c1_b0 = 0.5 * (1.0 - 1.0 / n_eff) * np.exp(0.06 * rng.standard_normal(size))
+    # e2^(0) = sum_{i<j} z_i z_j = (1 - sum z_i^2) / 2, and sum z_i^2 ~ 1 / n_eff lies in [1/mult, 1].
+    sum_z2 = np.clip(np.exp(0.25 * rng.standard_normal(size)) / n_eff, 1.0 / mult, 1.0)
+    c1_b0 = 0.5 * (1.0 - sum_z2)
     c1_b1 = 0.9 * r * np.exp(0.20 * rng.standard_normal(size))
     c1_b2 = 1.1 * r ** 2 * np.exp(0.25 * rng.standard_normal(size))
 
