@@ -138,11 +138,12 @@ def layer_values(graph, x, *, ops=None) -> dict:
 
 
 def plot_layer_distributions(values: dict, title: str = "Weights and activations per layer",
-                             data_or_info=None, kind: str = "box"):
+                             data_or_info=None, kind: str = "box", log_counts: bool = True):
     """Per-layer distributions from :func:`layer_values`: weights (left) and inputs (right).
 
     ``kind="box"``: one box per layer (whiskers at the 1st/99th percentile, so outliers show
-    as points); ``kind="hist"``: a row of two histograms per layer.
+    as points); ``kind="hist"``: a row of two histograms per layer, activation counts on a
+    log scale when ``log_counts`` (ReLU outputs pile up at 0 and hide the tail otherwise).
     Returns the matplotlib Figure.
     """
     import numpy as np
@@ -180,6 +181,8 @@ def plot_layer_distributions(values: dict, title: str = "Weights and activations
                 else:
                     v = t.flatten().numpy()
                     ax.hist(v, bins=min(60, max(10, int(np.sqrt(v.size)))), color="#4a7ab5", alpha=0.85)
+                    if what == "activation" and log_counts:
+                        ax.set_yscale("log")
                 ax.set_title(f"{n} ({values[n]['op']}): {'weight' if what == 'weight' else 'input'}", fontsize=8)
                 ax.tick_params(labelsize=7)
     fig.suptitle(suptitle, fontsize=10)
