@@ -497,3 +497,15 @@ def test_datamodule_serves_the_splits(tmp_path):
     assert sum(len(yb) for _, yb in dm.test_dataloader()) == dm.data.sizes()["test"]
     with pytest.raises(ValueError, match="batch_size"):
         JSCDataModule("jsc-synthetic", batch_size=-1)
+
+
+def test_slow_name_lookup_times_out_instead_of_hanging(tmp_path, monkeypatch):
+    import time as _time
+
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.setattr(jsc.socket, "getaddrinfo", lambda *a, **k: _time.sleep(30))
+    monkeypatch.setattr(jsc, "DEFAULT_SOURCES", ("https://api.openml.org/api/v1/json/data/42468",))
+    monkeypatch.delenv(jsc.SOURCE_ENV, raising=False)
+    with pytest.raises(DataUnavailableError, match="took more than 0.2 s"):
+        load_dataset("jsc", data_dir=tmp_path, timeout=0.2, progress=False)

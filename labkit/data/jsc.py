@@ -23,8 +23,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -131,12 +133,36 @@ def cached_raw(data_dir: Path) -> RawFile | None:
 
 # --- downloading -------------------------------------------------------------------------------
 
+def _resolve(url: str, timeout: float):
+    """Look the host up within ``timeout``: name lookups ignore socket timeouts, and on a
+    machine without a reachable DNS server they can block for a long time."""
+    parsed = urllib.parse.urlparse(url)
+    if not parsed.hostname or urllib.request.getproxies().get(parsed.scheme):
+        return                                   # behind a proxy the proxy resolves it
+    failure = []
+
+    def lookup():
+        try:
+            socket.getaddrinfo(parsed.hostname, parsed.port or 443)
+        except OSError as err:
+            failure.append(err)
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"looking up {parsed.hostname} took more than {timeout:g} s (offline?)")
+    if failure:
+        raise urllib.error.URLError(failure[0])
+
+
 def download(url: str, folder: Path, *, timeout: float, progress: bool = True, desc: str = "") -> Path:
     """Stream ``url`` into a new temp file in ``folder`` and return its path.
 
     The temp file is deleted if anything goes wrong (timeout, HTTP error, short read).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    _resolve(url, timeout)
     request = urllib.request.Request(url, headers={"User-Agent": "labkit (MASE JSC labs)"})
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=".part")
     try:
