@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from ..graph import MaseGraph, deepcopy_mase_graph
 from ..quantize.modules import QUANTIZED_OPS, quantize_module, quantized_class
-from ..quantize.quantizers import OPERANDS, QUANTIZERS, is_no_quantization, parse_config
+from ..quantize.quantizers import OPERANDS, is_no_quantization, parse_config
 from .metadata import node_op_and_type
 
 __all__ = ["quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",

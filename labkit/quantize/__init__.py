@@ -41,6 +41,16 @@ from .modules import (
     quantized_class,
 )
 
+__all__ = [
+    "QUANTIZERS", "Quantizer", "register_quantizer", "get_quantizer", "config_keys", "parse_config",
+    "is_no_quantization", "IntegerQuantizer", "MinifloatQuantizer", "LogQuantizer", "BinaryQuantizer",
+    "QUANTIZED_OPS", "quantize_module", "quantized_class", "QuantizedLinear", "QuantizedReLU",
+    "QuantizedBatchNorm1d", "QuantizedConv1d", "QuantizedConv2d", "LinearInteger", "ReLUInteger",
+    "BatchNorm1dInteger", "Conv1dInteger", "Conv2dInteger", "LinearMinifloat", "ReLUMinifloat",
+    "BatchNorm1dMinifloat", "Conv1dMinifloat", "Conv2dMinifloat",
+    "compare_quantization", "plot_accuracy_vs_bits", "model_size_bits",
+]
+
 
 def __getattr__(name):  # the comparison driver needs the trainer: import it only when asked
     if name in ("compare_quantization", "plot_accuracy_vs_bits", "model_size_bits"):
