@@ -1,0 +1,152 @@
+"""The lab report's whole Lab-1 sweep, timed: labkit sweeps vs the standard recipe.
+
+The report trains jsc-tiny 17 times from three bash loops (MASE defaults: batch size 128,
+learning rate 1e-5, where not swept):
+
+* batch sizes 64, 128, 256, 512, 1024, 2048 (10 epochs each);
+* max epochs 10, 20, 50, 100, 200;
+* learning rates 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1 (10 epochs each).
+
+Here they run as three :func:`labkit.sweep.sweep` calls on full-size ``jsc-synthetic``,
+spread over the CPU cores, into a fresh cache (so every run really trains). We print the
+wall time of each sweep and of each run, and next to it the time the standard recipe
+(Lightning + ``DataLoader(TensorDataset)`` + per-step torchmetrics logging, from
+``bench_train.py``) would take for the same runs one after another, extrapolated from one
+measured epoch at each batch size. (That estimate leaves out validation and checkpoints,
+which the labkit runs include, so it flatters the standard recipe.)
+
+    python benchmarks/bench_sweep.py                 # the real thing (target: <= 20 min on 2 cores)
+    python benchmarks/bench_sweep.py --scale 0.02    # 2% of the rows and epochs: a quick check
+    python benchmarks/bench_sweep.py --reuse         # keep the cache in outputs/bench/ and reuse it
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tabulate import tabulate
+from torch.utils.data import DataLoader, TensorDataset
+
+from bench_train import SameOrderSampler, StandardLit, trainer  # the standard recipe, as benchmarked there
+from labkit.data import load_dataset
+from labkit.data.synthetic import DEFAULT_SIZE
+from labkit.models import get_model
+from labkit.paths import outputs_dir
+from labkit.sweep import sweep
+from labkit.train import _quiet_lightning
+
+FIXED = {"batch_size": 128, "learning_rate": 1e-5, "max_epochs": 10}  # MASE's defaults, 10 epochs
+SWEEPS = [
+    ("batch_size", [64, 128, 256, 512, 1024, 2048]),
+    ("max_epochs", [10, 20, 50, 100, 200]),
+    ("learning_rate", [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]),
+]
+
+
+def scaled_epochs(epochs: int, scale: float) -> int:
+    return max(1, math.ceil(epochs * scale))
+
+
+def plan(scale: float) -> list[tuple[str, list, dict]]:
+    """The three sweeps, with epochs scaled (duplicates after scaling dropped)."""
+    out = []
+    for param, values in SWEEPS:
+        fixed = {k: v for k, v in FIXED.items() if k != param}
+        if param == "max_epochs":
+            values = sorted({scaled_epochs(v, scale) for v in values})
+        else:
+            fixed["max_epochs"] = scaled_epochs(fixed["max_epochs"], scale)
+        out.append((param, values, fixed))
+    return out
+
+
+def standard_epoch_seconds(data, batch_size: int, seed: int = 0) -> float:
+    """One training epoch of jsc-tiny with the standard recipe (no validation), in seconds."""
+    x, y = data.split("train")
+    torch.manual_seed(seed)
+    model = get_model("jsc-tiny", data.info)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, sampler=SameOrderSampler(len(y), seed))
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        trainer(1, logdir).fit(StandardLit(model, 1e-5), train_dataloaders=loader)
+        return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of rows and epochs (default 1: the full sweep)")
+    ap.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
+    ap.add_argument("--reuse", action="store_true", help="cache in outputs/bench/ and reuse finished runs")
+    ap.add_argument("--no-standard", dest="standard", action="store_false", help="skip the standard-recipe estimate")
+    args = ap.parse_args()
+    if not 0 < args.scale <= 1:
+        raise SystemExit(f"--scale must be in (0, 1], got {args.scale}")
+    torch.set_num_threads(1)
+    _quiet_lightning()
+
+    size = max(5000, round(DEFAULT_SIZE * args.scale))
+    data = load_dataset("jsc-synthetic", size=size, progress=True)
+    workers = args.workers or os.cpu_count() or 1
+    load0 = os.getloadavg()[0]
+    print(f"data: {data.info.label}, {size:,} rows, splits {data.sizes()}; {workers} worker process(es), "
+          f"{os.cpu_count()} CPU core(s); load average at start {load0:.2f}")
+
+    root_ctx = None
+    if args.reuse:
+        root = outputs_dir() / "bench" / f"lab1-sweep-{size}"
+    else:
+        root_ctx = tempfile.TemporaryDirectory(prefix="bench-sweep-")
+        root = Path(root_ctx.name)
+
+    rows, sweep_times = [], []
+    for param, values, fixed in plan(args.scale):
+        res = sweep("jsc-tiny", data, param, values, data=data, workers=workers, cache_dir=root / param,
+                    name=f"lab1-{param}", **fixed)
+        sweep_times.append((param, len(values), res.elapsed_s))
+        for r in res.table.itertuples():
+            setting = {**fixed, param: getattr(r, param)}
+            rows.append({"sweep": param, "batch_size": setting["batch_size"], "learning_rate": setting["learning_rate"],
+                         "max_epochs": setting["max_epochs"], "epochs": r.epochs, "test_acc": r.test_acc,
+                         "labkit_s": r.wall_time_s, "cached": r.cached})
+    table = pd.DataFrame(rows)
+    total = sum(t for _, _, t in sweep_times)
+    load1 = os.getloadavg()[0]
+
+    if args.standard:
+        print("measuring one epoch of the standard recipe at each batch size ...", flush=True)
+        epoch_s = {int(b): standard_epoch_seconds(data, int(b)) for b in sorted(table["batch_size"].unique())}
+        table["standard_s (est.)"] = [epoch_s[b] * e for b, e in zip(table["batch_size"], table["max_epochs"])]
+        print(tabulate([(b, f"{s:.2f}") for b, s in epoch_s.items()],
+                       headers=["batch size", "standard recipe: s/epoch"], tablefmt="github"))
+
+    print()
+    print(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
+    print()
+    print(tabulate([(p, n, f"{t:.1f}", f"{t / n:.1f}") for p, n, t in sweep_times],
+                   headers=["sweep", "runs", "wall s", "wall s per run"], tablefmt="github"))
+    n = len(table)
+    print(f"\nlabkit: {n} runs in {total:.1f} s wall ({total / 60:.1f} min; {total / n:.1f} s per run) "
+          f"with {workers} worker(s); the runs' own training time adds up to {table['labkit_s'].sum():.1f} s")
+    if args.standard:
+        std = table["standard_s (est.)"].sum()
+        print(f"standard recipe, one run after another (estimated): {std:.1f} s ({std / 60:.1f} min; "
+              f"{std / n:.1f} s per run) -> labkit is {std / total:.1f}x faster in wall time, "
+              f"{std / table['labkit_s'].sum():.1f}x per run")
+    print(f"load average: {load0:.2f} at start, {load1:.2f} after the sweeps "
+          f"(other work on the machine slows both)")
+    if args.scale == 1.0:
+        verdict = "meets" if total <= 20 * 60 else "misses"
+        print(f"target: the full sweep in <= 20 min on this machine -> {verdict} it ({total / 60:.1f} min)")
+    if root_ctx is not None:
+        root_ctx.cleanup()
+
+
+if __name__ == "__main__":
+    main()
