@@ -509,3 +509,12 @@ def test_slow_name_lookup_times_out_instead_of_hanging(tmp_path, monkeypatch):
     monkeypatch.delenv(jsc.SOURCE_ENV, raising=False)
     with pytest.raises(DataUnavailableError, match="took more than 0.2 s"):
         load_dataset("jsc", data_dir=tmp_path, timeout=0.2, progress=False)
+
+
+def test_real_data_size_keeps_a_seeded_subset(tmp_path, files):
+    full = load_dataset("jsc", source=files["hdf5"], data_dir=tmp_path, progress=False)
+    part = load_dataset("jsc", size=5000, source=files["hdf5"], data_dir=tmp_path, progress=False)
+    assert sum(part.sizes().values()) == 5000 and part.manifest["settings"]["size"] == 5000
+    assert part.manifest["cache_path"] != full.manifest["cache_path"]
+    with pytest.raises(ValueError, match="size must be at least 100"):
+        load_dataset("jsc", size=10, source=files["hdf5"], data_dir=tmp_path)

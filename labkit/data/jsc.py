@@ -40,7 +40,7 @@ from .base import DatasetInfo, JSCData, register_dataset
 from .formats import (DataFormatError, md5_file, parse_openml_description, read_table, sha256_file,
                       sniff)
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
-                      check_fraction, check_seed, load_or_build)
+                      check_fraction, check_seed, check_size, load_or_build, subsample)
 
 OPENML_ID = 42468
 OPENML_API_URL = f"https://api.openml.org/api/v1/json/data/{OPENML_ID}"
@@ -300,17 +300,20 @@ def ensure_raw(source=None, data_dir=None, *, timeout: float = DEFAULT_TIMEOUT,
 # --- the "jsc" dataset -------------------------------------------------------------------------
 
 @register_dataset("jsc")
-def load_jsc(*, source=None, data_dir=None, seed: int = DEFAULT_SEED,
+def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int = DEFAULT_SEED,
              val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = DEFAULT_TEST_FRACTION,
              timeout: float = DEFAULT_TIMEOUT, progress: bool = True) -> JSCData:
     """The real JSC data (downloaded once into ``data/``), preprocessed like MASE/hls4ml.
+
+    ``size`` keeps a seeded random subset of that many rows (for quick runs); None keeps all.
 
     Raises :class:`DataUnavailableError` (saying what failed and where to put the file by
     hand) when no source works.
     """
     settings = {"dataset": "jsc", "seed": check_seed(seed),
                 "val_fraction": check_fraction("val_fraction", val_fraction),
-                "test_fraction": check_fraction("test_fraction", test_fraction)}
+                "test_fraction": check_fraction("test_fraction", test_fraction),
+                "size": None if size is None else check_size(size)}
     data_dir = Path(data_dir) if data_dir is not None else paths.data_dir()
     raw = ensure_raw(source, data_dir, timeout=timeout, progress=progress)
     settings["checksum"] = "sha256:" + raw.sha256
@@ -321,7 +324,8 @@ def load_jsc(*, source=None, data_dir=None, seed: int = DEFAULT_SEED,
     def build():
         if progress:
             print(f"[labkit] preprocessing {raw.path.name} (first use; cached afterwards)")
-        return read_table(raw.path, raw.kind)
+        x, y = read_table(raw.path, raw.kind)
+        return subsample(x, y, settings["size"], settings["seed"])
 
     return load_or_build(data_dir, "jsc", settings, build, info, manifest)
 

@@ -47,6 +47,23 @@ def check_fraction(name: str, value, upper: float = 0.9) -> float:
     return float(value)
 
 
+def check_size(size) -> int:
+    """A row count: an integer of at least 100."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an integer number of rows, got {size!r}")
+    if size < 100:
+        raise ValueError(f"size must be at least 100 rows, got {size}")
+    return int(size)
+
+
+def subsample(x: np.ndarray, y: np.ndarray, size: int | None, seed: int):
+    """A seeded random ``size``-row subset, in file order (all rows if ``size`` is None or larger)."""
+    if size is None or size >= len(y):
+        return x, y
+    keep = np.sort(np.random.RandomState(seed).permutation(len(y))[:size])
+    return x[keep], y[keep]
+
+
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .. import paths
 from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, check_fraction,
-                      check_seed, load_or_build)
+                      check_seed, check_size, load_or_build)
 
 GENERATOR_VERSION = 2
 DEFAULT_SIZE = 830_000          # rows in the real OpenML table (hls4ml_lhc_jets_hlf)
@@ -58,14 +58,6 @@ _PRONGS = np.array([1, 1, 2, 2, 3])
 _MULT_MEAN = np.array([50.0, 30.0, 38.0, 40.0, 66.0])      # mean constituent multiplicity
 _PRONG_MEDIAN = np.array([3.2, 2.4, 1.2, 1.25, 2.1])       # median D2^(1) (two-prong: small)
 _PRONG_SPREAD = np.array([0.30, 0.32, 0.32, 0.32, 0.38])   # log-normal width of D2^(1)
-
-
-def _check_size(size) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(f"size must be an integer number of rows, got {size!r}")
-    if size < 100:
-        raise ValueError(f"size must be at least 100 rows, got {size}")
-    return int(size)
 
 
 def _groomed_mass(rng, cls, pt):
@@ -92,7 +84,7 @@ def _groomed_mass(rng, cls, pt):
 def generate(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``size`` synthetic jets: features ``(size, 16)`` float64 in :data:`FEATURE_NAMES`
     order and physical units, labels ``(size,)`` int64 indices into :data:`CLASS_NAMES`."""
-    size = _check_size(size)
+    size = check_size(size)
     rng = np.random.default_rng(seed)
     cls = rng.choice(len(CLASS_NAMES), size=size, p=CLASS_SHARES)
     pt = rng.normal(1000.0, 120.0, size).clip(600.0, 1600.0)        # GeV; latent, not a feature
@@ -161,7 +153,7 @@ def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENER
 
     ``size`` rows are drawn with ``generator_seed``; ``seed`` picks the train/val/test split.
     """
-    settings = {"dataset": "jsc-synthetic", "size": _check_size(size),
+    settings = {"dataset": "jsc-synthetic", "size": check_size(size),
                 "generator_seed": check_seed(generator_seed), "generator_version": GENERATOR_VERSION,
                 "seed": check_seed(seed), "val_fraction": check_fraction("val_fraction", val_fraction),
                 "test_fraction": check_fraction("test_fraction", test_fraction)}
