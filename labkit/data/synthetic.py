@@ -52,6 +52,7 @@ DEFAULT_GENERATOR_SEED = 0
 CLASS_SHARES = (0.20, 0.20, 0.20, 0.20, 0.20)
 
 W_MASS, Z_MASS, TOP_MASS = 80.4, 91.2, 173.0
+G, Q, W, Z, T = range(len(CLASS_NAMES))                   # class indices, CLASS_NAMES order
 
 # Per class (g, q, w, z, t): the knobs of the story above.
 _PRONGS = np.array([1, 1, 2, 2, 3])
@@ -65,18 +66,18 @@ def _groomed_mass(rng, cls, pt):
     n = len(cls)
     u = rng.random(n)
     # QCD-like falling spectrum (also the tail of resonances whose prongs were groomed away).
-    qcd_median = np.where(cls == 0, 38.0, 26.0)
+    qcd_median = np.where(cls == G, 38.0, 26.0)
     m = qcd_median * np.exp(0.65 * rng.standard_normal(n)) * pt / 1000.0
-    w = (cls == 2) & (u < 0.86)
+    w = (cls == W) & (u < 0.86)
     m[w] = rng.normal(W_MASS, 7.0, w.sum())
-    z = (cls == 3) & (u < 0.86)
+    z = (cls == Z) & (u < 0.86)
     m[z] = rng.normal(Z_MASS, 7.5, z.sum())
-    t_full = (cls == 4) & (u < 0.75)
+    t_full = (cls == T) & (u < 0.75)
     m[t_full] = rng.normal(TOP_MASS, 16.0, t_full.sum())
-    t_w = (cls == 4) & (u >= 0.75) & (u < 0.88)         # the b quark fell outside the jet
+    t_w = (cls == T) & (u >= 0.75) & (u < 0.88)         # the b quark fell outside the jet
     m[t_w] = rng.normal(W_MASS + 5.0, 12.0, t_w.sum())
     # Grooming sometimes removes everything but a single hard core.
-    core = rng.random(n) < np.where(cls <= 1, 0.10, 0.04)
+    core = rng.random(n) < np.where((cls == G) | (cls == Q), 0.10, 0.04)
     m[core] = rng.exponential(4.0, core.sum())
     return np.maximum(m, 0.0)
 
