@@ -8,11 +8,11 @@ import pytest
 
 from labkit.data import CLASS_NAMES, FEATURE_NAMES, load_dataset
 from labkit.data.formats import read_table
-from labkit.data.synthetic import (W_MASS, Z_MASS, TOP_MASS, _standardised_split, generate,
+from labkit.data.synthetic import (G, Q, T, TOP_MASS, W, W_MASS, Z, Z_MASS, _standardised_split, generate,
                                    logistic_regression_accuracy, main, mlp_accuracy,
                                    synthetic_frame, write_source_files)
 
-G, Q, W, Z, T = range(5)
+
 
 
 @pytest.fixture(scope="module")
