@@ -13,8 +13,6 @@ from labkit.data.synthetic import (G, Q, T, TOP_MASS, W, W_MASS, Z, Z_MASS, _sta
                                    synthetic_frame, write_source_files)
 
 
-
-
 @pytest.fixture(scope="module")
 def jets():
     return generate(60_000, seed=11)
