@@ -5,7 +5,8 @@ Everything the notebooks and the lab report's snippets use is importable from he
 
 from .models import MODELS, count_parameters, get_model, model_zoo, register_model
 from .data import (
-    DATASETS, DatasetInfo, JSCData, JSCDataModule, BatchIterator, load_dataset, register_dataset,
+    CLASS_NAMES, DATASETS, FEATURE_NAMES, BatchIterator, DataUnavailableError, DatasetInfo, JSCData,
+    JSCDataModule, choose_dataset, epoch_permutation, load_dataset, raw_frame, register_dataset,
 )
 from .train import LitClassifier, checkpoint_or_train, evaluate, load_model, test, train
 from .graph import GraphTraceError, MaseGraph, deepcopy_mase_graph, get_node_actual_target
