@@ -305,7 +305,7 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     result = {
         "model": model_name, "dataset": dataset_name, "synthetic": data.info.synthetic,
-        "project": project, "output_dir": str(out),
+        "device": str(trainer.strategy.root_device), "project": project, "output_dir": str(out),
         "best_ckpt": str(best_path) if best_path else None,
         "last_ckpt": str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None,
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan"),
