@@ -211,13 +211,16 @@ def plot_per_layer(tables: dict, column: str = "Forward bitops", title: str | No
         _, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(names) * max(1, len(tables)) ** 0.5), 4.2))
     width = 0.8 / len(tables)
     pos = np.arange(len(names))
+    top = 0.0
     for i, (lab, table) in enumerate(tables.items()):
         by_name = dict(zip(table["Node name"], table[column]))
         heights = [by_name.get(n, np.nan) for n in names]
+        top = max(top, float(np.nanmax(heights)) if np.isfinite(heights).any() else 0.0)
         ax.bar(pos + (i - (len(tables) - 1) / 2) * width, heights, width, label=str(lab))
     ax.set_xticks(pos, [f"{n}\n{kinds[n]}" for n in names], rotation=45, ha="right", fontsize=7)
     if log:
         ax.set_yscale("symlog", linthresh=1)  # dropout's 0 stays on the axis
+        ax.set_ylim(0, max(10.0, top * 3))    # symlog's autoscale clips the tallest bars
     ax.set_ylabel(column)
     text = title or f"{column} per layer"
     ax.set_title(titled(text, data_or_info) if data_or_info is not None else text, fontsize=10)

@@ -87,6 +87,9 @@ def test_plot_per_layer_bars_follow_the_tables():
     heights = [b.get_height() for b in bars]
     assert heights[:len(layers)] == list(layers["Forward bitops"])
     assert heights[len(layers):] == list(layers["Forward bitops"] / 2)
+    ax = plot_per_layer({"float32": info["table"]}, "Forward bitops", log=True)
+    assert ax.get_yscale() == "symlog"
+    assert ax.get_ylim()[1] >= layers["Forward bitops"].max()  # the tallest bar is not clipped
     with pytest.raises(ValueError, match="column"):
         plot_per_layer({"a": info["table"]}, "nope")
 
