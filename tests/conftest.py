@@ -7,11 +7,13 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
-_TMP = tempfile.mkdtemp(prefix="labkit-tests-")
 # Tests (and the notebooks they execute, which inherit the environment) never write into the
-# checkout's outputs/ or figures/. The processed-data cache in data/ is shared on purpose.
-os.environ.setdefault("LABKIT_OUTPUT_DIR", os.path.join(_TMP, "outputs"))
-os.environ.setdefault("LABKIT_FIGURES_DIR", os.path.join(_TMP, "figures"))
+# checkout's outputs/ or figures/, and each pytest-xdist worker gets its own folders (workers
+# inherit the controller's environment, so this must not be a setdefault). The processed-data
+# cache in data/ is shared on purpose: its writes are atomic.
+_TMP = tempfile.mkdtemp(prefix=f"labkit-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+os.environ["LABKIT_OUTPUT_DIR"] = os.path.join(_TMP, "outputs")
+os.environ["LABKIT_FIGURES_DIR"] = os.path.join(_TMP, "figures")
 
 
 @pytest.fixture(scope="session")
