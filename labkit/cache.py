@@ -25,18 +25,24 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: Path, text: str):
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+def atomic_write(path, write) -> Path:
+    """Create ``path`` via ``write(tmp_path)`` on a temp file in the same folder, then rename:
+    readers see the old file or the new one, never half of one, and a failure leaves no trace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class ResultCache:

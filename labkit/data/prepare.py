@@ -18,11 +18,8 @@ everything that decides its content (source checksum, seeds, sizes, fractions, v
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..cache import atomic_write, atomic_write_text, settings_hash
 from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData
 
 PREP_VERSION = 1
@@ -92,8 +90,7 @@ def split_indices(n: int, seed: int, test_fraction: float, val_fraction: float):
 
 
 def cache_key(settings: dict) -> str:
-    blob = json.dumps({**settings, "prep_version": PREP_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return settings_hash({**settings, "prep_version": PREP_VERSION})
 
 
 def processed_path(data_dir: Path, name: str, settings: dict) -> Path:
@@ -102,27 +99,7 @@ def processed_path(data_dir: Path, name: str, settings: dict) -> Path:
 
 def atomic_save(obj, path: Path):
     """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def preprocess(x: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float,
