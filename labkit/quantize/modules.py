@@ -134,28 +134,24 @@ class QuantizedBatchNorm1d(QuantizedMixin, nn.BatchNorm1d):
             use_batch_stats, factor, self.eps)
 
 
-class QuantizedConv1d(QuantizedMixin, nn.Conv1d):
+class _QuantizedConv(QuantizedMixin):
+    """Shared by the convolutions: convolve the quantised input with quantised weights and bias."""
+
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_quantization(config or {})
+
+    def forward(self, x):
+        return self._conv_forward(self._q(self.x_quantizer, x), self._q(self.w_quantizer, self.weight),
+                                  self._q(self.b_quantizer, self.bias))
+
+
+class QuantizedConv1d(_QuantizedConv, nn.Conv1d):
     float_class = nn.Conv1d
 
-    def __init__(self, *args, config=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.set_quantization(config or {})
 
-    def forward(self, x):
-        return self._conv_forward(self._q(self.x_quantizer, x), self._q(self.w_quantizer, self.weight),
-                                  self._q(self.b_quantizer, self.bias))
-
-
-class QuantizedConv2d(QuantizedMixin, nn.Conv2d):
+class QuantizedConv2d(_QuantizedConv, nn.Conv2d):
     float_class = nn.Conv2d
-
-    def __init__(self, *args, config=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.set_quantization(config or {})
-
-    def forward(self, x):
-        return self._conv_forward(self._q(self.x_quantizer, x), self._q(self.w_quantizer, self.weight),
-                                  self._q(self.b_quantizer, self.bias))
 
 
 # The MASE op each generic class quantises.
