@@ -264,3 +264,48 @@ def plot_accuracy_vs_cost(df, cost: str = "bitops", title: str | None = None, da
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax
+
+
+def plot_weight_quantisation(weights: dict, title: str = "Float weights and the values the forward pass uses",
+                             data_or_info=None):
+    """For each layer, float weights against their quantised values.
+
+    ``weights`` maps a layer name to ``(float_weight, quantised_weight)`` tensors of the same
+    shape (e.g. ``(m.weight, m.w_quantizer(m.weight))``). Each row has a histogram of both
+    (the quantised ones pile up on a few levels) and the transfer curve: quantised against
+    float value, a staircase whose flat ends are the clamped (saturated) weights.
+    """
+    import numpy as np
+
+    if not weights:
+        raise ValueError("weights is empty: pass {layer name: (float weight, quantised weight)}")
+    for name, pair in weights.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"weights[{name!r}] must be a (float, quantised) pair of tensors")
+        if tuple(pair[0].shape) != tuple(pair[1].shape):
+            raise ValueError(f"weights[{name!r}]: float shape {tuple(pair[0].shape)} != "
+                             f"quantised shape {tuple(pair[1].shape)}")
+    fig, axes = plt.subplots(len(weights), 2, figsize=(11, 2.6 * len(weights) + 0.8), squeeze=False)
+    for (hist_ax, curve_ax), (name, (w, q)) in zip(axes, weights.items()):
+        w = w.detach().flatten().cpu().numpy()
+        q = q.detach().flatten().cpu().numpy()
+        levels = np.unique(q)
+        bins = np.linspace(min(w.min(), q.min()), max(w.max(), q.max()), 50)
+        hist_ax.hist(w, bins=bins, alpha=0.6, label="float32", color="#4a7ab5")
+        hist_ax.hist(q, bins=bins, alpha=0.6, label=f"quantised ({len(levels)} distinct values)", color="#d9822b")
+        hist_ax.set_title(f"{name}: weight values", fontsize=9)
+        hist_ax.legend(fontsize=7)
+        order = np.argsort(w)
+        curve_ax.plot(w[order], q[order], ".", ms=3, color="#d9822b")
+        lo, hi = float(w.min()), float(w.max())
+        curve_ax.plot([lo, hi], [lo, hi], ":", color="grey", lw=1, label="y = x")
+        curve_ax.set_xlabel("float weight", fontsize=8)
+        curve_ax.set_ylabel("quantised weight", fontsize=8)
+        curve_ax.set_title(f"{name}: quantised vs float", fontsize=9)
+        curve_ax.legend(fontsize=7)
+        for ax in (hist_ax, curve_ax):
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    fig.suptitle(titled(title, data_or_info) if data_or_info is not None else title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -104,3 +104,21 @@ def test_plot_accuracy_vs_cost_one_line_per_format_and_mode():
     assert list(ax.get_lines()[0].get_xdata()) == [16, 64]
     with pytest.raises(ValueError, match="size_bits"):
         plot_accuracy_vs_cost(df, "size_bits")
+
+
+def test_plot_weight_quantisation_counts_the_levels():
+    from labkit.plots import plot_weight_quantisation
+    from labkit.quantize.quantizers import IntegerQuantizer
+
+    w = torch.linspace(-0.6, 0.6, 101)
+    q = IntegerQuantizer(width=2, frac_width=2)(w)   # 2-bit fixed point: -0.5, -0.25, 0, 0.25
+    fig = plot_weight_quantisation({"fc": (w, q)})
+    hist_ax, curve_ax = fig.axes
+    assert "4 distinct values" in hist_ax.get_legend().get_texts()[1].get_text()
+    xs, ys = curve_ax.get_lines()[0].get_data()
+    assert sorted(set(ys.tolist())) == [-0.5, -0.25, 0.0, 0.25]
+    assert list(xs) == sorted(xs)
+    with pytest.raises(ValueError, match="shape"):
+        plot_weight_quantisation({"fc": (w, q[:10])})
+    with pytest.raises(TypeError, match="pair"):
+        plot_weight_quantisation({"fc": w})
