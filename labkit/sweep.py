@@ -22,6 +22,7 @@ the dataset once from the processed cache), or run one after another in this pro
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -31,7 +32,6 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,7 +231,7 @@ def _lightning_exit(exc: SystemExit) -> bool:
     return exc.code == 1 and "lightning" in tb.tb_frame.f_code.co_filename
 
 
-@contextmanager
+@contextlib.contextmanager
 def interruptible():
     """Make Ctrl-C during a Lightning fit a plain ``KeyboardInterrupt``.
 
@@ -249,6 +249,19 @@ def interruptible():
         if main and signal.getsignal(signal.SIGINT) is not handler and handler is not None:
             signal.signal(signal.SIGINT, handler)
         raise KeyboardInterrupt("training interrupted") from None
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread for a while. A tiny MLP's ops are far too small to split
+    across threads: extra threads only add synchronisation, and on a busy machine they
+    make training many times slower (17x measured on 2 loaded cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _WORKER_DATA: JSCData | None = None
@@ -331,7 +344,44 @@ class SweepResult:
         """One curve per run (``metric`` per epoch), titled with the data it came from."""
         from .plots import plot_histories
         title = title or f"{metric.replace('_', ' ')} per epoch, varying {' and '.join(self.params)}"
-        return plot_histories(self.histories, metric=metric, title=title, data_or_info=self.info, ax=ax)
+        shown = {k: h for k, h in self.histories.items() if len(h) and metric in h}
+        before = len(ax.get_lines()) if ax is not None else 0
+        ax = plot_histories(shown, metric=metric, title=title, data_or_info=self.info, ax=ax)
+        longest = max((len(h) for h in shown.values()), default=1)
+        for line, hist in zip(ax.get_lines()[before:], list(shown.values())):
+            # Shorter runs on top (an epochs sweep's runs can coincide), each end marked.
+            line.set_zorder(3 - len(hist) / longest)
+            ax.plot(hist["epoch"].iloc[-1], hist[metric].iloc[-1], "o", ms=7, mfc="none",
+                    color=line.get_color(), zorder=line.get_zorder())
+        return ax
+
+    def plot_summary(self, ax=None, title: str | None = None, logx: bool | None = None):
+        """Final val / test accuracy (left axis) and wall time (right axis) against the swept value."""
+        import matplotlib.pyplot as plt
+        from .plots import titled
+        if len(self.params) != 1:
+            raise ValueError(f"plot_summary needs a one-setting sweep, this one varies {self.params}")
+        p = self.params[0]
+        t = self.table.sort_values(p)
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.4))
+        ax.plot(t[p], t["final_val_acc"], "o-", label="final val acc")
+        ax.plot(t[p], t["test_acc"], "s--", label="test acc (best ckpt)")
+        ax.set_xlabel(p.replace("_", " "))
+        ax.set_ylabel("accuracy")
+        if logx if logx is not None else (t[p].min() > 0 and t[p].max() / t[p].min() >= 20):
+            ax.set_xscale("log")
+            ax.set_xticks(list(t[p]), [f"{v:g}" for v in t[p]])  # the swept values, not powers
+            ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        right = ax.twinx()
+        right.plot(t[p], t["wall_time_s"], "^:", color="grey", label="wall time")
+        right.set_ylabel("wall time per run (s)", color="grey")
+        lines = ax.get_legend_handles_labels()
+        extra = right.get_legend_handles_labels()
+        ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="best")
+        ax.set_title(titled(title or f"varying {p.replace('_', ' ')}", self.info), fontsize=9)
+        return ax
 
 
 def _row(setting: dict, result: dict, cached: bool) -> dict:
@@ -431,11 +481,13 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1
                       or not all(_picklable_for_workers(runs[i][1]["model"]) for i in missing))
         if in_process:
-            for i in missing:
-                bar.set_postfix_str(label_of(runs[i][0]))
-                with interruptible():
-                    store(i, _run_one(runs[i][1], data, project(i), accelerator))
-                bar.update()
+            threads = one_thread() if device == "cpu" else contextlib.nullcontext()
+            with threads:
+                for i in missing:
+                    bar.set_postfix_str(label_of(runs[i][0]))
+                    with interruptible():
+                        store(i, _run_one(runs[i][1], data, project(i), accelerator))
+                    bar.update()
         elif missing:
             _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), store, bar)
     finally:

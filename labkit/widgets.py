@@ -31,7 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from .data import JSCData, JSCDataModule
 from .models import MODELS, get_model
 from .plots import titled
-from .sweep import interruptible, list_sweeps, load_sweep
+from .sweep import interruptible, list_sweeps, load_sweep, one_thread
 from .train import (LitClassifier, _archive_previous, _quiet_lightning, check_settings, default_chunk,
                     project_dir)
 
@@ -72,7 +72,7 @@ def fit_live(model: str, data: JSCData, *, max_epochs: int, batch_size: int, lea
     trainer = pl.Trainer(max_epochs=int(max_epochs), accelerator="cpu", devices=1, logger=False,
                          callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, deterministic=True)
-    with interruptible():
+    with interruptible(), one_thread():
         trainer.fit(lit, datamodule=dm)
     history = pd.DataFrame(lit.history)
     return {"history": history, "best_ckpt": ckpt.best_model_path or None,
