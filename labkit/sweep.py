@@ -369,7 +369,7 @@ class SweepResult:
         ax.plot(t[p], t["test_acc"], "s--", label="test acc (best ckpt)")
         ax.set_xlabel(p.replace("_", " "))
         ax.set_ylabel("accuracy")
-        if logx if logx is not None else (t[p].min() > 0 and t[p].max() / t[p].min() >= 20):
+        if logx if logx is not None else (t[p].min() > 0 and t[p].max() / t[p].min() >= 8):
             ax.set_xscale("log")
             ax.set_xticks(list(t[p]), [f"{v:g}" for v in t[p]])  # the swept values, not powers
             ax.minorticks_off()

@@ -231,3 +231,40 @@ def test_a_real_ctrl_c_mid_sweep_keeps_finished_runs(data, tmp_path):
         timer.cancel()
     assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C still works afterwards
     assert len(list(tmp_path.glob("*.json"))) == 1  # the finished run survived, nothing half-written
+
+
+def test_in_process_runs_use_one_thread_and_restore_it(data, tmp_path, monkeypatch):
+    import torch
+    seen = []
+    real = sw.train
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "train", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sweep("jsc-tiny", data, "batch_size", [512], cache_dir=tmp_path, **FAST)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_plots_draw_every_run_and_name_the_data(data, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = sweep("jsc-tiny", data, "batch_size", [64, 256, 1024], cache_dir=tmp_path, **FAST)
+    ax = res.plot()
+    assert [line.get_label() for line in ax.get_lines()][:3] == list(res.histories)
+    assert len(ax.get_lines()) == 6  # a curve and an end marker per run
+    assert "SYNTHETIC" in ax.get_title()
+    ax = res.plot_summary()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "256", "1024"]
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx(list(res.table["final_val_acc"]))
+    plt.close("all")
+    with pytest.raises(ValueError, match="one-setting"):
+        grid_sweep("jsc-tiny", data, {"batch_size": [256], "learning_rate": [1e-3]}, cache_dir=tmp_path,
+                   max_epochs=1, workers=1, progress=False).plot_summary()
