@@ -30,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -305,6 +306,12 @@ def _picklable_for_workers(model) -> bool:
     return getattr(target, "__module__", "__main__") != "__main__"
 
 
+def _spawn_works() -> bool:
+    """Spawned workers re-run the parent's main script; code piped in on stdin has none to re-run."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
 def _run_cost(settings: dict) -> float:
     """Rough relative cost, to start the longest runs first (better packing over workers)."""
     return settings["max_epochs"] * (1.0 + 256.0 / settings["batch_size"])
@@ -478,7 +485,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
         n_workers = workers or min(len(missing), os.cpu_count() or 1)
-        in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1
+        in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works()
                       or not all(_picklable_for_workers(runs[i][1]["model"]) for i in missing))
         if in_process:
             threads = one_thread() if device == "cpu" else contextlib.nullcontext()
