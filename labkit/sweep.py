@@ -22,7 +22,6 @@ the dataset once from the processed cache), or run one after another in this pro
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import copy
 import hashlib
 import itertools
@@ -31,7 +30,6 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +41,10 @@ from tqdm.auto import tqdm
 
 from .cache import ResultCache, settings_hash
 from .data import JSCData, load_dataset
+from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import outputs_dir
-from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, train
+from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, torch_threads, train
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
 RECIPE_VERSION = 1
@@ -142,32 +141,11 @@ def _jsonable(v):
     return v
 
 
-def _tensor_digest(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def dataset_identity(data: JSCData) -> dict:
-    """What pins the data down: name, split sizes and the manifest's recipe (or a content hash)."""
-    ident = {"name": data.info.name, "synthetic": data.info.synthetic, "sizes": data.sizes()}
-    m = data.manifest or {}
-    if m.get("settings"):
-        ident.update(settings=m["settings"], checksum=m.get("checksum"),
-                     prep_version=m.get("prep_version"))
-    else:  # built in memory: hash the tensors themselves
-        ident["content"] = _tensor_digest([data.x_train, data.y_train, data.x_val, data.y_val,
-                                           data.x_test, data.y_test])
-    return ident
-
-
 def _module_identity(module: nn.Module) -> dict:
     state = module.state_dict()
     return {"model": type(module).__name__,
             "architecture": hashlib.sha256(repr(module).encode()).hexdigest()[:16],
-            "initial_weights": _tensor_digest([state[k] for k in sorted(state)])}
+            "initial_weights": tensor_digest([state[k] for k in sorted(state)])}
 
 
 def model_identity(model, info) -> dict:
@@ -224,47 +202,6 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
     return out
 
 
-def _lightning_exit(exc: SystemExit) -> bool:
-    """Was this the ``sys.exit(1)`` Lightning raises after catching Ctrl-C?"""
-    tb = exc.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return exc.code == 1 and "lightning" in tb.tb_frame.f_code.co_filename
-
-
-@contextlib.contextmanager
-def interruptible():
-    """Make Ctrl-C during a Lightning fit a plain ``KeyboardInterrupt``.
-
-    Lightning answers Ctrl-C by calling ``sys.exit(1)`` (having ignored SIGINT meanwhile):
-    fine for a script, but in a notebook it ends the cell with ``SystemExit`` instead of an
-    interrupt. We turn it back into KeyboardInterrupt, with the SIGINT handler as before.
-    """
-    main = threading.current_thread() is threading.main_thread()
-    handler = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        yield
-    except SystemExit as exc:
-        if not _lightning_exit(exc):
-            raise
-        if main and signal.getsignal(signal.SIGINT) is not handler and handler is not None:
-            signal.signal(signal.SIGINT, handler)
-        raise KeyboardInterrupt("training interrupted") from None
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one CPU thread for a while. A tiny MLP's ops are far too small to split
-    across threads: extra threads only add synchronisation, and on a busy machine they
-    make training many times slower (17x measured on 2 loaded cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 _WORKER_DATA: JSCData | None = None
 
 
@@ -272,7 +209,7 @@ def _data_source(data: JSCData):
     """How a worker gets the data: the processed cache file when there is one, else the tensors."""
     path = (data.manifest or {}).get("cache_path")
     if path and Path(path).is_file():
-        return ("cache", str(path), data.info, dataset_identity(data))
+        return ("cache", str(path), data.info, data.identity())
     return ("tensors", data)
 
 
@@ -283,7 +220,7 @@ def _load_source(source) -> JSCData:
     _, path, info, ident = source
     payload = read_processed(Path(path))
     data = to_jscdata(payload, info) if payload is not None else None
-    if data is None or dataset_identity(data) != ident:
+    if data is None or data.identity() != ident:
         raise RuntimeError(f"the processed data cache {path} changed under the sweep; rerun it")
     return data
 
@@ -452,7 +389,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
     cache = ResultCache(directory)
 
-    data_id = dataset_identity(data)
+    data_id = data.identity()
     runs = []  # (setting shown in the table, full settings, cache key)
     model_ids = {}
     for combo in itertools.product(*grid.values()):
@@ -488,12 +425,10 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works()
                       or not all(_picklable_for_workers(runs[i][1]["model"]) for i in missing))
         if in_process:
-            threads = one_thread() if device == "cpu" else contextlib.nullcontext()
-            with threads:
+            with torch_threads(1 if device == "cpu" else None):  # train() and evaluate() alike
                 for i in missing:
                     bar.set_postfix_str(label_of(runs[i][0]))
-                    with interruptible():
-                        store(i, _run_one(runs[i][1], data, project(i), accelerator))
+                    store(i, _run_one(runs[i][1], data, project(i), accelerator))
                     bar.update()
         elif missing:
             _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), store, bar)
@@ -594,5 +529,5 @@ def _info_from_settings(settings):
     return None
 
 
-__all__ = ["sweep", "grid_sweep", "SweepResult", "load_sweep", "list_sweeps", "dataset_identity",
+__all__ = ["sweep", "grid_sweep", "SweepResult", "load_sweep", "list_sweeps",
            "check_value", "label_of", "RECIPE_VERSION"]

@@ -26,14 +26,12 @@ import pandas as pd
 import pytorch_lightning as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from .data import JSCData, JSCDataModule
-from .models import MODELS, get_model
+from .data import JSCData
+from .models import MODELS
 from .plots import titled
-from .sweep import interruptible, list_sweeps, load_sweep, one_thread
-from .train import (LitClassifier, _archive_previous, _quiet_lightning, check_settings, default_chunk,
-                    project_dir)
+from .sweep import list_sweeps, load_sweep
+from .train import train
 
 BATCH_SIZES = [2 ** k for k in range(4, 13)]  # 16 ... 4096
 
@@ -55,29 +53,11 @@ class EpochReporter(pl.Callback):
 
 def fit_live(model: str, data: JSCData, *, max_epochs: int, batch_size: int, learning_rate: float,
              seed: int = 0, project: str = "explorer", on_epoch=None) -> dict:
-    """Train like :func:`labkit.train.train` (same model init, batches and updates) but
-    report every epoch to ``on_epoch(epoch, metrics)``. Returns history, best val acc, ckpt."""
-    check_settings(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate)
-    _quiet_lightning()
-    pl.seed_everything(seed, verbose=False)  # before building the model, as train() does
-    lit = LitClassifier(get_model(model, data.info), learning_rate=float(learning_rate), max_epochs=max_epochs,
-                        num_classes=data.info.num_classes, model_name=model, dataset_name=data.info.name)
-    dm = JSCDataModule(data.info.name, batch_size=batch_size, seed=seed, data=data,
-                       chunk=default_chunk(int(batch_size)))
-    ckpt_dir = project_dir(project) / "training_ckpts"
-    _archive_previous(ckpt_dir)  # like train(): an earlier run's checkpoints are moved aside, not overwritten
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc",
-                           mode="max", save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [ckpt] + ([EpochReporter(on_epoch)] if on_epoch else [])
-    trainer = pl.Trainer(max_epochs=int(max_epochs), accelerator="cpu", devices=1, logger=False,
-                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, deterministic=True)
-    with interruptible(), one_thread():
-        trainer.fit(lit, datamodule=dm)
-    history = pd.DataFrame(lit.history)
-    return {"history": history, "best_ckpt": ckpt.best_model_path or None,
-            "best_val_acc": float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan,
-            "epochs": len(history)}
+    """:func:`labkit.train.train`, reporting every epoch to ``on_epoch(epoch, metrics)``."""
+    r = train(model, data, max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+              seed=seed, project=project, accelerator="cpu", progress=False, verbose=False,
+              callbacks=[EpochReporter(on_epoch)] if on_epoch else None)
+    return {k: r[k] for k in ("history", "best_ckpt", "best_val_acc", "epochs")}
 
 
 # -- plotting to PNG bytes -------------------------------------------------------------------

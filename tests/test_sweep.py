@@ -13,7 +13,8 @@ import torch.nn as nn
 import labkit.sweep as sw
 from labkit.data import load_dataset
 from labkit.models import MODELS, register_model
-from labkit.sweep import grid_sweep, interruptible, list_sweeps, load_sweep, sweep
+from labkit.sweep import grid_sweep, list_sweeps, load_sweep, sweep
+from labkit.train import interruptible
 from labkit.train import evaluate, load_model
 
 FAST = dict(max_epochs=2, learning_rate=1e-3, workers=1, progress=False)

@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import pandas as pd
+import pytorch_lightning as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +178,36 @@ def test_checkpoint_or_train_reuses_a_matching_checkpoint(small_data):
     other = checkpoint_or_train("jsc-custom", small_data, "t-reuse", max_epochs=1, batch_size=512,
                                 progress=False, verbose=False)
     assert other["trained_now"]  # a checkpoint of another model is not reused
+
+
+def test_cpu_training_runs_on_one_thread_and_restores_the_setting(small_data):
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_epoch_start(self, trainer, lit):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train("jsc-tiny", small_data, max_epochs=1, batch_size=512, accelerator="cpu", callbacks=[Spy()],
+              project="t-threads", progress=False, verbose=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+        seen.clear()
+        train("jsc-tiny", small_data, max_epochs=1, batch_size=512, accelerator="cpu", callbacks=[Spy()],
+              num_threads=2, project="t-threads", progress=False, verbose=False)
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_checkpoint_or_train_does_not_reuse_a_checkpoint_from_other_data(small_data):
+    from labkit.data import load_dataset
+    smaller = load_dataset("jsc-synthetic", size=8000, progress=False)
+    assert smaller.fingerprint() != small_data.fingerprint()
+    first = checkpoint_or_train("jsc-tiny", smaller, "t-reuse-data", max_epochs=1, batch_size=512,
+                                progress=False, verbose=False)
+    assert first["trained_now"]
+    other = checkpoint_or_train("jsc-tiny", small_data, "t-reuse-data", max_epochs=1, batch_size=512,
+                                progress=False, verbose=False)
+    assert other["trained_now"]  # same model and dataset name, different rows: not reused

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import hashlib
+
 import torch
 
+from ..cache import settings_hash
 from ..registry import Registry
 
 # The 16 high-level jet-substructure features (hls4ml / LogicNets / MASE order) ...
@@ -76,8 +79,33 @@ class JSCData:
     def sizes(self) -> dict:
         return {s: len(self.split(s)[1]) for s in self.SPLITS}
 
+    def identity(self) -> dict:
+        """What pins this data down, for caches keyed by it: name, split sizes, and the recipe
+        that made it (from the manifest) or, for data built in memory, a hash of the tensors."""
+        ident = {"name": self.info.name, "synthetic": self.info.synthetic, "sizes": self.sizes()}
+        m = self.manifest or {}
+        if m.get("settings"):
+            ident.update(settings=m["settings"], checksum=m.get("checksum"), prep_version=m.get("prep_version"))
+        else:
+            ident["content"] = tensor_digest([self.x_train, self.y_train, self.x_val, self.y_val,
+                                              self.x_test, self.y_test])
+        return ident
+
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`identity`."""
+        return settings_hash(self.identity())
+
     def to(self, device) -> "JSCData":
         """Move every split to ``device`` (once, before training on a GPU)."""
         moved = {k: getattr(self, k).to(device) for k in
                  ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         return JSCData(self.info, manifest=self.manifest, **moved)
+
+
+def tensor_digest(tensors) -> str:
+    """A short hash of the shapes, dtypes and values of some tensors."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -24,7 +24,6 @@ interrupted comparison resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..cache import ResultCache
+from ..data.formats import sha256_file
 from ..paths import outputs_dir
 from .modules import QuantizedMixin
 from .quantizers import QUANTIZERS
@@ -57,28 +57,6 @@ def model_size_bits(model: nn.Module) -> int:
             q = quantizers.get(name)
             total += p.numel() * (q.bits if q is not None else torch.finfo(p.dtype).bits)
     return int(total)
-
-
-def file_checksum(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def data_identity(data) -> dict:
-    """Name, split sizes and a checksum: the data-cache checksum if known, else the tensors' hash."""
-    ident = {"name": data.info.name, "synthetic": data.info.synthetic, "sizes": data.sizes()}
-    manifest = data.manifest or {}
-    if manifest.get("checksum") and manifest.get("settings"):
-        ident.update(checksum=manifest["checksum"], settings=manifest["settings"])
-    else:
-        h = hashlib.sha256()
-        for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        ident["content"] = h.hexdigest()[:16]
-    return ident
 
 
 def _check(widths, formats, modes):
@@ -154,7 +132,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     (the pass_args used, as JSON), ``cached``, ``dataset_label`` and timing.
     """
     from ..data import load_dataset
-    from ..train import evaluate
+    from ..train import evaluate, torch_threads
 
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
@@ -172,27 +150,31 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
         else "cpu"
     qat = {"epochs": qat_epochs, "learning_rate": qat_learning_rate, "batch_size": batch_size, "seed": seed,
            "accelerator": accelerator, "device": device}
-    base_key = {"version": COMPARE_VERSION, "model": model_name, "checkpoint": file_checksum(checkpoint),
-                "data": data_identity(data), "ops": sorted(ops), "calibration_samples": calibration_samples}
+    base_key = {"version": COMPARE_VERSION, "model": model_name, "checkpoint": sha256_file(checkpoint)[:16],
+                "data": data.identity(), "ops": sorted(ops), "calibration_samples": calibration_samples}
 
-    mg = _float_graph(model_name, checkpoint, load_type, data, calibration)
-    float_metrics = evaluate(mg.model, data, "test")
-    rows = [{"format": "float", "width": 32, "mode": "float", "test_acc": float_metrics["acc"],
-             "test_loss": float_metrics["loss"], "size_bits": model_size_bits(mg.model), "config": "",
-             "cached": False}]
+    # tiny models: one CPU thread is fastest, and spares a busy machine (restored afterwards)
+    with torch_threads(1 if device == "cpu" else None):
+        mg = _float_graph(model_name, checkpoint, load_type, data, calibration)
+        float_metrics = evaluate(mg.model, data, "test")
+        rows = [{"format": "float", "width": 32, "mode": "float", "test_acc": float_metrics["acc"],
+                 "test_loss": float_metrics["loss"], "size_bits": model_size_bits(mg.model), "config": "",
+                 "cached": False}]
 
-    runs = [(fmt, w, mode) for fmt in formats for mode in modes for w in widths]
-    bar = tqdm(runs, desc="quantisation runs", disable=not progress)
-    for fmt, width, mode in bar:
-        bar.set_postfix_str(f"{fmt} {width}b {mode}")
-        key = {**base_key, "format": fmt, "width": width, "mode": mode, **({"qat": {k: v for k, v in qat.items() if k != "accelerator"}} if mode == "qat" else {})}
-        result = cache.get(key)
-        cached = result is not None
-        if not cached:
-            project = f"quantization_compare/{model_name}/qat_{fmt}_{width}b"
-            result = _one_run(mg, data, calibration, fmt, width, mode, list(ops), qat, project)
-            cache.put(key, result)
-        rows.append({"format": fmt, "width": width, "mode": mode, **result, "cached": cached})
+        runs = [(fmt, w, mode) for fmt in formats for mode in modes for w in widths]
+        bar = tqdm(runs, desc="quantisation runs", disable=not progress)
+        for fmt, width, mode in bar:
+            bar.set_postfix_str(f"{fmt} {width}b {mode}")
+            key = {**base_key, "format": fmt, "width": width, "mode": mode}
+            if mode == "qat":
+                key["qat"] = {k: v for k, v in qat.items() if k != "accelerator"}
+            result = cache.get(key)
+            cached = result is not None
+            if not cached:
+                project = f"quantization_compare/{model_name}/qat_{fmt}_{width}b"
+                result = _one_run(mg, data, calibration, fmt, width, mode, list(ops), qat, project)
+                cache.put(key, result)
+            rows.append({"format": fmt, "width": width, "mode": mode, **result, "cached": cached})
 
     df = pd.DataFrame(rows)
     df["float_acc"] = float_metrics["acc"]
@@ -231,6 +213,9 @@ def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | Non
                     label=f"{fmt} {mode.upper()}")
         if len(floats):
             ax.axhline(float(floats["test_acc"].iloc[0]), color="grey", ls=":", label="float32")
+            if col == "size_bits":  # the float model's size is a point on this axis too
+                ax.plot(float(floats["size_bits"].iloc[0]) / 1000, float(floats["test_acc"].iloc[0]), "*",
+                        color="grey", ms=11)
         if col == "width":
             ax.set_xscale("log", base=2)
             ticks = sorted(quant["width"].unique())
