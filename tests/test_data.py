@@ -115,7 +115,8 @@ def leftovers(folder: Path) -> list[str]:
 def test_openml_json_then_arff_end_to_end(tmp_path, server, files, default_sources):
     data = load_dataset("jsc", data_dir=tmp_path, progress=False)
     assert server.requests == ["/openml-42468.json", "/hls4ml_lhc_jets_hlf.arff"]
-    assert not data.info.synthetic and "SYNTHETIC" not in data.info.label
+    # the file is labkit's stand-in written in the real format: it stays marked SYNTHETIC
+    assert data.info.synthetic and "SYNTHETIC" in data.info.label and data.manifest["synthetic"]
     assert data.info.source == server.url("hls4ml_lhc_jets_hlf.arff")
     assert (tmp_path / jsc.ARFF_FILE).stat().st_size == files["arff"].stat().st_size
     assert sum(data.sizes().values()) == ROWS and data.x_train.dtype == torch.float32
@@ -130,8 +131,18 @@ def test_openml_json_then_arff_end_to_end(tmp_path, server, files, default_sourc
     assert [counts[c] for c in CLASS_NAMES] == np.bincount(y).tolist()
 
 
+def test_only_unmarked_files_count_as_real_data(tmp_path, files):
+    """A file without the stand-in mark (like the real downloads) is labelled real."""
+    unmarked = tmp_path / "real-looking.arff"
+    lines = files["arff"].read_text().splitlines(keepends=True)
+    unmarked.write_text("".join(line for line in lines if "NOT real data" not in line))
+    data = load_dataset("jsc", source=str(unmarked), data_dir=tmp_path / "d", progress=False)
+    assert not data.info.synthetic and "real JSC data" in data.info.label
+
+
 def test_hdf5_source_end_to_end(tmp_path, server, files):
     data = load_dataset("jsc", source=server.url(files["hdf5"].name), data_dir=tmp_path, progress=False)
+    assert data.info.synthetic  # labkit's stand-in, marked in the file's attributes
     assert server.requests == [f"/{jsc.HDF5_FILE}"]
     assert (tmp_path / jsc.HDF5_FILE).exists() and not (tmp_path / jsc.ARFF_FILE).exists()
     assert data.manifest["format"] == "hdf5" and sum(data.sizes().values()) == ROWS

@@ -30,6 +30,9 @@ MIN_ROWS = 1000                 # fewer rows than this is not a JSC table (real:
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+STAND_IN_MARK = "written by labkit (jsc-synthetic stand-in, NOT real data)"
+
+
 class DataFormatError(ValueError):
     """A data file that is not (a complete, valid copy of) the JSC table."""
 
@@ -171,7 +174,7 @@ def write_arff(path, x: np.ndarray, y: np.ndarray, *, prefix: bool = False,
     nominal ``class`` {g, q, w, z, t} last."""
     names = [n if prefix else n[2:] for n in FEATURE_NAMES]
     short = [c[2:] for c in CLASS_NAMES]
-    header = [f"% {relation}: written by labkit (jsc-synthetic stand-in, NOT real data)",
+    header = [f"% {relation}: {STAND_IN_MARK}",
               f"@RELATION {relation}", ""]
     header += [f"@ATTRIBUTE {n} NUMERIC" for n in names]
     header += [f"@ATTRIBUTE class {{{','.join(short)}}}", "", "@DATA"]
@@ -241,6 +244,21 @@ def write_hdf5(path, x: np.ndarray, y: np.ndarray):
         table[c] = (y == k)
     with h5py.File(path, "w") as f:
         f.create_dataset(HDF5_TREE, data=table)
+        f.attrs["labkit"] = STAND_IN_MARK
+
+
+def is_stand_in(path, kind: str | None = None) -> bool:
+    """Was this file written by labkit's synthetic writer? Then it is no real data, whatever
+    name it is loaded under (e.g. served as ``jsc`` in the loopback tests)."""
+    kind = kind or sniff(path)
+    if kind == "arff":
+        with open(path, errors="replace") as f:
+            head = f.read(512)
+        return STAND_IN_MARK in head
+    if kind == "hdf5":
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("labkit") == STAND_IN_MARK
+    return False
 
 
 def read_table(path, kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:

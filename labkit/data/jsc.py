@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from .. import paths
 from .base import DatasetInfo, JSCData, register_dataset
-from .formats import (DataFormatError, md5_file, parse_openml_description, read_table, sha256_file,
-                      sniff)
+from .formats import (DataFormatError, is_stand_in, md5_file, parse_openml_description, read_table,
+                      sha256_file, sniff)
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
                       check_fraction, check_seed, check_size, load_or_build, subsample)
 
@@ -317,8 +317,9 @@ def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int =
     data_dir = Path(data_dir) if data_dir is not None else paths.data_dir()
     raw = ensure_raw(source, data_dir, timeout=timeout, progress=progress)
     settings["checksum"] = "sha256:" + raw.sha256
-    info = DatasetInfo("jsc", synthetic=False, source=raw.origin)
-    manifest = {"dataset": "jsc", "synthetic": False, "source": raw.origin, "raw_file": str(raw.path),
+    synthetic = is_stand_in(raw.path, raw.kind)  # our own stand-in served as "jsc" (tests) stays marked
+    info = DatasetInfo("jsc", synthetic=synthetic, source=raw.origin)
+    manifest = {"dataset": "jsc", "synthetic": synthetic, "source": raw.origin, "raw_file": str(raw.path),
                 "format": raw.kind, "checksum": settings["checksum"], "seed": settings["seed"]}
 
     def build():
