@@ -219,13 +219,18 @@ def _data(dataset, data):
     return load_dataset(dataset)
 
 
+_NOISE = (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*",
+          ".*treespec.*", ".*GPU available but not used.*")
+
+
 def _quiet_lightning():
+    """Keep Lightning's banner and advice out of the way (once per process)."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*treespec.*")
+    known = {f[1].pattern for f in warnings.filters if f[0] == "ignore" and f[1] is not None}
+    for pattern in _NOISE:
+        if pattern not in known:
+            warnings.filterwarnings("ignore", message=pattern)
 
 
 def _lightning_exit(exc: SystemExit) -> bool:
