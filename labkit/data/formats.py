@@ -37,20 +37,21 @@ class DataFormatError(ValueError):
     """A data file that is not (a complete, valid copy of) the JSC table."""
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def file_digest(path, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file, read in chunks so a large file is never held in memory whole."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def md5_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5_file(path) -> str:
+    return file_digest(path, "md5")
 
 
 def sniff(path) -> str:
