@@ -277,6 +277,19 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for a while, then give every submodule back its own mode
+    (``model.train(was)`` would flatten them: a BatchNorm kept in eval mode would train again)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def project_dir(project: str) -> Path:
     return outputs_dir() / project / "software"
 
@@ -457,16 +470,14 @@ def checkpoint_or_train(model: str, data: JSCData, project: str, **train_kwargs)
 def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 65536) -> dict:
     """Plain (no Lightning) evaluation: ``{"acc", "loss", "n"}`` on one split of ``data``."""
     x, y = data.split(split) if isinstance(data, JSCData) else data
-    was_training = model.training
-    model.eval()
     device = next(iter(model.parameters()), torch.zeros(())).device
     correct, loss, n = 0, 0.0, len(y)
-    for i in range(0, n, batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        logits = model(xb)
-        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            logits = model(xb)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
     return {"acc": correct / max(1, n), "loss": loss / max(1, n), "n": n}
 
 
