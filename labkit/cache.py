@@ -25,15 +25,34 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux); elsewhere by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write) -> Path:
     """Create ``path`` via ``write(tmp_path)`` on a temp file in the same folder, then rename:
-    readers see the old file or the new one, never half of one, and a failure leaves no trace."""
+    readers see the old file or the new one, never half of one, and a failure leaves no trace.
+
+    The file gets the permissions of an ordinary new file (``0o666`` minus the umask), not the
+    owner-only ``0o600`` of the temp file, so a shared data folder stays readable to its group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
