@@ -495,6 +495,24 @@ def test_batch_iterator_chunks_and_drop_last():
         BatchIterator(x, y[:5], batch_size=2)
 
 
+@pytest.mark.parametrize("bad", [2.7, "64", True, 0.5])
+def test_batch_sizes_must_be_whole_numbers(bad):
+    x, y = _xy(20)
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad!r}"):
+        BatchIterator(x, y, batch_size=bad)
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad!r}"):
+        JSCDataModule("jsc-synthetic", batch_size=bad)
+    with pytest.raises(ValueError, match=f"eval_batch_size must be a positive integer, got {bad!r}"):
+        JSCDataModule("jsc-synthetic", eval_batch_size=bad)
+
+
+def test_whole_float_and_numpy_batch_sizes_are_accepted():
+    x, y = _xy(20)
+    it = BatchIterator(x, y, batch_size=8.0)
+    assert it.batch_size == 8 and type(it.batch_size) is int and len(it) == 3
+    assert JSCDataModule("jsc-synthetic", batch_size=np.int64(64)).batch_size == 64
+
+
 def test_datamodule_serves_the_splits(tmp_path):
     dm = JSCDataModule("jsc-synthetic", batch_size=64, seed=1, chunk=2, size=3000, data_dir=tmp_path,
                        progress=False)

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from .base import JSCData
+from .prepare import check_positive
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -29,12 +30,11 @@ class BatchIterator:
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, chunk: int = 1):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_positive("batch_size", batch_size, integer=True)
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         self.x, self.y = x, y
-        self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.chunk = drop_last, max(1, int(chunk))
         self.epoch = 0
 
@@ -87,10 +87,10 @@ class JSCDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, seed: int = 0, chunk: int = 1,
                  data: JSCData | None = None, **load_kwargs):
         super().__init__()
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.dataset, self.batch_size, self.seed, self.chunk = dataset, int(batch_size), seed, chunk
-        self.eval_batch_size = eval_batch_size or max(self.batch_size, 8192)
+        self.dataset, self.seed, self.chunk = dataset, seed, chunk
+        self.batch_size = check_positive("batch_size", batch_size, integer=True)
+        self.eval_batch_size = (max(self.batch_size, 8192) if eval_batch_size is None
+                                else check_positive("eval_batch_size", eval_batch_size, integer=True))
         self.load_kwargs = load_kwargs
         self.data = data
 
