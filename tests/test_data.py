@@ -176,6 +176,20 @@ def test_local_file_from_env_var_is_used_in_place(tmp_path, files, monkeypatch):
     assert sum(data.sizes().values()) == ROWS
 
 
+def test_file_url_source_is_unquoted(tmp_path, files):
+    """``file://`` URLs escape spaces as %20; the file they name is used in place."""
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    local = folder / "jets copy.h5"
+    local.write_bytes(files["hdf5"].read_bytes())
+    assert "%20" in local.as_uri()
+    data = load_dataset("jsc", source=local.as_uri(), data_dir=tmp_path / "d", progress=False)
+    assert data.manifest["raw_file"] == str(local) and sum(data.sizes().values()) == ROWS
+    assert jsc._sources(f"file://localhost{local}") == [str(local)]
+    with pytest.raises(ValueError, match="names the host 'elsewhere'"):
+        load_dataset("jsc", source="file://elsewhere/data.arff", data_dir=tmp_path / "d")
+
+
 def test_argument_source_overrides_env_var(tmp_path, files, monkeypatch):
     monkeypatch.setenv(jsc.SOURCE_ENV, str(tmp_path / "nowhere.arff"))
     data = load_dataset("jsc", source=files["arff"], data_dir=tmp_path, progress=False)
@@ -356,6 +370,8 @@ def test_bad_synthetic_arguments(tmp_path, kwargs, error, match):
 def test_bad_real_arguments(tmp_path, files):
     with pytest.raises(ValueError, match="timeout must be a positive"):
         load_dataset("jsc", source=files["arff"], data_dir=tmp_path, timeout=0)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got '30'"):
+        load_dataset("jsc", source=files["arff"], data_dir=tmp_path, timeout="30")
     with pytest.raises(TypeError, match="source must be"):
         load_dataset("jsc", source=42, data_dir=tmp_path)
     with pytest.raises(ValueError, match="val_fraction"):

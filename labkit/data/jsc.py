@@ -40,7 +40,7 @@ from .base import DatasetInfo, JSCData, register_dataset
 from .formats import (DataFormatError, is_stand_in, md5_file, parse_openml_description, read_table,
                       sha256_file, sniff)
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
-                      check_fraction, check_seed, check_size, load_or_build, subsample)
+                      check_fraction, check_positive, check_seed, check_size, load_or_build, subsample)
 
 OPENML_ID = 42468
 OPENML_API_URL = f"https://api.openml.org/api/v1/json/data/{OPENML_ID}"
@@ -248,18 +248,28 @@ def unavailable_message(data_dir: Path, attempts: list[tuple[str, str]]) -> str:
     )
 
 
-def _sources(source) -> tuple[list[str], bool]:
-    """The list of sources to try, and whether the caller named them explicitly."""
+def _local_path(source) -> str:
+    """A local source as a path: ``file:///x/my%20data.arff`` is ``/x/my data.arff``."""
+    source = os.fspath(source)
+    if not source.startswith("file:"):
+        return source
+    parsed = urllib.parse.urlparse(source)
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"file URL {source!r} names the host {parsed.netloc!r}; only local "
+                         "files (file:///path) can be read")
+    return urllib.request.url2pathname(parsed.path)
+
+
+def _sources(source) -> list[str]:
+    """The sources to try: ``source``, else ``$LABKIT_JSC_SOURCE``, else the built-in list."""
     if source is None:
         source = os.environ.get(SOURCE_ENV) or None
     if source is None:
-        return list(DEFAULT_SOURCES), False
+        return list(DEFAULT_SOURCES)
     if isinstance(source, (str, os.PathLike)):
         source = [source]
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, os.PathLike)) for s in source):
-        # file:///x/y is the local path /x/y
-        return [urllib.parse.urlparse(s).path if str(s).startswith("file://") else os.fspath(s)
-                for s in source], True
+        return [_local_path(s) for s in source]
     raise TypeError(f"source must be a URL, a file path or a list of them, got {source!r}")
 
 
@@ -267,11 +277,10 @@ def ensure_raw(source=None, data_dir=None, *, timeout: float = DEFAULT_TIMEOUT,
                progress: bool = True) -> RawFile:
     """A valid raw JSC file: a local ``source`` as is, else the cache in ``data_dir``, else
     the first source that downloads and validates. Raises :class:`DataUnavailableError`."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    timeout = check_positive("timeout", timeout, unit="seconds")
     data_dir = Path(data_dir) if data_dir is not None else paths.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    sources, explicit = _sources(source)
+    sources = _sources(source)
     attempts = []
     local = [s for s in sources if not is_url(s)]
     for path in local:                      # a local file is used where it is, never copied
