@@ -40,11 +40,15 @@ def _as_info(info):
 
 
 def get_model(name: str, info=None) -> nn.Module:
-    """Build the registered model ``name`` for a dataset ``info`` (default: the JSC task)."""
+    """Build the registered model ``name`` for a dataset ``info`` (default: the JSC task).
+
+    The model remembers its registry name as ``model.labkit_name``, so training the module
+    itself (``train(get_model("jsc-tiny"), data)``) records ``"jsc-tiny"`` in its checkpoint."""
     build = MODELS.get(name)
     model = build(_as_info(info))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {name!r} built a {type(model).__name__}, expected an nn.Module")
+    model.labkit_name = name
     return model
 
 

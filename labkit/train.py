@@ -433,9 +433,15 @@ def read_checkpoint(path, load_type: str = "pl") -> dict:
 
 def load_model(model, path, load_type: str = "pl", info=None) -> nn.Module:
     """Build ``model`` (registry name or module) and load a checkpoint into it, checking they match."""
-    ckpt = read_checkpoint(path, load_type)
     net, name = _model_and_name(model, info)
-    if ckpt["model_name"] and isinstance(model, str) and ckpt["model_name"] != name:
+    _load_into(net, name, path, load_type, by_name=isinstance(model, str))
+    return net
+
+
+def _load_into(net: nn.Module, name: str, path, load_type: str, by_name: bool):
+    """Load checkpoint ``path`` into ``net``; ``by_name``: it must have been trained as ``name``."""
+    ckpt = read_checkpoint(path, load_type)
+    if ckpt["model_name"] and by_name and ckpt["model_name"] != name:
         raise ValueError(f"checkpoint {path} was trained for model {ckpt['model_name']!r}, "
                          f"not {name!r}; load it with model {ckpt['model_name']!r}")
     try:
@@ -443,7 +449,6 @@ def load_model(model, path, load_type: str = "pl", info=None) -> nn.Module:
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise ValueError(f"checkpoint {path} does not fit model {name!r}: {detail}") from None
-    return net
 
 
 def checkpoint_or_train(model: str, data: JSCData, project: str, **train_kwargs) -> dict:
@@ -488,8 +493,9 @@ def test(model="jsc-tiny", dataset="jsc-synthetic", *, load=None, load_type: str
     check_settings(batch_size=batch_size, accelerator=accelerator)
     _quiet_lightning()
     data = _data(dataset, data)
-    net = load_model(model, load, load_type, data.info) if load else _model_and_name(model, data.info)[0]
-    name = model if isinstance(model, str) else type(model).__name__
+    net, name = _model_and_name(model, data.info)
+    if load:
+        _load_into(net, name, load, load_type, by_name=isinstance(model, str))
     lit = LitClassifier(net, num_classes=data.info.num_classes, model_name=name, dataset_name=data.info.name)
     dm = JSCDataModule(data.info.name, batch_size=batch_size, eval_batch_size=batch_size, data=data)
     trainer = pl.Trainer(accelerator=_accelerator(accelerator), devices=1, logger=False,

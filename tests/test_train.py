@@ -211,3 +211,15 @@ def test_checkpoint_or_train_does_not_reuse_a_checkpoint_from_other_data(small_d
     other = checkpoint_or_train("jsc-tiny", small_data, "t-reuse-data", max_epochs=1, batch_size=512,
                                 progress=False, verbose=False)
     assert other["trained_now"]  # same model and dataset name, different rows: not reused
+
+
+def test_a_zoo_module_trained_directly_keeps_its_registry_name(small_data):
+    model = get_model("jsc-tiny", small_data.info)
+    assert model.labkit_name == "jsc-tiny"
+    r = train(model, small_data, max_epochs=1, batch_size=512, project="t-name", progress=False, verbose=False)
+    assert r["model"] == "jsc-tiny" and read_checkpoint(r["best_ckpt"])["model_name"] == "jsc-tiny"
+    loaded = load_model("jsc-tiny", r["best_ckpt"])  # the name in the checkpoint matches the registry's
+    for k, v in read_checkpoint(r["best_ckpt"])["state_dict"].items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    t = run_test(get_model("jsc-tiny"), small_data, load=r["best_ckpt"], verbose=False)
+    assert t["model"] == "jsc-tiny"
