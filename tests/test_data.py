@@ -3,6 +3,7 @@ preprocessing, bad input, and the batch iterator / DataModule."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import math
@@ -412,6 +413,30 @@ def test_processed_cache_manifest_and_reload(tmp_path):
                          data_dir=tmp_path, progress=False)
     assert Path(other.manifest["cache_path"]) != cache and other.sizes()["val"] > data.sizes()["val"]
 
+
+
+def test_identity_follows_the_tensors_not_just_the_manifest(tmp_path):
+    """Data changed in memory but carrying the original's manifest must not pass for it
+    (sweep caches and checkpoint reuse are keyed by this identity)."""
+    data = load_dataset("jsc-synthetic", size=5000, data_dir=tmp_path, progress=False)
+    ident = data.identity()
+    assert ident["settings"] == data.manifest["settings"]              # the recipe, for readers
+    assert ident["tensors"]["x_train"] == [list(data.x_train.shape), "float32"]
+    assert ident["tensors"]["y_test"] == [[data.sizes()["test"]], "int64"]
+    same = dataclasses.replace(data, x_train=data.x_train.clone())
+    reloaded = load_dataset("jsc-synthetic", size=5000, data_dir=tmp_path, progress=False)
+    assert same.identity() == ident and reloaded.fingerprint() == data.fingerprint()
+    changed = [
+        dataclasses.replace(data, x_train=data.x_train * 1.01),               # same shapes, new values
+        dataclasses.replace(data, y_val=data.y_val.flip(0)),                   # one split's labels
+        dataclasses.replace(data, x_test=data.x_test.double()),                # dtype only
+        dataclasses.replace(data, x_train=data.x_train[:-1], y_train=data.y_train[:-1]),
+    ]
+    prints = {d.fingerprint() for d in changed} | {data.fingerprint()}
+    assert len(prints) == len(changed) + 1
+    edited = dataclasses.replace(data, x_train=data.x_train.clone())
+    edited.x_train[123, 4] += 1.0                                         # one value, in place
+    assert edited.fingerprint() != data.fingerprint()
 
 def test_corrupt_processed_cache_is_rebuilt(tmp_path, capsys):
     data = load_dataset("jsc-synthetic", size=5000, data_dir=tmp_path, progress=False)

@@ -80,15 +80,21 @@ class JSCData:
         return {s: len(self.split(s)[1]) for s in self.SPLITS}
 
     def identity(self) -> dict:
-        """What pins this data down, for caches keyed by it: name, split sizes, and the recipe
-        that made it (from the manifest) or, for data built in memory, a hash of the tensors."""
-        ident = {"name": self.info.name, "synthetic": self.info.synthetic, "sizes": self.sizes()}
+        """What pins this data down, for caches keyed by it (sweep results, quantisation
+        comparisons, checkpoint reuse): name, per-split shapes and dtypes, a hash of every
+        tensor's bytes and, when the data came from a processed cache, the recipe that made it.
+
+        The recipe alone is not enough: ``dataclasses.replace(data, x_train=...)`` keeps the
+        manifest but not the data. Hashing all of it is cheap (~0.05 s for the full 830k-row
+        table, see ``benchmarks/bench_data.py``) and is done once per train/sweep/compare call.
+        """
+        tensors = {f"{v}_{s}": getattr(self, f"{v}_{s}") for s in self.SPLITS for v in ("x", "y")}
+        ident = {"name": self.info.name, "synthetic": self.info.synthetic, "sizes": self.sizes(),
+                 "tensors": {k: [list(t.shape), str(t.dtype).removeprefix("torch.")] for k, t in tensors.items()},
+                 "content": tensor_digest(tensors.values())}
         m = self.manifest or {}
         if m.get("settings"):
             ident.update(settings=m["settings"], checksum=m.get("checksum"), prep_version=m.get("prep_version"))
-        else:
-            ident["content"] = tensor_digest([self.x_train, self.y_train, self.x_val, self.y_val,
-                                              self.x_test, self.y_test])
         return ident
 
     def fingerprint(self) -> str:
@@ -103,9 +109,10 @@ class JSCData:
 
 
 def tensor_digest(tensors) -> str:
-    """A short hash of the shapes, dtypes and values of some tensors."""
+    """A short sha256 of the shapes, dtypes and bytes of some tensors (on any device)."""
     h = hashlib.sha256()
     for t in tensors:
+        t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())   # the raw bytes, without a copy
     return h.hexdigest()[:16]
