@@ -8,35 +8,44 @@ each value was decided, like MASE's "Name | Default | Manual Override | Effectiv
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
-import pandas as pd
+# The one home of labkit's training defaults and allowed values (MASE's defaults where it has
+# them): train(), sweeps and the command line all read these. They live here, not in train.py,
+# so the CLI can build its parser without importing torch.
+DEFAULTS = dict(max_epochs=20, batch_size=128, learning_rate=1e-5, seed=0, weight_decay=0.0,
+                scheduler=None, early_stopping=None, max_time=None, accelerator="auto",
+                log_every_n_steps=50, num_threads=None)
+SCHEDULERS = (None, "none", "cosine")  # None and "none": a constant learning rate
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+LOAD_TYPES = ("pl", "pt")
+TASKS = ("cls", "classification")
+MIN_DATA_SIZE = 100  # the data layer's smallest dataset
 
 # key -> (allowed python types, default, help)
 KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "model": ((str,), None, "registered model name, e.g. jsc-tiny"),
     "dataset": ((str,), None, "registered dataset name: jsc or jsc-synthetic"),
-    "data_size": ((int,), None, "use only this many rows (synthetic: generate this many); quick runs"),
+    "data_size": ((int,), None, f"use only this many rows (at least {MIN_DATA_SIZE}; synthetic: generate this many)"),
     "task": ((str,), "cls", "cls (classification); the only task of the JSC labs"),
-    "accelerator": ((str,), "auto", "auto, cpu or gpu"),
+    "accelerator": ((str,), DEFAULTS["accelerator"], ", ".join(ACCELERATORS)),
     "project": ((str,), None, "output folder name under outputs/"),
-    "seed": ((int,), 0, "random seed"),
-    "log_every_n_steps": ((int,), 50, "Lightning logging interval"),
+    "seed": ((int,), DEFAULTS["seed"], "random seed, in [0, 2**32)"),
+    "log_every_n_steps": ((int,), DEFAULTS["log_every_n_steps"], "Lightning logging interval"),
     "load_name": ((str,), None, "checkpoint to load"),
-    "load_type": ((str,), "pl", "pl (Lightning .ckpt) or pt (state dict)"),
-    "max_epochs": ((int,), 20, "maximum training epochs"),
-    "batch_size": ((int,), 128, "mini-batch size"),
-    "learning_rate": ((float, int), 1e-5, "Adam learning rate"),
-    "weight_decay": ((float, int), 0.0, "Adam weight decay"),
-    "scheduler": ((str,), None, "learning-rate schedule: cosine, or none"),
-    "early_stopping": ((int,), None, "early-stopping patience in epochs (val accuracy)"),
-    "max_time": ((float, int), None, "training time limit in seconds"),
-    "num_threads": ((int,), None, "CPU threads for torch"),
+    "load_type": ((str,), LOAD_TYPES[0], "pl (Lightning .ckpt) or pt (state dict)"),
+    "max_epochs": ((int,), DEFAULTS["max_epochs"], "maximum training epochs"),
+    "batch_size": ((int,), DEFAULTS["batch_size"], "mini-batch size"),
+    "learning_rate": ((float, int), DEFAULTS["learning_rate"], "Adam learning rate"),
+    "weight_decay": ((float, int), DEFAULTS["weight_decay"], "Adam weight decay"),
+    "scheduler": ((str,), DEFAULTS["scheduler"], "learning-rate schedule: cosine, or none"),
+    "early_stopping": ((int,), DEFAULTS["early_stopping"], "early-stopping patience in epochs (val accuracy)"),
+    "max_time": ((float, int), DEFAULTS["max_time"], "training time limit in seconds"),
+    "num_threads": ((int,), DEFAULTS["num_threads"], "CPU threads for torch"),
     "passes": ((dict,), None, "transform passes, e.g. [passes.quantize]"),
 }
-TASKS = ("cls", "classification")
-LOAD_TYPES = ("pl", "pt")
 
 
 class ConfigError(ValueError):
@@ -58,18 +67,30 @@ def validate(config: dict, source: str = "config") -> dict:
         if isinstance(value, bool) or not isinstance(value, types):
             want = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{source}: {key} must be {want}, got {value!r} ({type(value).__name__})")
-    if config.get("task") not in (None, *TASKS):
-        raise ConfigError(f"{source}: task must be one of {', '.join(TASKS)}, got {config['task']!r}")
-    if config.get("load_type") not in (None, *LOAD_TYPES):
-        raise ConfigError(f"{source}: load_type must be one of {', '.join(LOAD_TYPES)}, got {config['load_type']!r}")
-    for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads", "data_size"):
+    for key, allowed in (("task", TASKS), ("load_type", LOAD_TYPES), ("accelerator", ACCELERATORS),
+                         ("scheduler", SCHEDULERS)):
+        if config.get(key) is not None and config[key] not in allowed:
+            names = ", ".join(a for a in allowed if a is not None)
+            raise ConfigError(f"{source}: {key} must be one of {names}, got {config[key]!r}")
+    for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads"):
         if config.get(key) is not None and config[key] < 1:
             raise ConfigError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
+    if config.get("data_size") is not None and config["data_size"] < MIN_DATA_SIZE:
+        raise ConfigError(f"{source}: data_size must be at least {MIN_DATA_SIZE} rows, got {config['data_size']!r}")
+    for key in ("learning_rate", "max_time", "weight_decay"):
+        if config.get(key) is not None and not math.isfinite(config[key]):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {config[key]!r}")
     for key in ("learning_rate", "max_time"):
         if config.get(key) is not None and config[key] <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {config[key]!r}")
     if config.get("weight_decay") is not None and config["weight_decay"] < 0:
         raise ConfigError(f"{source}: weight_decay must be >= 0, got {config['weight_decay']!r}")
+    if config.get("seed") is not None:
+        from .data.prepare import check_seed  # the one seed check, shared with the data layer
+        try:
+            check_seed(config["seed"])
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     return config
 
 
@@ -85,23 +106,30 @@ def load_config(path) -> dict:
     return validate(config, source=str(path))
 
 
-def resolve(file_config: dict | None, overrides: dict | None) -> dict:
-    """defaults < file < overrides (``None`` in overrides means "not given")."""
-    effective = defaults()
+def resolve(file_config: dict | None, overrides: dict | None, base: dict | None = None) -> dict:
+    """base (default: labkit's defaults) < file < overrides (``None`` in overrides means "not given")."""
+    effective = dict(defaults() if base is None else base)
     effective.update({k: v for k, v in (file_config or {}).items()})
     effective.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return effective
 
 
-def settings_table(file_config: dict | None, overrides: dict | None, keys=None) -> pd.DataFrame:
-    """How each setting was decided: Name | Default | Config File | Manual Override | Effective."""
-    effective = resolve(file_config, overrides)
+def settings_table(file_config: dict | None, overrides: dict | None, keys=None, *,
+                   effective: dict | None = None, base: dict | None = None):
+    """How each setting was decided: Name | Default | Config File | Manual Override | Effective.
+
+    ``base`` holds the defaults (labkit's unless given); ``effective`` the resolved settings
+    (computed with :func:`resolve` unless given)."""
+    import pandas as pd
+
+    base = defaults() if base is None else base
+    effective = resolve(file_config, overrides, base) if effective is None else effective
     keys = keys or [k for k in KEYS if k != "passes"]
     rows = []
     for k in keys:
         rows.append({
             "Name": k,
-            "Default": KEYS[k][1] if k in KEYS else None,
+            "Default": base.get(k),
             "Config File": (file_config or {}).get(k),
             "Manual Override": (overrides or {}).get(k),
             "Effective": effective.get(k),

@@ -49,29 +49,14 @@ from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoi
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
 RECIPE_VERSION = 1
 
-# The settings a sweep may vary or fix, with their defaults (MASE's where it has one).
-SETTINGS = {
-    "model": None,
-    "max_epochs": DEFAULTS["max_epochs"],
-    "batch_size": DEFAULTS["batch_size"],
-    "learning_rate": DEFAULTS["learning_rate"],
-    "seed": DEFAULTS["seed"],
-    "weight_decay": 0.0,
-    "scheduler": None,
-    "early_stopping": None,
-    "max_time": None,
-}
+# The settings a sweep may vary or fix, with train()'s defaults.
+SETTINGS = {"model": None, **{k: DEFAULTS[k] for k in ("max_epochs", "batch_size", "learning_rate", "seed",
+                                                       "weight_decay", "scheduler", "early_stopping", "max_time")}}
 RESULT_COLUMNS = ["final_val_acc", "best_val_acc", "test_acc", "epochs", "wall_time_s", "cached",
                   "best_ckpt"]
 
 
 # -- checking settings before anything runs --------------------------------------------------
-
-
-def _nonneg_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    return v
 
 
 def check_value(name: str, value):
@@ -85,32 +70,7 @@ def check_value(name: str, value):
             raise TypeError(f"model must be a registered model name or an nn.Module, got {value!r}")
         MODELS.get(value)  # ValueError listing the registered names
         return value
-    if name in ("max_epochs", "batch_size"):
-        check_settings(**{name: value})
-        return int(value)
-    if name == "learning_rate":
-        check_settings(learning_rate=value)
-        return float(value)
-    if name == "scheduler":
-        check_settings(scheduler=value)
-        return value
-    if name == "seed":
-        return _nonneg_int("seed", value)
-    if name == "weight_decay":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"weight_decay must be a number >= 0, got {value!r}")
-        return float(value)
-    # early_stopping (patience in epochs) and max_time (seconds): None switches them off
-    if value is None:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if name == "early_stopping":
-        if not (ok and float(value).is_integer()):
-            raise ValueError(f"early_stopping must be None or a positive integer (patience in epochs), got {value!r}")
-        return int(value)
-    if not ok:
-        raise ValueError(f"max_time must be None or a positive number of seconds, got {value!r}")
-    return float(value)
+    return check_settings(**{name: value})[name]  # train()'s own checks
 
 
 def _check_grid(grid) -> dict:

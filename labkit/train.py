@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
+import os
 import shutil
 import signal
 import threading
@@ -34,13 +36,11 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 
+from .config import ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS  # the defaults live in one place
 from .data import JSCData, JSCDataModule, load_dataset
+from .data.prepare import check_seed
 from .models import get_model
 from .paths import outputs_dir
-
-DEFAULTS = dict(max_epochs=20, batch_size=128, learning_rate=1e-5, seed=0)  # MASE's defaults
-SCHEDULERS = (None, "cosine")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def _fused_adam_ok(params) -> bool:
@@ -130,13 +130,13 @@ class LitClassifier(pl.LightningModule):
         train_acc = float(self.train_acc.compute()) if self._sums["train_n"] else float("nan")
         self.train_acc.reset()
         self.log_dict({"train_loss": train_loss, "train_acc": train_acc})
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
         row = {"epoch": self.current_epoch + 1, "train_loss": train_loss, "train_acc": train_acc}
         row.update(getattr(self, "_last_val", {}))
-        row["lr"] = self.optimizers().optimizer.param_groups[0]["lr"]
+        row["lr"] = self.optimizers().optimizer.param_groups[0]["lr"]  # the rate this epoch used
         self.history.append(row)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()  # the next epoch's rate
         self._sums["train_loss"], self._sums["train_n"] = 0.0, 0
 
     # -- evaluation ----------------------------------------------------------------------
@@ -174,28 +174,82 @@ class LitClassifier(pl.LightningModule):
 
 
 def _check_positive(name, value, kind=int):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    """``value`` as a positive, finite ``kind`` (a whole number for ``int``), or a ValueError naming it."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+          and (isinstance(value, int) or math.isfinite(value)))
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok:
         what = "a positive integer" if kind is int else "a positive number"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        infinite = isinstance(value, float) and not math.isfinite(value)
+        raise ValueError(f"{name} must be {what}, got {value!r}" + (" (it must be finite)" if infinite else ""))
     return kind(value)
 
 
-def check_settings(*, max_epochs=None, batch_size=None, learning_rate=None, accelerator=None,
-                   scheduler=None):
-    """Validate user-facing training settings with errors that name the bad value."""
-    if max_epochs is not None:
-        _check_positive("max_epochs", max_epochs)
-    if batch_size is not None:
-        _check_positive("batch_size", batch_size)
-    if learning_rate is not None:
-        _check_positive("learning_rate", learning_rate, float)
-    if accelerator is not None and accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+def _optional(check):
+    """``None`` switches the setting off; anything else must pass ``check``."""
+    return lambda value: None if value is None else check(value)
+
+
+def _check_weight_decay(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (isinstance(value, int) or math.isfinite(value)) or value < 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_scheduler(value):
+    if value not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(map(repr, SCHEDULERS))}, got {value!r}")
+    return None if value == "none" else value
+
+
+def usable_accelerators() -> tuple[str, ...]:
+    """The accelerators this machine can train on now."""
+    usable = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        usable += ["gpu", "cuda"]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        usable.append("mps")
+    return tuple(usable)
+
+
+def _check_accelerator(value):
+    if value not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {value!r}")
+    usable = usable_accelerators()
+    if value not in usable:
+        need = "an Apple-silicon GPU (MPS)" if value == "mps" else "a CUDA GPU"
+        raise ValueError(f"accelerator {value!r} needs {need}, and torch finds none here; "
+                         f"use one of {', '.join(usable)}")
+    return value
+
+
+# setting -> its check, returning the value normalised; what train() accepts, and sweeps vary
+_CHECKS = {
+    "max_epochs": lambda v: _check_positive("max_epochs", v),
+    "batch_size": lambda v: _check_positive("batch_size", v),
+    "learning_rate": lambda v: _check_positive("learning_rate", v, float),
+    "seed": check_seed,
+    "weight_decay": _check_weight_decay,
+    "scheduler": _check_scheduler,
+    "early_stopping": _optional(lambda v: _check_positive("early_stopping (patience in epochs; None: off)", v)),
+    "max_time": _optional(lambda v: _check_positive("max_time (seconds; None: no limit)", v, float)),
+    "num_threads": _optional(lambda v: _check_positive("num_threads", v)),
+    "log_every_n_steps": lambda v: _check_positive("log_every_n_steps", v),
+    "accelerator": _check_accelerator,
+}
+
+
+def check_settings(**settings) -> dict:
+    """Validate training settings (any of :func:`train`'s, by keyword) with errors that name
+    the bad value and what is allowed; returns them normalised (``scheduler="none"`` -> None)."""
+    out = {}
+    for name, value in settings.items():
+        if name not in _CHECKS:
+            raise TypeError(f"unknown training setting {name!r}; the settings are {', '.join(_CHECKS)}")
+        out[name] = _CHECKS[name](value)
+    return out
 
 
 def default_chunk(batch_size: int) -> int:
@@ -290,6 +344,28 @@ def eval_mode(model: nn.Module):
             m.training = training
 
 
+@contextlib.contextmanager
+def torch_flags_restored():
+    """Let Lightning set torch's global flags for one run, then put the process's own back.
+
+    ``Trainer(deterministic=True)`` calls ``torch.use_deterministic_algorithms(True)``, turns
+    off cuDNN benchmarking and sets ``CUBLAS_WORKSPACE_CONFIG``, all for good: later code in
+    the same notebook would then fail on ops without a deterministic kernel."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
 def project_dir(project: str) -> Path:
     return outputs_dir() / project / "software"
 
@@ -311,12 +387,19 @@ def _accelerator(accelerator: str) -> str:
     return accelerator
 
 
+def _threads(accel: str, num_threads: int | None) -> int | None:
+    """CPU threads for a run: as asked, else one on the CPU (see :func:`torch_threads`)."""
+    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+    return num_threads or (1 if on_cpu else None)
+
+
 def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAULTS["max_epochs"],
           batch_size: int = DEFAULTS["batch_size"], learning_rate: float = DEFAULTS["learning_rate"],
-          seed: int = DEFAULTS["seed"], project: str | None = None, accelerator: str = "auto",
-          weight_decay: float = 0.0, scheduler: str | None = None, early_stopping: int | None = None,
-          max_time: float | None = None, data: JSCData | None = None, chunk: int | None = None,
-          progress: bool = True, log_every_n_steps: int = 50, num_threads: int | None = None,
+          seed: int = DEFAULTS["seed"], project: str | None = None, accelerator: str = DEFAULTS["accelerator"],
+          weight_decay: float = DEFAULTS["weight_decay"], scheduler: str | None = DEFAULTS["scheduler"],
+          early_stopping: int | None = DEFAULTS["early_stopping"], max_time: float | None = DEFAULTS["max_time"],
+          data: JSCData | None = None, chunk: int | None = None, progress: bool = True,
+          log_every_n_steps: int = DEFAULTS["log_every_n_steps"], num_threads: int | None = DEFAULTS["num_threads"],
           callbacks: list | None = None, verbose: bool = True) -> dict:
     """Train ``model`` (a registry name or an ``nn.Module``) on ``dataset``.
 
@@ -326,14 +409,11 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
     accuracy; ``max_time`` a limit in seconds. Returns a dict of plain values, with the
     per-epoch ``history`` as a DataFrame.
     """
-    check_settings(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                   accelerator=accelerator, scheduler=scheduler)
-    if early_stopping is not None:
-        _check_positive("early_stopping (patience in epochs)", early_stopping)
-    if max_time is not None:
-        _check_positive("max_time (seconds)", max_time, float)
-    if num_threads is not None:
-        _check_positive("num_threads", num_threads)
+    s = check_settings(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                       accelerator=accelerator, weight_decay=weight_decay, scheduler=scheduler,
+                       early_stopping=early_stopping, max_time=max_time, num_threads=num_threads,
+                       log_every_n_steps=log_every_n_steps)
+    max_epochs, batch_size, learning_rate, seed = s["max_epochs"], s["batch_size"], s["learning_rate"], s["seed"]
     _quiet_lightning()
 
     data = _data(dataset, data)
@@ -343,32 +423,33 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
     project = project or f"{model_name}_{dataset_name}"
     out = project_dir(project)
     ckpt_dir = out / "training_ckpts"
-    archived = _archive_previous(ckpt_dir)
 
-    lit = LitClassifier(net, learning_rate=float(learning_rate), weight_decay=weight_decay,
-                        scheduler=scheduler, max_epochs=max_epochs, num_classes=data.info.num_classes,
+    lit = LitClassifier(net, learning_rate=learning_rate, weight_decay=s["weight_decay"],
+                        scheduler=s["scheduler"], max_epochs=max_epochs, num_classes=data.info.num_classes,
                         model_name=model_name, dataset_name=dataset_name,
                         dataset_fingerprint=data.fingerprint())
     dm = JSCDataModule(dataset_name, batch_size=batch_size, seed=seed, data=data,
-                       chunk=chunk or default_chunk(int(batch_size)))
+                       chunk=chunk or default_chunk(batch_size))
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max",
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     all_callbacks: list[Callback] = [checkpoint, *(callbacks or [])]
-    if early_stopping:
-        all_callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=int(early_stopping)))
+    if s["early_stopping"]:
+        all_callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=s["early_stopping"]))
     loggers = [CSVLogger(out / "logs", name="csv"), TensorBoardLogger(out / "logs", name="tensorboard")]
     accel = _accelerator(accelerator)
-    trainer = pl.Trainer(
-        max_epochs=int(max_epochs), accelerator=accel, devices=1, logger=loggers, callbacks=all_callbacks,
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=log_every_n_steps, deterministic=True if accel == "cpu" else "warn",
-        max_time=dt.timedelta(seconds=float(max_time)) if max_time else None,
-    )
-    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
-    start = time.perf_counter()
-    with interruptible(), torch_threads(num_threads or (1 if on_cpu else None)):
-        trainer.fit(lit, datamodule=dm)
-    wall = time.perf_counter() - start
+    with torch_flags_restored():  # Lightning's deterministic=True would stay on for the whole process
+        trainer = pl.Trainer(
+            max_epochs=max_epochs, accelerator=accel, devices=1, logger=loggers, callbacks=all_callbacks,
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            log_every_n_steps=s["log_every_n_steps"], deterministic=True if accel == "cpu" else "warn",
+            max_time=dt.timedelta(seconds=s["max_time"]) if s["max_time"] else None,
+        )
+        # Only now that the run is set up: a failure above leaves the old checkpoints in place.
+        archived = _archive_previous(ckpt_dir)
+        start = time.perf_counter()
+        with interruptible(), torch_threads(_threads(accel, s["num_threads"])):
+            trainer.fit(lit, datamodule=dm)
+        wall = time.perf_counter() - start
 
     history = pd.DataFrame(lit.history)
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -381,10 +462,10 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
         "final_val_acc": float(history["val_acc"].iloc[-1]) if len(history) else float("nan"),
         "final_val_loss": float(history["val_loss"].iloc[-1]) if len(history) else float("nan"),
         "final_train_acc": float(history["train_acc"].iloc[-1]) if len(history) else float("nan"),
-        "epochs": len(history), "max_epochs": int(max_epochs), "batch_size": int(batch_size),
-        "learning_rate": float(learning_rate), "seed": seed,
+        "epochs": len(history), "max_epochs": max_epochs, "batch_size": batch_size,
+        "learning_rate": learning_rate, "seed": seed,
         "steps": int(trainer.global_step),
-        "wall_time_s": wall, "stopped_early": len(history) < int(max_epochs),
+        "wall_time_s": wall, "stopped_early": len(history) < max_epochs,
         "archived_previous": str(archived) if archived else None,
         "history": history,
     }
@@ -395,8 +476,6 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
 
 
 # -- loading and testing ---------------------------------------------------------------------
-
-LOAD_TYPES = ("pl", "pt")
 
 
 def read_checkpoint(path, load_type: str = "pl") -> dict:
@@ -410,9 +489,10 @@ def read_checkpoint(path, load_type: str = "pl") -> dict:
                                 f"which prints where best.ckpt is written)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / not a torch file / unsafe pickle
-        raise ValueError(f"could not read checkpoint {path} as a {load_type!r} checkpoint: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+    except Exception:  # truncated / not a torch file / pickled objects
+        # (torch's own message advises weights_only=False, which would run arbitrary code)
+        raise ValueError(f"could not read checkpoint {path} as a {load_type!r} checkpoint: not a torch "
+                         f"checkpoint (or saved with pickled objects labkit will not load)") from None
     if load_type == "pl":
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); "
@@ -487,20 +567,25 @@ def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 6553
 
 
 def test(model="jsc-tiny", dataset="jsc-synthetic", *, load=None, load_type: str = "pl",
-         batch_size: int = 8192, data: JSCData | None = None, accelerator: str = "auto",
-         progress: bool = False, verbose: bool = True) -> dict:
-    """Test accuracy/loss of ``model`` (optionally loaded from ``load``) on the test split, via Lightning."""
-    check_settings(batch_size=batch_size, accelerator=accelerator)
+         batch_size: int = 8192, data: JSCData | None = None, accelerator: str = DEFAULTS["accelerator"],
+         num_threads: int | None = None, progress: bool = False, verbose: bool = True) -> dict:
+    """Test accuracy/loss of ``model`` (optionally loaded from ``load``) on the test split, via Lightning.
+
+    ``batch_size`` only groups the test rows: any value gives the same accuracy and loss (up
+    to float rounding), so the default is large. Threads and Ctrl-C as in :func:`train`."""
+    s = check_settings(batch_size=batch_size, accelerator=accelerator, num_threads=num_threads)
     _quiet_lightning()
     data = _data(dataset, data)
     net, name = _model_and_name(model, data.info)
     if load:
         _load_into(net, name, load, load_type, by_name=isinstance(model, str))
     lit = LitClassifier(net, num_classes=data.info.num_classes, model_name=name, dataset_name=data.info.name)
-    dm = JSCDataModule(data.info.name, batch_size=batch_size, eval_batch_size=batch_size, data=data)
-    trainer = pl.Trainer(accelerator=_accelerator(accelerator), devices=1, logger=False,
+    dm = JSCDataModule(data.info.name, batch_size=s["batch_size"], eval_batch_size=s["batch_size"], data=data)
+    accel = _accelerator(accelerator)
+    trainer = pl.Trainer(accelerator=accel, devices=1, logger=False,
                          enable_progress_bar=progress, enable_model_summary=False)
-    trainer.test(lit, datamodule=dm, verbose=False)
+    with interruptible(), torch_threads(_threads(accel, s["num_threads"])):
+        trainer.test(lit, datamodule=dm, verbose=False)
     result = {"model": name, "dataset": data.info.name, "synthetic": data.info.synthetic,
               "checkpoint": str(load) if load else None, **lit._last_test, "n": data.sizes()["test"]}
     if verbose:

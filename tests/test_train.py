@@ -138,6 +138,12 @@ def test_pt_state_dict_round_trip(tmp_path, small_data):
     ({"max_epochs": 0}, "max_epochs must be a positive integer"),
     ({"accelerator": "tpu"}, "accelerator must be one of"),
     ({"scheduler": "step"}, "scheduler must be one of"),
+    ({"max_time": float("inf")}, r"max_time .* must be a positive number, got inf \(it must be finite\)"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a positive number, got nan"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ({"seed": 2**32}, r"seed must be an integer in \[0, 2\*\*32\)"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0, got inf"),
+    ({"early_stopping": 0}, "early_stopping .* must be a positive integer, got 0"),
 ])
 def test_bad_settings_fail_before_training(small_data, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -158,8 +164,9 @@ def test_checkpoint_errors(tmp_path, small_data):
         load_model("jsc-tiny", tmp_path / "nope.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="could not read checkpoint"):
+    with pytest.raises(ValueError, match="could not read checkpoint") as e:
         load_model("jsc-tiny", bad)
+    assert "not a torch checkpoint" in str(e.value) and "weights_only" not in str(e.value)
     with pytest.raises(ValueError, match="load_type must be one of pl, pt"):
         load_model("jsc-tiny", r["best_ckpt"], load_type="pkl")
     torch.save(get_model("jsc-custom").state_dict(), tmp_path / "other.pt")
@@ -223,3 +230,68 @@ def test_a_zoo_module_trained_directly_keeps_its_registry_name(small_data):
         assert torch.equal(loaded.state_dict()[k], v), k
     t = run_test(get_model("jsc-tiny"), small_data, load=r["best_ckpt"], verbose=False)
     assert t["model"] == "jsc-tiny"
+
+
+def test_a_gpu_is_refused_without_one_naming_what_works(small_data, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for accelerator in ("gpu", "cuda"):
+        with pytest.raises(ValueError, match=f"accelerator '{accelerator}' needs a CUDA GPU.*use one of auto, cpu"):
+            train("jsc-tiny", small_data, max_epochs=1, accelerator=accelerator, progress=False, verbose=False)
+
+
+@pytest.mark.parametrize("scheduler, rates", [("cosine", [1e-3, 5e-4]), ("none", [1e-3, 1e-3]), (None, [1e-3, 1e-3])])
+def test_history_lr_is_the_rate_each_epoch_trained_with(small_data, scheduler, rates):
+    r = train("jsc-tiny", small_data, max_epochs=2, batch_size=512, learning_rate=1e-3, scheduler=scheduler,
+              project="t-lr", progress=False, verbose=False)
+    assert list(r["history"]["lr"]) == pytest.approx(rates)  # cosine over 2 epochs: full rate, then half
+
+
+def test_a_failed_trainer_setup_keeps_the_previous_checkpoints(small_data, monkeypatch):
+    first = train("jsc-tiny", small_data, max_epochs=1, batch_size=512, project="t-keep",
+                  progress=False, verbose=False)
+    before = Path(first["best_ckpt"]).read_bytes()
+
+    def broken_trainer(*args, **kwargs):
+        raise RuntimeError("no such device")
+
+    monkeypatch.setattr(pl, "Trainer", broken_trainer)
+    with pytest.raises(RuntimeError, match="no such device"):
+        train("jsc-tiny", small_data, max_epochs=1, batch_size=512, project="t-keep", progress=False, verbose=False)
+    assert Path(first["best_ckpt"]).read_bytes() == before  # still where it was, not archived
+    assert not (Path(first["output_dir"]) / "archive").exists()
+
+
+def test_deterministic_mode_is_on_during_training_only(small_data):
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_epoch_start(self, trainer, lit):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        train("jsc-tiny", small_data, max_epochs=1, batch_size=512, accelerator="cpu", callbacks=[Spy()],
+              project="t-determinism", progress=False, verbose=False)
+        assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_testing_runs_on_one_cpu_thread_and_restores_the_setting(small_data, monkeypatch):
+    r = train("jsc-tiny", small_data, max_epochs=1, batch_size=512, project="t-test-threads",
+              progress=False, verbose=False)
+    seen, real = [], LitClassifier.on_test_epoch_end
+
+    def spy(self):
+        seen.append(torch.get_num_threads())
+        return real(self)
+
+    monkeypatch.setattr(LitClassifier, "on_test_epoch_end", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_test("jsc-tiny", small_data, load=r["best_ckpt"], accelerator="cpu", verbose=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
