@@ -4,6 +4,7 @@ preprocessing, bad input, and the batch iterator / DataModule."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import http.server
 import json
 import math
@@ -18,7 +19,8 @@ import torch
 from labkit.data import (CLASS_NAMES, FEATURE_NAMES, BatchIterator, DatasetInfo, DataUnavailableError, JSCDataModule,
                          choose_dataset, epoch_permutation, load_dataset, raw_frame)
 from labkit.data import jsc, prepare
-from labkit.data.formats import DataFormatError, read_arff, read_hdf5, read_table, write_arff, write_hdf5
+from labkit.data.formats import (DataFormatError, file_digest, file_digests, read_arff, read_hdf5, read_table,
+                                 write_arff, write_hdf5)
 from labkit.data.synthetic import generate, write_source_files
 
 ROWS = 20_000
@@ -168,6 +170,48 @@ def test_second_load_reuses_the_cache_without_any_request(tmp_path, server, defa
     assert not torch.equal(first.y_test, other_split.y_test)
     assert other_split.manifest["checksum"] == first.manifest["checksum"]
 
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count how often jsc parses a raw file and reads it for digests (and with which algorithms)."""
+    calls = {"read_table": 0, "file_digests": []}
+    read, digests = jsc.read_table, jsc.file_digests
+
+    def counting_read(*args, **kwargs):
+        calls["read_table"] += 1
+        return read(*args, **kwargs)
+
+    def counting_digests(path, algorithms=("sha256",), *args, **kwargs):
+        calls["file_digests"].append(tuple(algorithms))
+        return digests(path, algorithms, *args, **kwargs)
+
+    monkeypatch.setattr(jsc, "read_table", counting_read)
+    monkeypatch.setattr(jsc, "file_digests", counting_digests)
+    return calls
+
+
+def test_first_download_is_hashed_in_one_pass_and_parsed_once(tmp_path, default_sources, counted):
+    load_dataset("jsc", data_dir=tmp_path, progress=False)
+    assert counted == {"read_table": 1, "file_digests": [("md5", "sha256")]}
+    load_dataset("jsc", data_dir=tmp_path, seed=1, progress=False)   # trusted raw file, new split
+    assert counted == {"read_table": 2, "file_digests": [("md5", "sha256")]}
+
+
+def test_local_file_is_parsed_once_on_first_use(tmp_path, files, counted):
+    local = tmp_path / "jets.h5"
+    local.write_bytes(files["hdf5"].read_bytes())
+    load_dataset("jsc", source=local, data_dir=tmp_path / "d", progress=False)
+    assert counted == {"read_table": 1, "file_digests": [("sha256",)]}
+
+
+def test_file_digests_in_one_pass_match_hashlib(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 5000)
+    both = file_digests(path, ("md5", "sha256"), chunk=1000)
+    assert both == {"md5": hashlib.md5(path.read_bytes()).hexdigest(),
+                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert file_digest(path, "md5") == both["md5"] and file_digest(path) == both["sha256"]
 
 def test_local_file_from_env_var_is_used_in_place(tmp_path, files, monkeypatch):
     monkeypatch.setenv(jsc.SOURCE_ENV, str(files["hdf5"]))
@@ -330,6 +374,32 @@ def test_missing_feature_column_is_named(tmp_path):
     with pytest.raises(DataFormatError, match="missing column.*j_multiplicity"):
         read_hdf5(h5)
 
+
+
+def test_read_hdf5_reads_only_the_fields_it_needs(tmp_path, monkeypatch):
+    import h5py
+
+    x, y = generate(2000, 1)
+    extra = [("j_index", "<i8"), ("j_pt", "<f8"), ("j_eta", "<f8")]
+    table = np.zeros(2000, dtype=extra + [(n, "<f4") for n in FEATURE_NAMES] + [(c, "<i4") for c in CLASS_NAMES])
+    for i, n in enumerate(FEATURE_NAMES):
+        table[n] = x[:, i]
+    for k, c in enumerate(CLASS_NAMES):
+        table[c] = y == k
+    with h5py.File(tmp_path / "wide.h5", "w") as f:
+        f.create_dataset("t_allpar_new", data=table)
+    read_fields = []
+    getitem = h5py.Dataset.__getitem__
+
+    def spy(self, *args, **kwargs):
+        out = getitem(self, *args, **kwargs)
+        read_fields.append(out.dtype.names)
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    x2, y2 = read_hdf5(tmp_path / "wide.h5")
+    assert np.array_equal(y2, y) and np.allclose(x2, x, rtol=1e-6)
+    assert read_fields == [FEATURE_NAMES + CLASS_NAMES]           # j_index, j_pt, j_eta never read
 
 def test_hdf5_labels_must_be_one_hot_and_all_classes_present(tmp_path):
     x, y = generate(2000, 1)

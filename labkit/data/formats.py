@@ -37,13 +37,20 @@ class DataFormatError(ValueError):
     """A data file that is not (a complete, valid copy of) the JSC table."""
 
 
-def file_digest(path, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
-    """Hex digest of a file, read in chunks so a large file is never held in memory whole."""
-    h = hashlib.new(algorithm)
+def file_digests(path, algorithms=("sha256",), chunk: int = 1 << 22) -> dict[str, str]:
+    """Hex digests of a file under several algorithms (e.g. ``("md5", "sha256")``) in one
+    pass, read in chunks so a large file is never held in memory whole."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+            for h in hashes.values():
+                h.update(block)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
+def file_digest(path, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file under one algorithm."""
+    return file_digests(path, (algorithm,), chunk)[algorithm]
 
 
 def sha256_file(path) -> str:
@@ -223,7 +230,7 @@ def read_hdf5(path) -> tuple[np.ndarray, np.ndarray]:
             if not fields:
                 raise DataFormatError(f"{path}: {HDF5_TREE!r} is not a compound (named-field) array")
             _require(FEATURE_NAMES + CLASS_NAMES, fields, path)
-            table = tree[()]
+            table = tree.fields(list(FEATURE_NAMES + CLASS_NAMES))[()]   # only the columns we use
     except OSError as err:  # h5py: truncated, not HDF5, unreadable
         raise DataFormatError(f"{path}: unreadable HDF5 ({err}) - truncated or corrupt?") from None
     x = np.column_stack([table[n].astype(np.float64) for n in FEATURE_NAMES])

@@ -30,15 +30,14 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .. import paths
 from .base import DatasetInfo, JSCData, register_dataset
-from .formats import (DataFormatError, is_stand_in, md5_file, parse_openml_description, read_table,
-                      sha256_file, sniff)
+from .formats import DataFormatError, file_digests, is_stand_in, parse_openml_description, read_table, sniff
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
                       check_fraction, check_positive, check_seed, check_size, load_or_build, subsample)
 
@@ -66,6 +65,9 @@ class RawFile:
     kind: str          # "arff" or "hdf5"
     sha256: str
     origin: str        # the URL or path it came from
+    # The validated (x, y) when checking the file just parsed it, so the first preprocessing
+    # does not parse it again; None when the file was trusted from its check record.
+    table: tuple | None = field(default=None, repr=False, compare=False)
 
 
 def is_url(source: str) -> bool:
@@ -105,9 +107,9 @@ def checked_file(path: Path, origin: str | None = None) -> RawFile:
         pass
     kind = sniff(path)
     x, y = read_table(path, kind)          # raises DataFormatError with the reason
-    sha = sha256_file(path)
+    sha = file_digests(path)["sha256"]
     _record_check(path, kind, sha, origin or str(path), len(y))
-    return RawFile(path, kind, sha, origin or str(path))
+    return RawFile(path, kind, sha, origin or str(path), table=(x, y))
 
 
 def _set_aside(path: Path, reason) -> None:
@@ -185,19 +187,21 @@ def download(url: str, folder: Path, *, timeout: float, progress: bool = True, d
 
 
 def _install(tmp: Path, data_dir: Path, origin: str, md5: str | None = None) -> RawFile:
-    """Check a downloaded temp file and rename it to its cache name (or delete it)."""
+    """Check a downloaded temp file and rename it to its cache name (or delete it).
+
+    The file is read twice in all: once for its digests (md5 and sha256 together), once to parse it."""
     try:
-        if md5 and md5_file(tmp) != md5.lower():
+        digests = file_digests(tmp, ("md5", "sha256") if md5 else ("sha256",))
+        if md5 and digests["md5"] != md5.lower():
             raise DataFormatError(f"md5 mismatch (expected {md5}) - corrupt or truncated download")
         kind = sniff(tmp)
         if kind not in CACHE_FILES:
             raise DataFormatError(f"got a {kind} file, expected ARFF or HDF5")
         x, y = read_table(tmp, kind)
-        sha = sha256_file(tmp)
         final = data_dir / CACHE_FILES[kind]
         os.replace(tmp, final)
-        _record_check(final, kind, sha, origin, len(y))
-        return RawFile(final, kind, sha, origin)
+        _record_check(final, kind, digests["sha256"], origin, len(y))
+        return RawFile(final, kind, digests["sha256"], origin, table=(x, y))
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -334,7 +338,7 @@ def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int =
     def build():
         if progress:
             print(f"[labkit] preprocessing {raw.path.name} (first use; cached afterwards)")
-        x, y = read_table(raw.path, raw.kind)
+        x, y = raw.table if raw.table is not None else read_table(raw.path, raw.kind)
         return subsample(x, y, settings["size"], settings["seed"])
 
     return load_or_build(data_dir, "jsc", settings, build, info, manifest)
