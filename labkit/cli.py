@@ -22,6 +22,7 @@ from . import config as cfg
 TRAIN_FLAGS = ("max_epochs", "batch_size", "learning_rate", "project", "seed", "accelerator",
                "weight_decay", "scheduler", "early_stopping", "max_time", "num_threads",
                "log_every_n_steps")
+TEST_BATCH_SIZE = 8192  # `labkit test`'s default: evaluation batches only group rows, results are the same
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,27 +30,29 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
-    def common(sp, need_load=False):
+    def common(sp, load=False, batch_help=cfg.KEYS["batch_size"][2]):
         sp.add_argument("model", nargs="?", help="model name (see `labkit ls`)")
         sp.add_argument("dataset", nargs="?", help="dataset name: jsc or jsc-synthetic")
         sp.add_argument("--config", help="TOML file with the same keys (flags override it)")
         sp.add_argument("--data-size", dest="data_size", type=int, default=None,
-                        help="use only this many rows of the dataset (quick runs)")
-        sp.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default=None)
-        sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-        sp.add_argument("--seed", type=int, default=None)
+                        help=f"use only this many rows of the dataset (quick runs; at least {cfg.MIN_DATA_SIZE})")
+        sp.add_argument("--accelerator", choices=cfg.ACCELERATORS, default=None)
+        sp.add_argument("--batch-size", dest="batch_size", type=int, default=None, help=batch_help)
+        sp.add_argument("--seed", type=int, default=None, help=cfg.KEYS["seed"][2])
         sp.add_argument("--project", default=None, help="output folder under outputs/")
-        sp.add_argument("--load", dest="load_name", default=None, required=need_load,
-                        help="checkpoint to load")
-        sp.add_argument("--load-type", dest="load_type", choices=("pl", "pt"), default=None,
-                        help="pl: Lightning .ckpt, pt: torch state dict")
+        if load:
+            sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
+                            help="checkpoint to load (relative paths may also be relative to the project root)")
+            sp.add_argument("--load-type", dest="load_type", choices=cfg.LOAD_TYPES, default=None,
+                            help="pl: Lightning .ckpt, pt: torch state dict")
 
     tr = sub.add_parser("train", help="train a model")
     common(tr)
     tr.add_argument("--max-epochs", dest="max_epochs", type=int, default=None)
     tr.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
     tr.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
-    tr.add_argument("--scheduler", choices=("cosine",), default=None)
+    tr.add_argument("--scheduler", choices=[s for s in cfg.SCHEDULERS if s], default=None,
+                    help=cfg.KEYS["scheduler"][2])
     tr.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE")
     tr.add_argument("--max-time", dest="max_time", type=float, default=None, metavar="SECONDS")
     tr.add_argument("--num-threads", dest="num_threads", type=int, default=None)
@@ -57,10 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", dest="progress", action="store_false")
 
     te = sub.add_parser("test", help="test a trained model on the test split")
-    common(te)
+    common(te, load=True, batch_help=f"evaluation batch size (default {TEST_BATCH_SIZE}); "
+                                     f"it groups the test rows and does not change the results")
 
     tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
-    common(tf)
+    common(tf, load=True)
 
     sub.add_parser("ls", help="list models and datasets")
 
@@ -77,14 +81,16 @@ def _overrides(args) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
-def _settings(args, keys) -> dict:
+def _settings(args, keys, defaults: dict | None = None) -> dict:
+    """defaults (labkit's, updated with this action's) < --config file < flags; prints how each
+    setting was decided and returns the effective settings."""
     file_config = cfg.load_config(args.config) if args.config else None
     overrides = cfg.validate(_overrides(args), source="command line")
-    effective = cfg.resolve(file_config, overrides)
+    base = {**cfg.defaults(), **(defaults or {})}
+    effective = cfg.resolve(file_config, overrides, base)
     if not effective.get("project") and effective.get("model") and effective.get("dataset"):
-        effective["project"] = f"{effective['model']}_{effective['dataset']}"  # train()'s default
-    table = cfg.settings_table(file_config, overrides, keys=keys)
-    table["Effective"] = [effective.get(k, "") if effective.get(k) is not None else "" for k in table["Name"]]
+        effective["project"] = cfg.default_project(effective["model"], effective["dataset"])
+    table = cfg.settings_table(file_config, overrides, keys, effective=effective, base=base)
     print(tabulate(table, headers="keys", tablefmt="pretty", showindex=False))
     if file_config and "passes" in file_config:
         effective["passes"] = file_config["passes"]
@@ -94,11 +100,14 @@ def _settings(args, keys) -> dict:
     return effective
 
 
-def _check_names(s):
+def _check(s, keys):
+    """Names and training settings checked before any data is loaded."""
     from .data import DATASETS
     from .models import MODELS
+    from .train import check_settings
     MODELS.get(s["model"])  # raises ValueError listing the known ones
     DATASETS.get(s["dataset"])
+    check_settings(**{k: s[k] for k in keys})
 
 
 def _load_data(s):
@@ -108,33 +117,32 @@ def _load_data(s):
 
 
 def cmd_train(args):
-    keys = ["model", "dataset", "data_size", *TRAIN_FLAGS]
-    s = _settings(args, keys)
-    _check_names(s)
+    s = _settings(args, ["model", "dataset", "data_size", *TRAIN_FLAGS])
+    settings = [k for k in TRAIN_FLAGS if k != "project"]
+    _check(s, settings)
     from .train import train
-    result = train(s["model"], _load_data(s), max_epochs=s["max_epochs"], batch_size=s["batch_size"],
-                   learning_rate=s["learning_rate"], seed=s["seed"], project=s["project"],
-                   accelerator=s["accelerator"], weight_decay=s["weight_decay"], scheduler=s["scheduler"],
-                   early_stopping=s["early_stopping"], max_time=s["max_time"], num_threads=s["num_threads"],
-                   log_every_n_steps=s["log_every_n_steps"], progress=args.progress)
+    result = train(s["model"], _load_data(s), project=s["project"], progress=args.progress,
+                   **{k: s[k] for k in settings})
     print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"best.ckpt: {result['best_ckpt']}\nlast.ckpt: {result['last_ckpt']}")
 
 
 def cmd_test(args):
-    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "batch_size", "accelerator"])
-    _check_names(s)
+    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "batch_size", "accelerator"],
+                  defaults={"batch_size": TEST_BATCH_SIZE})
+    _check(s, ["batch_size", "accelerator"])
     if not s.get("load_name"):
         raise cfg.ConfigError("test needs a checkpoint: --load PATH (and --load-type pl|pt)")
     from .train import test
-    test(s["model"], _load_data(s), load=s["load_name"], load_type=s["load_type"],
-         batch_size=max(s["batch_size"], 8192), accelerator=s["accelerator"])
+    from .transform import resolve_checkpoint  # as `labkit transform` finds load_name
+    test(s["model"], _load_data(s), load=resolve_checkpoint(s["load_name"]), load_type=s["load_type"],
+         batch_size=s["batch_size"], accelerator=s["accelerator"])
 
 
 def cmd_transform(args):
     s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed",
                          "accelerator"])
-    _check_names(s)
+    _check(s, ["seed", "accelerator"])
     from .transform import run_transform
     run_transform(s)
 
@@ -157,13 +165,8 @@ def main(argv=None) -> int:
     if not args.action:
         parser.print_help()
         return 0
-    from .data import base  # noqa: F401  (registries)
-    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError)
-    try:
-        from .data import DataUnavailableError
-        errors += (DataUnavailableError,)
-    except ImportError:
-        pass
+    from .data import DataUnavailableError
+    errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError)
     try:
         globals()[f"cmd_{args.action}"](args)
     except errors as e:

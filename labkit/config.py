@@ -52,6 +52,11 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
+def default_project(model: str, dataset: str) -> str:
+    """The output folder when none is given: ``outputs/<model>_<dataset>/``."""
+    return f"{model}_{dataset}"
+
+
 def defaults() -> dict:
     return {k: v[1] for k, v in KEYS.items() if k != "passes"}
 

@@ -36,7 +36,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 
-from .config import ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS  # the defaults live in one place
+from .config import ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS, default_project  # defaults live there
 from .data import JSCData, JSCDataModule, load_dataset
 from .data.prepare import check_seed
 from .models import get_model
@@ -420,7 +420,7 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
     dataset_name = data.info.name
     pl.seed_everything(seed, verbose=False)  # before the model is built: weights depend on it
     net, model_name = _model_and_name(model, data.info)
-    project = project or f"{model_name}_{dataset_name}"
+    project = project or default_project(model_name, dataset_name)
     out = project_dir(project)
     ckpt_dir = out / "training_ckpts"
 

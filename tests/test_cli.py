@@ -65,6 +65,10 @@ def test_config_file_and_flag_precedence(capsys, tmp_path):
     (["train"], "no model given"),
     (["test", "jsc-tiny", "jsc-synthetic", "--load", "/nonexistent/best.ckpt"], "checkpoint not found"),
     (["train", "--config", "/nonexistent.toml"], "config file not found"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--max-time", "inf"], "max_time must be a finite number, got inf"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "nan"], "learning_rate must be a finite number"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--data-size", "50"], "data_size must be at least 100 rows, got 50"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--seed", "-1"], "seed must be an integer in [0, 2**32), got -1"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(capsys, argv, message):
     code, _, err = _run(capsys, argv)
@@ -86,6 +90,9 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nlearning_rate = true\n', "learning_rate must be float or int"),
     ('model = "jsc-tiny"\nload_type = "pkl"\n', "load_type must be one of pl, pt"),
     ('model = "jsc-tiny\n', "not valid TOML"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nscheduler = "step"\n', "scheduler must be one of none, cosine"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nmax_time = inf\n', "max_time must be a finite number"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nseed = 4294967296\n', "seed must be an integer in [0, 2**32)"),
 ])
 def test_bad_toml_exits_2(capsys, tmp_path, body, message):
     toml = tmp_path / "bad.toml"
@@ -115,3 +122,45 @@ def test_ls_lists_models_with_parameter_counts(capsys):
     code, out, _ = _run(capsys, ["ls"])
     assert code == 0
     assert "jsc-tiny" in out and "117" in out and "jsc-synthetic" in out
+
+
+def test_load_is_a_test_and_transform_flag_only(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "jsc-tiny", "jsc-synthetic", "--load", "best.ckpt"])
+    assert e.value.code == 2 and "unrecognized arguments: --load" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_without_one_is_one_line_naming_what_works(capsys, monkeypatch, accelerator):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = _run(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--accelerator", accelerator, *TINY])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"accelerator '{accelerator}' needs a CUDA GPU" in lines[0] and "use one of auto, cpu" in lines[0]
+
+
+def test_scheduler_none_means_a_constant_rate(capsys):
+    code, out, _ = _run(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--max-epochs", "2", "--scheduler", "none",
+                                 "--learning-rate", "0.001", "--project", "cli-none", *TINY])
+    assert code == 0
+    history = out[out.index(" epoch "):].splitlines()[1:3]
+    assert [line.split()[-1] for line in history] == ["0.0010", "0.0010"]  # the lr column
+
+
+def test_test_finds_a_relative_checkpoint_under_the_project_root_and_honours_batch_size(
+        capsys, trained, tmp_path, monkeypatch):
+    from labkit.paths import data_dir
+    home = tmp_path / "home"
+    (home / "outputs" / "x").mkdir(parents=True)
+    (home / "outputs" / "x" / "best.ckpt").write_bytes(trained.read_bytes())
+    monkeypatch.setenv("LABKIT_DATA_DIR", str(data_dir()))  # keep using the shared data cache
+    monkeypatch.setenv("LABKIT_HOME", str(home))
+    monkeypatch.chdir(tmp_path)  # not the project root: the path is found there anyway
+    argv = ["test", "jsc-tiny", "jsc-synthetic", "--load", "outputs/x/best.ckpt", "--data-size", "6000"]
+    code, out, err = _run(capsys, argv)
+    assert code == 0 and "acc 0." in out, err
+    cells = lambda text: [c.strip() for c in next(l for l in text.splitlines() if "batch_size" in l).strip("|").split("|")]
+    assert cells(out) == ["batch_size", "8192", "", "8192"]  # test's default: a large evaluation batch
+    code, out, _ = _run(capsys, argv + ["--batch-size", "512"])
+    assert code == 0 and cells(out) == ["batch_size", "8192", "512", "512"]
