@@ -563,6 +563,20 @@ def test_raw_frame_is_unscaled_with_labels(tmp_path):
         raw_frame("jsc-synthetic", split="valid", size=5000, data_dir=tmp_path)
 
 
+
+def test_raw_frame_loads_the_cache_once_and_checks_split_first(tmp_path, monkeypatch):
+    load_dataset("jsc-synthetic", size=3000, data_dir=tmp_path, progress=False)   # cache it
+    loads = []
+    torch_load = prepare.torch.load
+    monkeypatch.setattr(prepare.torch, "load", lambda *a, **k: loads.append(a[0]) or torch_load(*a, **k))
+    frame = raw_frame("jsc-synthetic", split="val", size=3000, data_dir=tmp_path, progress=False)
+    assert len(loads) == 1 and set(frame["split"]) == {"val"}
+    with pytest.raises(ValueError, match="unknown split 'training'; choose one of train, val, test"):
+        raw_frame("jsc-synthetic", split="training", size=9999, data_dir=tmp_path / "new", progress=False)
+    assert len(loads) == 1 and not (tmp_path / "new").exists()        # nothing loaded or generated
+    fresh = raw_frame("jsc-synthetic", size=2000, data_dir=tmp_path / "fresh", progress=False)
+    assert len(fresh) == 2000 and len(loads) == 1                     # built now: no load at all
+
 # --- BatchIterator and the DataModule ------------------------------------------------------------------------
 
 def _xy(n=103):

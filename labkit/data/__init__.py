@@ -6,15 +6,13 @@
     raw_frame("jsc-synthetic")                           # physical units, for histograms
 """
 
-from pathlib import Path
-
 import pandas as pd
 
 from .base import CLASS_NAMES, DATASETS, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
 from .formats import DataFormatError
 from .jsc import DataUnavailableError, choose_dataset, ensure_raw
 from .loaders import BatchIterator, JSCDataModule, epoch_permutation
-from .prepare import read_processed, unscaled_frame
+from .prepare import keep_payloads, unscaled_frame
 from .synthetic import generate as generate_synthetic
 
 
@@ -29,14 +27,15 @@ def load_dataset(name: str, **kwargs) -> JSCData:
 def raw_frame(name: str = "jsc-synthetic", split: str | None = None, **load_kwargs) -> pd.DataFrame:
     """The dataset before scaling: 16 feature columns in physical units, ``label`` (class
     name, e.g. ``"j_w"``) and ``split`` (train/val/test). ``split`` keeps only one split."""
-    data = load_dataset(name, **load_kwargs)
-    payload = read_processed(Path(data.manifest["cache_path"]))
-    if payload is None:
-        raise RuntimeError(f"the processed cache of {name!r} vanished while reading it; try again")
-    frame = unscaled_frame(payload)
+    if split is not None and split not in JSCData.SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(JSCData.SPLITS)}")
+    with keep_payloads() as kept:          # the unscaled table, from the same single load
+        data = load_dataset(name, **load_kwargs)
+    if not kept:
+        raise ValueError(f"dataset {name!r} has no processed cache (it does not load through "
+                         "labkit.data.prepare.load_or_build), so its physical units are unknown")
+    frame = unscaled_frame(kept[-1])
     if split is not None:
-        if split not in JSCData.SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(JSCData.SPLITS)}")
         frame = frame[frame["split"] == split].reset_index(drop=True)
     frame.attrs["label"] = data.info.label
     return frame

@@ -18,6 +18,8 @@ everything that decides its content (source checksum, seeds, sizes, fractions, v
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import numbers
@@ -183,6 +185,22 @@ def to_jscdata(payload: dict, info: DatasetInfo) -> JSCData:
     return JSCData(info, x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], manifest=payload["manifest"])
 
 
+_KEPT_PAYLOADS = contextvars.ContextVar("kept_payloads", default=None)
+
+
+@contextlib.contextmanager
+def keep_payloads():
+    """Within this block, every payload :func:`load_or_build` loads or builds (the unscaled
+    features, labels, scaler and manifest) is also appended to the yielded list, so a caller
+    that needs physical units gets them without loading the cache file a second time."""
+    kept = []
+    token = _KEPT_PAYLOADS.set(kept)
+    try:
+        yield kept
+    finally:
+        _KEPT_PAYLOADS.reset(token)
+
+
 def load_or_build(data_dir: Path, name: str, settings: dict, build, info: DatasetInfo,
                   manifest: dict) -> JSCData:
     """Load the processed cache for ``settings``; on a miss call ``build() -> (x, y)``,
@@ -196,6 +214,8 @@ def load_or_build(data_dir: Path, name: str, settings: dict, build, info: Datase
         full_manifest = save_processed(path, content, {**manifest, "settings": settings})
         payload = {**content, "manifest": full_manifest}
     payload["manifest"]["cache_path"] = str(path)
+    if (kept := _KEPT_PAYLOADS.get()) is not None:
+        kept.append(payload)
     return to_jscdata(payload, info)
 
 
