@@ -368,3 +368,59 @@ def test_qat_gradients_reach_the_float_weights():
     assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(q.weight.detach(), before)  # float weights move, quantised on the next call
+
+
+# --- review fixes -----------------------------------------------------------------------------
+
+def test_minifloat_step_that_underflows_float32_is_rejected():
+    # 1 exponent bit, 30 mantissa bits, bias 126: the finest step is 2^-155, which float32
+    # cannot hold (it would be 0, and x / 0 gives NaN)
+    with pytest.raises(ValueError, match=r"width=32, exponent_width=1 and exponent_bias=126 .* 2\^-155"
+                                         r".*exponent_bias <= 120"):
+        MinifloatQuantizer(width=32, exponent_width=1, exponent_bias=126)
+    config = {"name": "minifloat", "data_in_width": 8, "data_in_exponent_width": 4,
+              "weight_width": 32, "weight_exponent_width": 1, "weight_exponent_bias": 126,
+              "bias_width": 8, "bias_exponent_width": 4}
+    with pytest.raises(ValueError, match="node 'fc': weight_width=32, weight_exponent_width=1 and "
+                                         "weight_exponent_bias=126"):
+        parse_config(config, where="node 'fc'")
+    # the largest allowed bias gives real numbers, not NaN
+    q = MinifloatQuantizer(width=32, exponent_width=1, exponent_bias=120)
+    out = q(torch.tensor([1e-38, 0.5, 0.0, -3.0]))
+    assert torch.isfinite(out).all() and out[2] == 0 and out[1] == q.max_value() == -out[3]
+
+
+def test_subclass_with_its_own_forward_is_not_converted():
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight.round(), self.bias)
+
+    with pytest.raises(TypeError, match="MyLinear is a subclass of Linear, not Linear itself"):
+        quantize_module(MyLinear(4, 2), INT8)
+    # an already quantised layer may be re-quantised in another format
+    q = quantize_module(quantize_module(nn.Linear(4, 2), INT8), {"name": "minifloat", "data_in_width": 8,
+                                                                 "data_in_exponent_width": 4, "weight_width": 8,
+                                                                 "weight_exponent_width": 4, "bias_width": 8,
+                                                                 "bias_exponent_width": 4})
+    assert type(q) is LinearMinifloat
+
+
+def test_in_place_relu_integer_leaves_its_input_alone():
+    relu = quantize_module(nn.ReLU(inplace=True), {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4})
+    assert repr(relu) == "ReLUInteger(inplace=True)"  # as the lab report prints it
+    x = torch.tensor([-1.0, 0.3, 2.0])
+    out = relu(x)
+    assert torch.equal(x, torch.tensor([-1.0, 0.3, 2.0]))  # in place on the quantiser's tensor, not on x
+    assert torch.equal(out, torch.tensor([0.0, 0.3125, 2.0]))
+    relu.bypass = True
+    relu(x)
+    assert torch.equal(x, torch.tensor([0.0, 0.3, 2.0]))  # bypassed: the float in-place ReLU
+
+
+def test_quantised_layer_describes_its_inputs():
+    q = quantize_module(nn.Linear(4, 2), INT8)
+    assert q.arg_metadata() == {"data_in_0": {"type": "integer", "precision": [8, 4]},
+                                "weight": {"type": "integer", "precision": [6, 5]},
+                                "bias": {"type": "integer", "precision": [8, 6]}}
+    q.bypass = True
+    assert q.arg_metadata() == {}

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from .quantizers import OPERANDS, QUANTIZERS, is_no_quantization, parse_config
 
+# Where each operand's quantiser shows up in a node's metadata (``common["args"][...]``).
+OPERAND_ARGS = {"data_in": "data_in_0", "weight": "weight", "bias": "bias"}
+
 
 class QuantizedMixin:
     """Holds the config and the three quantisers; ``forward`` lives in the layer classes."""
@@ -58,6 +61,14 @@ class QuantizedMixin:
         out = {"data_in": self.x_quantizer, "weight": self.w_quantizer, "bias": self.b_quantizer}
         return {k: v for k, v in out.items() if k in self.operands and v is not None}
 
+    def arg_metadata(self) -> dict:
+        """What the node metadata should say about this layer's inputs, by argument name:
+        ``{"data_in_0": {"type": "integer", "precision": [8, 4]}, "weight": ..., "bias": ...}``.
+        Empty while ``bypass`` is on (the layer then computes in float)."""
+        if self.bypass:
+            return {}
+        return {OPERAND_ARGS[operand]: q.metadata() for operand, q in self.quantizers().items()}
+
     def _q(self, quantizer, t):
         return t if self.bypass or t is None else quantizer(t)
 
@@ -72,6 +83,12 @@ class QuantizedMixin:
         if not isinstance(module, target.float_class):
             raise TypeError(f"{target.__name__}.from_float expects a {target.float_class.__name__}, "
                             f"got {type(module).__name__}")
+        if not can_quantize(module):
+            raise TypeError(f"{where or target.__name__}: {type(module).__name__} is a subclass of "
+                            f"{target.float_class.__name__}, not {target.float_class.__name__} itself; "
+                            f"{target.__name__} would replace its forward() with the plain "
+                            f"{target.float_class.__name__}'s. Only exact {target.float_class.__name__} "
+                            "layers (or already quantised ones) can be converted")
         new = target.__new__(target)
         nn.Module.__init__(new)
         # copy the float layer's state: hyper-parameters, parameters, buffers, hooks, mode
@@ -94,7 +111,14 @@ class QuantizedLinear(QuantizedMixin, nn.Linear):
 
 
 class QuantizedReLU(QuantizedMixin, nn.ReLU):
-    """ReLU of the quantised input (MASE's ReLUInteger): only ``data_in_*`` keys apply."""
+    """ReLU of the quantised input (MASE's ReLUInteger): only ``data_in_*`` keys apply.
+
+    ``inplace=True`` is kept from the float layer (its repr, ``ReLUInteger(inplace=True)``,
+    is what the lab report prints), but what it overwrites changes: the quantiser returns
+    a new tensor, and the ReLU runs in place on *that*. The caller's ``x`` is left as it
+    was, where a float ``ReLU(inplace=True)`` would have clipped it (and a bypassed layer
+    still does).
+    """
 
     float_class = nn.ReLU
     operands = ("data_in",)
@@ -169,6 +193,22 @@ _FORMAT_NAMES = {"integer": "Integer", "minifloat": "Minifloat", "log": "Log", "
 def format_class_suffix(fmt: str) -> str:
     """"integer" -> "Integer", "block_fp" -> "BlockFp"."""
     return _FORMAT_NAMES.get(fmt) or "".join(p.capitalize() for p in fmt.replace("-", "_").split("_"))
+
+
+def can_quantize(module: nn.Module) -> bool:
+    """True for a layer the transform may swap: exactly a float class with a quantised twin
+    (``nn.Linear``, ``nn.ReLU``, ...), or a quantised layer that keeps the generic forward.
+
+    A subclass with behaviour of its own (``class MyLinear(nn.Linear)`` with another
+    ``forward``) is False: its quantised twin would run ``nn.Linear``'s forward instead.
+    """
+    cls = type(module)
+    for generic in QUANTIZED_OPS.values():
+        if cls is generic.float_class:
+            return True
+        if issubclass(cls, generic):
+            return cls.forward is generic.forward
+    return False
 
 
 def quantized_class(float_class_or_op, fmt: str) -> type:

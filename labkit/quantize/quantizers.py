@@ -189,6 +189,14 @@ class IntegerQuantizer(Quantizer):
 # ---------------------------------------------------------------------------------------
 
 
+FLOAT32_MIN_EXPONENT = -149  # float32's smallest subnormal is 2^-149
+
+
+def max_minifloat_bias(width: int, exponent_width: int) -> int:
+    """The largest exponent bias whose finest step, 2^(1 - bias - mantissa), float32 can hold."""
+    return min(126, 1 - FLOAT32_MIN_EXPONENT - (width - 1 - exponent_width))
+
+
 @register_quantizer("minifloat")
 class MinifloatQuantizer(Quantizer):
     """A small IEEE-style float: 1 sign bit, ``exponent_width`` exponent bits and
@@ -212,6 +220,16 @@ class MinifloatQuantizer(Quantizer):
         if self.exponent_bias is None:
             self.exponent_bias = 2 ** (self.exponent_width - 1) - 1
         self._int_param("exponent_bias", -126, 126)
+        # the grid's finest step, 2^(1 - bias - M), must be a float32 number (else it is 0 and x / 0 = NaN)
+        finest = 1 - self.exponent_bias - self.mantissa_width
+        if finest < FLOAT32_MIN_EXPONENT:
+            p = self._prefix
+            raise ValueError(
+                f"{self._where}: {p}width={self.width}, {p}exponent_width={self.exponent_width} and "
+                f"{p}exponent_bias={self.exponent_bias} make the smallest step 2^{finest}, below float32's "
+                f"smallest number 2^{FLOAT32_MIN_EXPONENT} (values are fake-quantised in float32); use "
+                f"{p}exponent_bias <= {max_minifloat_bias(self.width, self.exponent_width)} "
+                f"or fewer mantissa bits")
 
     @property
     def mantissa_width(self) -> int:
