@@ -345,3 +345,21 @@ def test_profile_errors():
         profile_statistics_analysis_pass(mg, spec_pass_args(3))
     with pytest.raises(ValueError, match="add_common_metadata_analysis_pass"):
         profile_statistics_analysis_pass(MaseGraph(get_model("jsc-tiny")), spec_pass_args(data))
+
+
+# --- review fixes -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("report", [report_graph_analysis_pass, report_node_meta_param_analysis_pass,
+                                    report_node_type_analysis_pass, report_node_shape_analysis_pass])
+def test_reports_need_a_mase_graph(report):
+    with pytest.raises(TypeError, match=f"{report.__name__} expects a MaseGraph.*got JSC_Tiny; "
+                                        "build one with MaseGraph\\(model=model\\)"):
+        report(get_model("jsc-tiny"), QUIET)
+
+
+def test_report_files_are_written_whole(tmp_path):
+    mg = build(get_model("jsc-tiny"))
+    path = tmp_path / "deep" / "er" / "meta.txt"
+    _, info = report_node_meta_param_analysis_pass(mg, {"save_path": path, "verbose": False})
+    assert path.read_text() == info["text"]
+    assert [p.name for p in path.parent.iterdir()] == ["meta.txt"]  # no temporary file left behind

@@ -490,3 +490,26 @@ def test_get_attr_buffer_is_not_a_parameter():
     info = flops(WithBuffer(), torch.randn(8, 16))
     assert row(info, "mask")["Parameters"] == 0 and row(info, "mul")["Forward FLOPS"] == 128
     assert info["totals"]["Parameters"] == 80
+
+
+def test_batch_norm_counts_its_real_parameters():
+    model = nn.Sequential(nn.BatchNorm1d(16, affine=False), nn.BatchNorm1d(16), nn.Linear(16, 5))
+    info = flops(model, torch.randn(8, 16))
+    assert row(info, "_0")["Parameters"] == 0  # affine=False: no gamma or beta, only buffers
+    assert row(info, "_1")["Parameters"] == 32
+    assert row(info, "_0")["Forward FLOPS"] == row(info, "_1")["Forward FLOPS"] == 4 * 8 * 16
+    assert info["totals"]["Parameters"] == 32 + 80
+    # a functional batch norm owns nothing: its tensors are counted where they enter the graph
+    call = OpCall("batch_norm", inputs=[(8, 16)], output=(8, 16))
+    assert count_op(call).params == 0
+
+
+def test_pass_args_and_graph_errors_say_what_to_do():
+    mg = annotated(get_model("jsc-tiny"), torch.randn(8, 16))
+    with pytest.raises(ValueError, match=r"analyse_flops_pass: unknown pass_args \['prnt'\] "
+                                         r"\(unknown key 'prnt', did you mean 'print'\?\)"):
+        analyse_flops_pass(mg, {"prnt": False})
+    with pytest.raises(TypeError, match="print.* must be a bool"):
+        analyse_flops_pass(mg, {"print": "no"})
+    with pytest.raises(TypeError, match="build one with MaseGraph\\(model=model\\)"):
+        analyse_flops_pass(mg.model)  # the GraphModule, not the MaseGraph

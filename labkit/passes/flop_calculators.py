@@ -17,8 +17,9 @@ The conventions are MASE's ``calc_modules`` ones, which the lab report's table u
 * dropout, reshapes, indexing: 0.
 
 "Parameters" counts what the op owns: a module's weights as MASE counts them (linear and
-conv: the weight matrix only; batch norm: 2 x channels). A functional call owns nothing:
-its tensors enter the graph elsewhere (a ``get_attr`` node or an input).
+conv: the weight matrix only; batch norm and layer norm: their real parameters, gamma and
+beta, so 2 x channels, or none with ``affine=False``). A functional call owns nothing: its
+tensors enter the graph elsewhere (a ``get_attr`` node or an input).
 
 ``bitops`` says how the pass turns FLOPs into BitOPs: ``"weighted"`` multiplies by the
 input and weight widths, ``"two_inputs"`` by the widths of both operands (matmul), and
@@ -125,6 +126,11 @@ def _owned(call: OpCall, n: int) -> int:
     return int(n) if call.module is not None else 0
 
 
+def _module_params(call: OpCall) -> int:
+    """Every parameter the module really has (0 for a functional call)."""
+    return sum(p.numel() for p in call.module.parameters()) if call.module is not None else 0
+
+
 # --- ops with weights: multiply-accumulates ---------------------------------------------
 
 
@@ -165,19 +171,19 @@ def matmul(call: OpCall) -> OpCount:
 
 @register_flop_calculator("batch_norm1d", "batch_norm2d", "batch_norm3d", "batch_norm")
 def batch_norm(call: OpCall) -> OpCount:
-    """(x - mean) / std * gamma + beta: 4 ops per element; parameters 2 x channels."""
-    x = call.input(0)
-    elements = prod(x)
-    channels = x[1] if len(x) > 1 else x[0]
-    return OpCount(_owned(call, 2 * channels), 4 * elements, 4 * elements, bitops="weighted")
+    """(x - mean) / std * gamma + beta: 4 ops per element; parameters gamma and beta (if affine).
+
+    The running mean and variance are buffers, not parameters.
+    """
+    elements = prod(call.input(0))
+    return OpCount(_module_params(call), 4 * elements, 4 * elements, bitops="weighted")
 
 
 @register_flop_calculator("layer_norm", "group_norm")
 def layer_norm(call: OpCall) -> OpCount:
     """Mean, variance, normalise, scale, shift: 5 ops per element; parameters: gamma and beta."""
     elements = prod(call.input(0))
-    params = sum(p.numel() for p in call.module.parameters()) if call.module is not None else 0
-    return OpCount(params, 5 * elements, 5 * elements, bitops="weighted")
+    return OpCount(_module_params(call), 5 * elements, 5 * elements, bitops="weighted")
 
 
 # --- elementwise ops: (ops per element), backward = forward -------------------------------
@@ -188,7 +194,7 @@ ELEMENTWISE_COST = {
     # smooth activations: a transcendental function counts as one op
     "sigmoid": 3, "tanh": 1, "silu": 4, "gelu": 4, "elu": 3, "softplus": 3,
     # arithmetic (x + y, x * 2, ...): one op per output element
-    "add": 1, "sub": 1, "mul": 1, "div": 1, "truediv": 1, "floordiv": 1, "neg": 1,
+    "add": 1, "sub": 1, "mul": 1, "div": 1, "floordiv": 1, "neg": 1,
     "abs": 1, "exp": 1, "log": 1, "sqrt": 1, "rsqrt": 1, "pow": 1,
     # softmax: exp, sum, divide (log_softmax: exp, sum, subtract)
     "softmax": 3, "log_softmax": 3,

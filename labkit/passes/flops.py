@@ -29,6 +29,7 @@ Backward counts assume every input needs a gradient (linear and conv: 2 x forwar
 
 from __future__ import annotations
 
+import operator
 import warnings
 
 import pandas as pd
@@ -37,7 +38,9 @@ import torch.nn as nn
 from tabulate import tabulate
 from torch.fx.operator_schemas import normalize_function
 
+from ..graph import get_node_actual_target
 from .flop_calculators import OpCall, UnsupportedOpError, count_op
+from .utils import check_pass_args, graph_module, node_common
 
 CONVENTIONS = ("mac", "2flops_per_mac")
 DEFAULT_PASS_ARGS = {"print": True, "convention": "mac"}
@@ -58,11 +61,14 @@ def analyse_flops_pass(graph, pass_args=None):
     Each node also gets ``meta["mase"].parameters["software"]["flops"]``.
     """
     args = _check_pass_args(pass_args)
-    nodes = list(_fx_graph(graph).nodes)
+    gm = graph_module(graph, "analyse_flops_pass")
+    nodes = list(gm.graph.nodes)
+    for node in nodes:  # every node needs its shapes and widths
+        node_common(node, "analyse_flops_pass")
 
     rows, unsupported = [], []
     for node in nodes:
-        row = _count_node(graph, node, args["convention"])
+        row = _count_node(gm, node, args["convention"])
         if row["Note"].startswith("unsupported"):
             unsupported.append(node.name)
         _store(node, row, args["convention"])
@@ -99,8 +105,8 @@ def format_flops_table(table: pd.DataFrame, tablefmt: str = "github") -> str:
 # --- one node -------------------------------------------------------------------------------
 
 
-def _count_node(graph, node, convention: str) -> dict:
-    common = _common_meta(node)
+def _count_node(gm, node, convention: str) -> dict:
+    common = node_common(node, "analyse_flops_pass")
     op = common.get("mase_op", node.op)
     row = {"Node name": node.name, "Node type": op, "Note": ""}
     blank = dict.fromkeys(NUMBER_COLUMNS, float("nan"))
@@ -108,11 +114,11 @@ def _count_node(graph, node, convention: str) -> dict:
     if node.op in ("placeholder", "output"):
         return {**row, **blank}
     if node.op == "get_attr":  # reads a tensor: no arithmetic; a Parameter counts as parameters
-        value = _fetch_attr(graph, node.target)
+        value = operator.attrgetter(node.target)(gm)
         params = value.numel() if isinstance(value, nn.Parameter) else 0
         return {**row, **dict.fromkeys(NUMBER_COLUMNS, 0), "Parameters": params}
 
-    call = _op_call(graph, node, op, common)
+    call = _op_call(node, op, common)
     try:
         count = count_op(call)
     except UnsupportedOpError as e:
@@ -129,12 +135,12 @@ def _count_node(graph, node, convention: str) -> dict:
             "Forward bitops": forward * bits, "Backward bitops": backward * bits, "Note": note}
 
 
-def _op_call(graph, node, op: str, common: dict) -> OpCall:
+def _op_call(node, op: str, common: dict) -> OpCall:
     """Gather what the calculators need from the node's metadata (and the node itself)."""
     args = common.get("args", {})
     data_in = sorted((k for k in args if k.startswith("data_in_")), key=lambda k: int(k[8:]))
     inputs = [_shape(args[k]) for k in data_in]
-    module = _module(graph, node)
+    module = get_node_actual_target(node) if node.op == "call_module" else None
 
     # non-tensor arguments (kernel_size=2, dim=1, ...) by name, for the calculators that need them
     attrs = {k: v.get("value") for k, v in args.items()
@@ -167,16 +173,9 @@ def _bit_multiplier(args: dict, kind: str):
 
 
 def _width(arg):
-    """Bit width of one metadata entry: ``precision[0]``, else the dtype's size."""
-    if not isinstance(arg, dict):
-        return None
-    precision = arg.get("precision")
-    if precision:
-        return int(precision[0])
-    dtype = arg.get("torch_dtype")
-    if isinstance(dtype, torch.dtype):
-        return torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits
-    return None
+    """Bit width of one metadata entry: ``precision[0]`` (None for non-tensor arguments)."""
+    precision = arg.get("precision") if isinstance(arg, dict) else None
+    return int(precision[0]) if precision else None
 
 
 def _store(node, row: dict, convention: str):
@@ -196,50 +195,12 @@ def _store(node, row: dict, convention: str):
 
 
 def _check_pass_args(pass_args) -> dict:
-    if pass_args is None:
-        return dict(DEFAULT_PASS_ARGS)
-    if not isinstance(pass_args, dict):
-        raise TypeError(f"pass_args must be a dict or None, got {type(pass_args).__name__}")
-    unknown = set(pass_args) - set(DEFAULT_PASS_ARGS)
-    if unknown:
-        raise ValueError(f"unknown pass_args {sorted(unknown)}; allowed: {sorted(DEFAULT_PASS_ARGS)}")
-    args = {**DEFAULT_PASS_ARGS, **pass_args}
+    args = check_pass_args(pass_args, DEFAULT_PASS_ARGS, "analyse_flops_pass")
     if args["convention"] not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {args['convention']!r}")
     if not isinstance(args["print"], bool):
         raise TypeError(f"pass_args['print'] must be a bool, got {args['print']!r}")
     return args
-
-
-def _fx_graph(graph):
-    fx_graph = getattr(graph, "fx_graph", None)
-    if not isinstance(fx_graph, torch.fx.Graph):
-        raise TypeError(f"analyse_flops_pass expects a MaseGraph, got {type(graph).__name__}")
-    for node in fx_graph.nodes:
-        meta = node.meta.get("mase")
-        if meta is None or "common" not in getattr(meta, "parameters", {}) \
-                or "mase_op" not in meta.parameters["common"]:
-            raise ValueError(f"node {node.name!r} has no common metadata; run "
-                             "init_metadata_analysis_pass and add_common_metadata_analysis_pass first")
-    return fx_graph
-
-
-def _common_meta(node) -> dict:
-    return node.meta["mase"].parameters["common"]
-
-
-def _module(graph, node):
-    if node.op != "call_module":
-        return None
-    module = getattr(node.meta["mase"], "module", None)
-    return module if module is not None else graph.model.get_submodule(node.target)
-
-
-def _fetch_attr(graph, target: str):
-    obj = graph.model
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _shape(entry):

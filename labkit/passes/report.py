@@ -17,7 +17,9 @@ from pprint import pformat
 import pandas as pd
 from tabulate import tabulate
 
-from .utils import check_pass_args, node_common, target_name
+from ..cache import atomic_write_text
+from ..graph import get_node_actual_target
+from .utils import check_pass_args, graph_module, node_common, target_name
 
 __all__ = [
     "report_graph_analysis_pass", "report_node_meta_param_analysis_pass",
@@ -25,13 +27,6 @@ __all__ = [
 ]
 
 OPCODES = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
-
-
-def _write(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def _table_text(df: pd.DataFrame, tablefmt: str = "simple") -> str:
@@ -49,21 +44,21 @@ def report_graph_analysis_pass(graph, pass_args=None):
     if isinstance(pass_args, (str, Path)):
         pass_args = {"file_name": pass_args}
     args = check_pass_args(pass_args, {"file_name": None, "verbose": True}, "report_graph_analysis_pass")
-    gm = graph.model
+    gm = graph_module(graph, "report_graph_analysis_pass")
     rows, count, layer_types = [], dict.fromkeys(OPCODES, 0), []
     for node in gm.graph.nodes:
         count[node.op] = count.get(node.op, 0) + 1
         rows.append({"opcode": node.op, "name": node.name, "target": target_name(node.target),
                      "args": str(node.args), "kwargs": str(node.kwargs)})
         if node.op == "call_module":
-            layer_types.append(gm.get_submodule(node.target))
+            layer_types.append(get_node_actual_target(node))
     table = pd.DataFrame(rows, columns=["opcode", "name", "target", "args", "kwargs"])
     text = (f"Graph of {getattr(graph, 'name', type(gm).__name__)}:\n{_table_text(table)}\n\n"
             f"Graph code:{gm.code}\n"
             f"Network overview:\n{count}\n"
             f"Layer types:\n{layer_types}\n")
     if args["file_name"] is not None:
-        _write(args["file_name"], text)
+        atomic_write_text(args["file_name"], text)
     elif args["verbose"]:
         print(text)
     return graph, {"table": table, "code": gm.code, "count": count,
@@ -96,7 +91,7 @@ def report_node_meta_param_analysis_pass(graph, pass_args=None):
                          f"choose from {allowed}")
     parts = [p for p in ("common", "software", "hardware") if p in which or "all" in which]
     rows = []
-    for node in graph.model.graph.nodes:
+    for node in graph_module(graph, "report_node_meta_param_analysis_pass").graph.nodes:
         common = node_common(node, "report_node_meta_param_analysis_pass")
         row = {"Node name": node.name, "Fx Node op": node.op,
                "Mase type": common["mase_type"], "Mase op": common["mase_op"]}
@@ -107,7 +102,7 @@ def report_node_meta_param_analysis_pass(graph, pass_args=None):
     table = pd.DataFrame(rows)
     text = _table_text(table, "grid")
     if args["save_path"] is not None:
-        _write(args["save_path"], text)
+        atomic_write_text(args["save_path"], text)
     if args["verbose"]:
         print(text)
     return graph, {"table": table, "text": text}
@@ -124,7 +119,7 @@ def report_node_type_analysis_pass(graph, pass_args=None):
     """One row per node: fx opcode, mase_type, mase_op and its input's value type (float[32] ...)."""
     args = check_pass_args(pass_args, {"verbose": True}, "report_node_type_analysis_pass")
     rows = []
-    for node in graph.model.graph.nodes:
+    for node in graph_module(graph, "report_node_type_analysis_pass").graph.nodes:
         common = node_common(node, "report_node_type_analysis_pass")
         rows.append({"Node name": node.name, "Fx Node op": node.op, "Mase type": common["mase_type"],
                      "Mase op": common["mase_op"], "Value type": _value_type(common)})
@@ -143,7 +138,7 @@ def report_node_shape_analysis_pass(graph, pass_args=None):
     """One row per node: the shapes of its tensor inputs (data and parameters) and outputs."""
     args = check_pass_args(pass_args, {"verbose": True}, "report_node_shape_analysis_pass")
     rows = []
-    for node in graph.model.graph.nodes:
+    for node in graph_module(graph, "report_node_shape_analysis_pass").graph.nodes:
         common = node_common(node, "report_node_shape_analysis_pass")
         rows.append({"Node name": node.name, "Mase op": common["mase_op"],
                      "Inputs": _shapes(common["args"]), "Outputs": _shapes(common["results"])})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import operator
 
 import torch.fx as fx
 
-__all__ = ["check_pass_args", "node_common", "target_name"]
+__all__ = ["check_pass_args", "graph_module", "node_common", "target_name"]
 
 
 def check_pass_args(pass_args, defaults: dict, pass_name: str) -> dict:
@@ -15,16 +16,29 @@ def check_pass_args(pass_args, defaults: dict, pass_name: str) -> dict:
         return dict(defaults)
     if not isinstance(pass_args, dict):
         raise TypeError(f"{pass_name}: pass_args must be a dict or None, got {type(pass_args).__name__}")
-    unknown = sorted(set(pass_args) - set(defaults))
+    unknown = sorted(set(pass_args) - set(defaults), key=str)
     if unknown:
-        raise ValueError(f"{pass_name}: unknown pass_args {unknown}; allowed: {sorted(defaults)}")
+        close = difflib.get_close_matches(str(unknown[0]), [str(k) for k in defaults], n=1)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{pass_name}: unknown pass_args {unknown} (unknown key {unknown[0]!r}{hint}); "
+                         f"allowed: {sorted(defaults)}")
     return {**defaults, **pass_args}
+
+
+def graph_module(graph, pass_name: str = "this pass") -> fx.GraphModule:
+    """The traced ``GraphModule`` of a MaseGraph (``graph.model``), or a TypeError saying how to get one."""
+    gm = getattr(graph, "model", None)
+    if not isinstance(gm, fx.GraphModule):
+        raise TypeError(f"{pass_name} expects a MaseGraph (with a traced .model), got "
+                        f"{type(graph).__name__}; build one with MaseGraph(model=model)")
+    return gm
 
 
 def node_common(node: fx.Node, pass_name: str = "this pass") -> dict:
     """The node's ``meta["mase"]["common"]``, or a ValueError saying which pass to run first."""
     meta = node.meta.get("mase")
-    common = meta.parameters.get("common", {}) if meta is not None else {}
+    parameters = getattr(meta, "parameters", None)
+    common = parameters.get("common", {}) if isinstance(parameters, dict) else {}
     if "mase_op" not in common:
         raise ValueError(f"{pass_name}: node {node.name!r} has no common metadata; run "
                          "init_metadata_analysis_pass(mg, None) and "
