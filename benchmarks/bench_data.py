@@ -3,7 +3,9 @@
 * jsc-synthetic generation at full size (830k rows);
 * the first load (generate + dedupe + split + scale + write the processed cache);
 * a reload from the processed cache (the path every later run takes);
-* with ``--formats``: reading full-size copies in the two real file formats (ARFF, HDF5).
+* ``JSCData.identity()`` (hashes every tensor; once per train / sweep / compare call);
+* with ``--formats``: reading full-size copies in the two real file formats (ARFF, HDF5), and
+  the first ``load_dataset("jsc", source=...)`` of each (check + hash + parse once + preprocess).
 
     python benchmarks/bench_data.py [--size 830000] [--formats]
 """
@@ -44,6 +46,8 @@ def main():
         _, t_reload = timed(lambda: load_dataset("jsc-synthetic", size=args.size, data_dir=tmp,
                                                  progress=False), repeat=5)
         print(f"reload from the processed cache:                  {t_reload:6.3f} s (median of 5)")
+        _, t_ident = timed(data.identity, repeat=5)
+        print(f"JSCData.identity() (sha256 of all splits):        {t_ident:6.3f} s (median of 5)")
         if args.formats:
             files, t_write = timed(lambda: write_source_files(Path(tmp) / "src", size=args.size))
             print(f"write ARFF + JSON + HDF5 copies:                  {t_write:6.2f} s")
@@ -52,6 +56,10 @@ def main():
             for kind, t in (("ARFF", t_arff), ("HDF5", t_h5)):
                 label = f"read + validate {kind} ({files[kind.lower()].stat().st_size / 1e6:.0f} MB):"
                 print(f"{label:50s}{t:6.2f} s")
+            for kind in ("arff", "hdf5"):
+                _, t = timed(lambda: load_dataset("jsc", source=files[kind], data_dir=Path(tmp) / kind,
+                                                  progress=False))
+                print(f"{'first load_dataset(jsc) from the ' + kind.upper() + ':':50s}{t:6.2f} s")
 
 
 if __name__ == "__main__":
