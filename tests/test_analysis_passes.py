@@ -363,3 +363,32 @@ def test_report_files_are_written_whole(tmp_path):
     _, info = report_node_meta_param_analysis_pass(mg, {"save_path": path, "verbose": False})
     assert path.read_text() == info["text"]
     assert [p.name for p in path.parent.iterdir()] == ["meta.txt"]  # no temporary file left behind
+
+
+def test_statistic_device_is_checked():
+    with pytest.raises(ValueError, match="statistic 'range_min_max': device must be one of .*got 'gpu'"):
+        make_statistic("range_min_max", {"device": "gpu"})
+    with pytest.raises(ValueError, match="statistic 'abs_mean': device must be one of .*got 'tpu'"):
+        make_statistic("abs_mean", {"device": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available on this machine; use 'cpu'"):
+            make_statistic("variance_online", {"device": "cuda"})
+    assert make_statistic("abs_mean", {"device": "cpu"}).device == torch.device("cpu")
+
+
+def test_profile_target_lists_are_checked():
+    mg = build(get_model("jsc-tiny"))
+    data = [dummy_input(4)]
+    _, info = profile_statistics_analysis_pass(mg, spec_pass_args(data, target_weight_nodes=None))
+    assert set(info["table"]["tensor"]) == {"data_in_0"}  # None: no weight nodes
+    with pytest.raises(TypeError, match="target_activation_nodes must be a list of mase ops, got 5"):
+        profile_statistics_analysis_pass(mg, spec_pass_args(data, target_activation_nodes=5))
+
+
+def test_profile_gives_every_layer_back_its_own_mode():
+    mg = build(get_model("jsc-custom"))
+    mg.model.train()
+    bn = mg.modules["seq_blocks.0"]
+    bn.eval()  # frozen BatchNorm statistics while the rest trains
+    profile_statistics_analysis_pass(mg, spec_pass_args([dummy_input(4)]))
+    assert mg.model.training and mg.modules["seq_blocks.2"].training and not bn.training

@@ -29,13 +29,15 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
+from ..graph import get_node_actual_target
 from ..registry import Registry
+from ..train import eval_mode
 from .metadata import _positional_inputs
-from .utils import check_pass_args, node_common
+from .utils import check_pass_args, graph_module, node_common
 
 __all__ = [
-    "profile_statistics_analysis_pass", "STATISTICS", "Statistic", "VariancePrecise", "VarianceOnline",
-    "RangeMinMax", "RangeQuantile", "AbsMean", "make_statistic",
+    "profile_statistics_analysis_pass", "profile_activations", "STATISTICS", "Statistic", "VariancePrecise",
+    "VarianceOnline", "RangeMinMax", "RangeQuantile", "AbsMean", "make_statistic",
 ]
 
 STATISTICS = Registry("statistic")
@@ -44,6 +46,24 @@ STATISTICS = Registry("statistic")
 def _tolist(t: torch.Tensor):
     """A 0-d tensor as a float, anything else as (nested) lists of floats."""
     return float(t) if t.dim() == 0 else t.tolist()
+
+
+_DEVICE_AVAILABLE = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                     "mps": lambda: torch.backends.mps.is_available()}
+
+
+def _device(device, stat_name: str) -> torch.device:
+    """``device`` as a torch.device this machine has, or a ValueError naming the statistic."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"statistic {stat_name!r}: device must be one of {list(_DEVICE_AVAILABLE)} "
+                         f"(optionally with an index, 'cuda:0'), got {device!r}") from None
+    if dev.type not in _DEVICE_AVAILABLE:
+        raise ValueError(f"statistic {stat_name!r}: device must be one of {list(_DEVICE_AVAILABLE)}, got {device!r}")
+    if not _DEVICE_AVAILABLE[dev.type]():
+        raise ValueError(f"statistic {stat_name!r}: device {device!r} is not available on this machine; use 'cpu'")
+    return dev
 
 
 class Statistic:
@@ -65,7 +85,7 @@ class Statistic:
         if dims != "all" and not (isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims)):
             raise ValueError(f"statistic {self.name!r}: dims must be 'all' or a list of ints to keep, got {dims!r}")
         self.dims = dims
-        self.device = torch.device(device)
+        self.device = _device(device, self.name)
         for key, default in self.options.items():
             setattr(self, key, options.get(key, default))
         self.kept_shape = None
@@ -249,9 +269,14 @@ _DEFAULTS = {
 
 
 def _match(graph_nodes, targets, by, what):
-    """Nodes whose mase_op (by="type") or name (by="name") is in ``targets``."""
+    """Nodes whose mase_op (by="type") or name (by="name") is in ``targets`` (None: no nodes)."""
+    if targets is None:
+        return []
     if isinstance(targets, str):
         targets = [targets]
+    if not isinstance(targets, (list, tuple, set)) or not all(isinstance(t, str) for t in targets):
+        raise TypeError(f"profile_statistics_analysis_pass: {what} must be a list of "
+                        f"{'mase ops' if by == 'type' else 'node names'}, got {targets!r}")
     key = (lambda n: node_common(n, "profile_statistics_analysis_pass")["mase_op"]) if by == "type" \
         else (lambda n: n.name)
     found = {key(n) for n in graph_nodes}
@@ -321,19 +346,47 @@ class _ActivationProfiler(fx.Interpreter):
         return super().run_node(n)
 
 
+def profile_activations(gm: fx.GraphModule, nodes, statistics: dict, batches, num_samples: int = 1,
+                        progress: bool = False) -> tuple[dict, int]:
+    """Run up to ``num_samples`` batches through ``gm`` (eval mode, no grad) and compute
+    ``statistics`` (``{stat name: config}``) of each node's first tensor input.
+
+    ``batches`` is an iterator of batches (a tensor, ``(x, y)`` or ``{"x": x}``). Returns
+    ``({node name: {stat name: values}}, batches run)``; nothing is written to the graph.
+    :func:`profile_statistics_analysis_pass` stores what this returns, and
+    ``auto_frac_width_pass`` uses it for activation ranges it was not given.
+    """
+    stats_by_node = {n: {name: make_statistic(name, cfg) for name, cfg in statistics.items()} for n in nodes}
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    profiler = _ActivationProfiler(gm, stats_by_node)
+    num_batches = 0
+    with eval_mode(gm), torch.no_grad(), tqdm(total=num_samples, desc="profiling", disable=not progress) as bar:
+        for batch in batches:
+            profiler.run(*_positional_inputs(gm, _batch_inputs(batch, names)))
+            num_batches += 1
+            bar.update(1)
+            if num_batches >= num_samples:
+                break
+    if num_batches == 0:
+        return {}, 0
+    return {n.name: {name: stat.compute() for name, stat in stats.items()}
+            for n, stats in stats_by_node.items()}, num_batches
+
+
 def profile_statistics_analysis_pass(graph, pass_args=None):
     """Profile weights (once) and activations (over ``num_samples`` batches) of the target nodes.
 
     Weights: the ``weight`` of each targeted call_module node. Activations: each targeted
     node's first tensor input (``data_in_0``), gathered while batches from
-    ``input_generator`` run through the graph (eval mode, no grad). For a DataModule the
-    ``"split"`` loader is used ("train" by default). info: ``table`` (one row per node,
-    tensor, statistic and value), ``stats`` (the same, nested) and ``num_batches``.
+    ``input_generator`` run through the graph (eval mode, no grad; every layer's training
+    flag is restored afterwards). For a DataModule the ``"split"`` loader is used ("train"
+    by default). info: ``table`` (one row per node, tensor, statistic and value), ``stats``
+    (the same, nested) and ``num_batches``.
     """
     args = check_pass_args(pass_args, _DEFAULTS, "profile_statistics_analysis_pass")
     if args["by"] not in ("type", "name"):
         raise ValueError(f"profile_statistics_analysis_pass: by must be 'type' or 'name', got {args['by']!r}")
-    gm = graph.model
+    gm = graph_module(graph, "profile_statistics_analysis_pass")
     nodes = list(gm.graph.nodes)
     for n in nodes:
         node_common(n, "profile_statistics_analysis_pass")
@@ -347,13 +400,13 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
     weight_nodes = _match(nodes, args["target_weight_nodes"], args["by"], "target_weight_nodes")
     if weight_nodes and not args["weight_statistics"]:
         raise ValueError("profile_statistics_analysis_pass: target_weight_nodes given but no weight_statistics")
-    no_weight = [n.name for n in weight_nodes
-                 if n.op != "call_module" or not isinstance(getattr(gm.get_submodule(n.target), "weight", None), torch.Tensor)]
+    no_weight = [n.name for n in weight_nodes if n.op != "call_module"
+                 or not isinstance(getattr(get_node_actual_target(n), "weight", None), torch.Tensor)]
     if no_weight:
         raise ValueError(f"profile_statistics_analysis_pass: target_weight_nodes matched nodes without a "
                          f"weight: {no_weight}")
     for n in weight_nodes:
-        weight = gm.get_submodule(n.target).weight
+        weight = get_node_actual_target(n).weight
         for name, cfg in args["weight_statistics"].items():
             stat = make_statistic(name, cfg)
             stat.update(weight)
@@ -374,28 +427,15 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
         num_samples = args["num_samples"]
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int (batches to profile), got {num_samples!r}")
-        stats_by_node = {n: {name: make_statistic(name, cfg) for name, cfg in args["activation_statistics"].items()}
-                         for n in act_nodes}
-        names = [n.target for n in nodes if n.op == "placeholder"]
-        batches = _batches(args["input_generator"], args["split"])
-        profiler = _ActivationProfiler(gm, stats_by_node)
-        was_training = gm.training
-        gm.eval()
-        try:
-            with torch.no_grad(), tqdm(total=num_samples, desc="profiling", disable=not args["progress"]) as bar:
-                for batch in batches:
-                    profiler.run(*_positional_inputs(gm, _batch_inputs(batch, names)))
-                    num_batches += 1
-                    bar.update(1)
-                    if num_batches >= num_samples:
-                        break
-        finally:
-            gm.train(was_training)
+        for name, cfg in args["activation_statistics"].items():
+            make_statistic(name, cfg)  # a bad config fails here, before any batch runs
+        stats, num_batches = profile_activations(
+            gm, act_nodes, args["activation_statistics"], _batches(args["input_generator"], args["split"]),
+            num_samples, progress=args["progress"])
         if num_batches == 0:
             raise ValueError("profile_statistics_analysis_pass: input_generator yielded no batches")
-        for n, stats in stats_by_node.items():
-            for name, stat in stats.items():
-                value = stat.compute()
+        for n in act_nodes:
+            for name, value in stats[n.name].items():
                 _stat_slot(n, "data_in_0")[name] = value
                 results.setdefault(n.name, {}).setdefault("data_in_0", {})[name] = value
 
