@@ -15,8 +15,10 @@ version. So a re-run is instant, an interrupted sweep (Ctrl-C, a dead kernel) re
 only the missing runs, and changing one setting retrains only the runs it touches.
 
 Runs are spread over CPU cores with worker processes (one thread each; each worker loads
-the dataset once from the processed cache), or run one after another in this process with
-``workers=1`` or on a GPU (``accelerator="gpu"``).
+the dataset once from the processed cache and imports the modules that define the swept
+models), or run one after another in this process with ``workers=1``, on a GPU
+(``accelerator="gpu"``), or when a model was defined where a fresh process cannot import
+it (a notebook cell, inside a function).
 """
 
 from __future__ import annotations
@@ -96,25 +98,32 @@ def _check_grid(grid) -> dict:
 
 
 def _jsonable(v):
-    if isinstance(v, nn.Module):
-        return _module_identity(v)["model"]
-    return v
+    return module_name(v) if isinstance(v, nn.Module) else v
+
+
+def _architecture(module: nn.Module) -> str:
+    return hashlib.sha256(repr(module).encode()).hexdigest()[:16]
+
+
+def module_name(module: nn.Module) -> str:
+    """How a sweep names a module: its registry name (``get_model`` sets ``labkit_name``), else
+    its class and a hash of its layers, so two different ``nn.Sequential`` stay apart."""
+    return getattr(module, "labkit_name", None) or f"{type(module).__name__}-{_architecture(module)[:8]}"
 
 
 def _module_identity(module: nn.Module) -> dict:
     state = module.state_dict()
-    return {"model": type(module).__name__,
-            "architecture": hashlib.sha256(repr(module).encode()).hexdigest()[:16],
+    return {"model": module_name(module), "architecture": _architecture(module),
             "initial_weights": tensor_digest([state[k] for k in sorted(state)])}
 
 
 def model_identity(model, info) -> dict:
     """A registry name plus a hash of the architecture it builds (re-registering a different
-    network under the same name must not reuse old results)."""
+    network under the same name must not reuse old results); for a module, its name
+    (:func:`module_name`), architecture and initial weights."""
     if isinstance(model, nn.Module):
         return _module_identity(model)
-    arch = repr(get_model(model, info))
-    return {"model": model, "architecture": hashlib.sha256(arch.encode()).hexdigest()[:16]}
+    return {"model": model, "architecture": _architecture(get_model(model, info))}
 
 
 def _device_kind(accelerator: str) -> str:
@@ -185,10 +194,12 @@ def _load_source(source) -> JSCData:
     return data
 
 
-def _init_worker(source, threads: int):
+def _init_worker(source, threads: int, builders: dict):
     global _WORKER_DATA
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
     torch.set_num_threads(threads)
+    for name, build in builders.items():  # unpickling each one imported the module defining it
+        MODELS.register(name, build)
     _WORKER_DATA = _load_source(source)  # once per process, not per run
 
 
@@ -196,17 +207,54 @@ def _run_in_worker(settings, project, accelerator):
     return _run_one(settings, _WORKER_DATA, project, accelerator)
 
 
-def _picklable_for_workers(model) -> bool:
-    """Spawned workers re-import modules; a model defined in a notebook (``__main__``) is not
-    importable there, so such sweeps run in this process instead."""
-    target = type(model) if isinstance(model, nn.Module) else MODELS.get(model)
-    return getattr(target, "__module__", "__main__") != "__main__"
+def _importable(obj) -> bool:
+    """Can a fresh process import ``obj`` by name (what pickling it by reference needs)?
+
+    Not when it lives in ``__main__`` (a notebook), inside a function, or in a module that
+    only this process can see (created in memory, or not on ``sys.path``)."""
+    modname, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    if not modname or modname == "__main__" or "<locals>" in qualname:
+        return False
+    found = sys.modules.get(modname)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not obj:  # the module's name for it is something else now (e.g. redefined)
+        return False
+    top = modname.partition(".")[0]
+    if top == __name__.partition(".")[0]:
+        return True  # labkit itself: every worker imports it
+    # Ask the import machinery afresh (importlib.util.find_spec would answer from sys.modules).
+    return any(getattr(finder, "find_spec", None) and finder.find_spec(top, None) is not None
+               for finder in sys.meta_path)
+
+
+def worker_builders(models) -> dict | None:
+    """What spawned workers need to build ``models`` (registry names or modules): the
+    registered builder of every name, each importable by name (unpickling it in a worker
+    imports the user's module that defines it). ``None`` when a model cannot be rebuilt in
+    a fresh process; the sweep then runs in this process instead."""
+    builders = {}
+    for model in models:
+        target = type(model) if isinstance(model, nn.Module) else MODELS.get(model)
+        if not _importable(target):
+            return None
+        if isinstance(model, str):
+            builders[model] = target
+    return builders
 
 
 def _spawn_works() -> bool:
     """Spawned workers re-run the parent's main script; code piped in on stdin has none to re-run."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     return main_file is None or os.path.exists(main_file)
+
+
+def _cpu_count() -> int:
+    """CPU cores this process may use (a container or ``taskset`` may allow fewer than exist)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def _run_cost(settings: dict) -> float:
@@ -266,20 +314,26 @@ class SweepResult:
         if len(self.params) != 1:
             raise ValueError(f"plot_summary needs a one-setting sweep, this one varies {self.params}")
         p = self.params[0]
-        t = self.table.sort_values(p)
+        numeric = pd.api.types.is_numeric_dtype(self.table[p]) and not pd.api.types.is_bool_dtype(self.table[p])
+        # Numbers on a number line; names (models, schedulers) one per position, in sweep order.
+        t = self.table.sort_values(p) if numeric else self.table
+        x = t[p] if numeric else list(range(len(t)))
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.4))
-        ax.plot(t[p], t["final_val_acc"], "o-", label="final val acc")
-        ax.plot(t[p], t["test_acc"], "s--", label="test acc (best ckpt)")
+        ax.plot(x, t["final_val_acc"], "o-", label="final val acc")
+        ax.plot(x, t["test_acc"], "s--", label="test acc (best ckpt)")
         ax.set_xlabel(p.replace("_", " "))
         ax.set_ylabel("accuracy")
-        if logx if logx is not None else (t[p].min() > 0 and t[p].max() / t[p].min() >= 8):
+        if not numeric:
+            ax.set_xticks(x, ["None" if pd.isna(v) else str(v) for v in t[p]])  # as in the labels
+            ax.set_xlim(-0.5, len(t) - 0.5)
+        elif logx if logx is not None else (t[p].min() > 0 and t[p].max() / t[p].min() >= 8):
             ax.set_xscale("log")
             ax.set_xticks(list(t[p]), [f"{v:g}" for v in t[p]])  # the swept values, not powers
             ax.minorticks_off()
         ax.grid(alpha=0.3)
         right = ax.twinx()
-        right.plot(t[p], t["wall_time_s"], "^:", color="grey", label="wall time")
+        right.plot(x, t["wall_time_s"], "^:", color="grey", label="wall time")
         right.set_ylabel("wall time per run (s)", color="grey")
         lines = ax.get_legend_handles_labels()
         extra = right.get_legend_handles_labels()
@@ -315,8 +369,12 @@ def _resolve_data(dataset, data) -> JSCData:
     return load_dataset(dataset)
 
 
+def _model_key(model):
+    return id(model) if isinstance(model, nn.Module) else model
+
+
 def _default_name(model, params) -> str:
-    m = model if isinstance(model, str) else "models" if model is None else type(model).__name__
+    m = model if isinstance(model, str) else "models" if model is None else module_name(model)
     return f"{m}-{'-'.join(params)}"
 
 
@@ -350,18 +408,18 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     cache = ResultCache(directory)
 
     data_id = data.identity()
-    runs = []  # (setting shown in the table, full settings, cache key)
-    model_ids = {}
+    runs = []  # (setting shown in the table: modules by name, full settings, cache key)
+    model_ids = {}  # once per model: a module's weights digest is not free
     for combo in itertools.product(*grid.values()):
         setting = dict(zip(grid, combo))
         full = {**base, **setting}
-        m = full["model"]
-        mkey = id(m) if isinstance(m, nn.Module) else m
+        mkey = _model_key(full["model"])
         if mkey not in model_ids:
-            model_ids[mkey] = model_identity(m, data.info)
+            model_ids[mkey] = model_identity(full["model"], data.info)
+        shown = {k: model_ids[mkey]["model"] if k == "model" else v for k, v in setting.items()}
         key = {"recipe": RECIPE_VERSION, "dataset": data_id, "device": device, **model_ids[mkey],
                **{k: v for k, v in full.items() if k != "model"}}
-        runs.append((setting, full, key))
+        runs.append((shown, full, key))
 
     results, cached = {}, set()
     for i, (_, _, key) in enumerate(runs):
@@ -381,9 +439,10 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
 
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
-        n_workers = workers or min(len(missing), os.cpu_count() or 1)
+        n_workers = workers or min(len(missing), _cpu_count())
+        builders = worker_builders({_model_key(runs[i][1]["model"]): runs[i][1]["model"] for i in missing}.values())
         in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works()
-                      or not all(_picklable_for_workers(runs[i][1]["model"]) for i in missing))
+                      or builders is None)
         if in_process:
             with torch_threads(1 if device == "cpu" else None):  # train() and evaluate() alike
                 for i in missing:
@@ -391,7 +450,8 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                     store(i, _run_one(runs[i][1], data, project(i), accelerator))
                     bar.update()
         elif missing:
-            _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), store, bar)
+            _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), builders,
+                      store, bar)
     finally:
         bar.close()
 
@@ -401,10 +461,10 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                        time.perf_counter() - start)
 
 
-def _run_pool(missing, runs, data, project, accelerator, n_workers, store, bar):
+def _run_pool(missing, runs, data, project, accelerator, n_workers, builders, store, bar):
     ctx = mp.get_context("spawn")  # safe with threads, notebooks and CUDA; workers import labkit
     pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(_data_source(data), 1))
+                                  initargs=(_data_source(data), 1, builders))
     try:
         futures = {pool.submit(_run_in_worker, runs[i][1], project(i), accelerator): i for i in missing}
         for fut in cf.as_completed(futures):
@@ -490,4 +550,4 @@ def _info_from_settings(settings):
 
 
 __all__ = ["sweep", "grid_sweep", "SweepResult", "load_sweep", "list_sweeps",
-           "check_value", "label_of", "RECIPE_VERSION"]
+           "check_value", "label_of", "module_name", "RECIPE_VERSION"]

@@ -171,9 +171,104 @@ def test_grid_sweep_covers_every_combination(data, tmp_path):
 
 
 def test_models_can_be_swept_too(data, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     res = sweep(None, data, "model", ["jsc-tiny", "jsc-toy"], cache_dir=tmp_path, **FAST)
     assert list(res.table["model"]) == ["jsc-tiny", "jsc-toy"]
     assert all(Path(p).is_file() for p in res.table["best_ckpt"])
+    ax = res.plot_summary()  # names, not numbers: one position each
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["jsc-tiny", "jsc-toy"]
+    assert list(ax.get_lines()[0].get_xdata()) == [0, 1] and ax.get_xscale() == "linear"
+    plt.close("all")
+
+
+def test_two_different_modules_of_one_class_are_two_runs(data, tmp_path):
+    a = nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 5))
+    b = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
+    res = sweep(None, data, "model", [a, b], cache_dir=tmp_path, **FAST)
+    names = list(res.table["model"])
+    assert len(set(names)) == 2 and all(n.startswith("Sequential-") for n in names)
+    assert set(res.histories) == {f"model={n}" for n in names}
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    from labkit.models import get_model
+    assert sw.module_name(get_model("jsc-tiny")) == "jsc-tiny"  # a zoo module goes by its registry name
+
+
+def test_a_scheduler_sweep_plots_and_none_is_no_schedule(data, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = sweep("jsc-tiny", data, "scheduler", ["none", "cosine"], cache_dir=tmp_path, **FAST)
+    assert res.table["scheduler"].isna().tolist() == [True, False] and res.table["scheduler"].iloc[1] == "cosine"
+    assert list(res.histories["scheduler=None"]["lr"]) == pytest.approx([1e-3, 1e-3])
+    assert list(res.histories["scheduler=cosine"]["lr"]) == pytest.approx([1e-3, 5e-4])
+    ax = res.plot_summary()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["None", "cosine"]
+    plt.close("all")
+    with pytest.raises(ValueError, match="repeated"):
+        sweep("jsc-tiny", data, "scheduler", [None, "none"], cache_dir=tmp_path, **FAST)
+
+
+USER_MODULE = """
+import torch.nn as nn
+from labkit.models import register_model
+
+
+@register_model("t-user-net")
+class UserNet(nn.Module):
+    def __init__(self, info):
+        super().__init__()
+        self.fc = nn.Linear(info.num_features, info.num_classes)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A model registered in the user's own importable module (not __main__)."""
+    import importlib
+    import sys
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "t_user_models.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        yield importlib.import_module("t_user_models")
+    finally:
+        MODELS._entries.pop("t-user-net", None)
+        sys.modules.pop("t_user_models", None)
+
+
+def test_workers_build_models_registered_in_the_users_module(data, tmp_path, user_module, count_trainings):
+    res = sweep("t-user-net", data, "batch_size", [256, 512], cache_dir=tmp_path, max_epochs=1,
+                learning_rate=1e-3, workers=2, progress=False)
+    assert count_trainings["calls"] == 0  # both runs trained in the worker processes
+    assert not res.table["cached"].any() and res.table["best_val_acc"].notna().all()
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_which_models_workers_can_rebuild(user_module):
+    assert sw.worker_builders(["jsc-tiny", "t-user-net"]) == {"jsc-tiny": MODELS.get("jsc-tiny"),
+                                                              "t-user-net": user_module.UserNet}
+    from labkit.data import DatasetInfo
+    assert sw.worker_builders([user_module.UserNet(DatasetInfo("x"))]) == {}  # pickled with its module
+
+    @register_model("t-local-net")
+    class Local(nn.Module):  # defined inside a function: a fresh process cannot import it
+        def __init__(self, info):
+            super().__init__()
+            self.fc = nn.Linear(info.num_features, info.num_classes)
+
+    try:
+        assert sw.worker_builders(["jsc-tiny", "t-local-net"]) is None
+        assert sw.worker_builders([nn.Sequential(nn.Linear(16, 5))]) == {}  # torch's own class
+        Local.__module__ = "__main__"  # as if typed into a notebook
+        assert sw.worker_builders(["t-local-net"]) is None
+    finally:
+        MODELS._entries.pop("t-local-net", None)
 
 
 def test_process_pool_gives_the_same_results_as_in_process(data, tmp_path):
