@@ -22,14 +22,17 @@ def is_synthetic(data_or_info) -> bool:
     return bool(getattr(_info(data_or_info), "synthetic", False))
 
 
-def titled(title: str, data_or_info) -> str:
-    """``title`` plus the data it came from; synthetic data is named loudly."""
+def titled(title: str, data_or_info=None) -> str:
+    """``title`` plus the data it came from, worded as everywhere else (``DatasetInfo.label``,
+    which marks synthetic data loudly); just ``title`` when the data is not given."""
     info = _info(data_or_info)
     if info is None:
         return title
-    if is_synthetic(info):
-        return f"{title}\nSYNTHETIC data ({info.name}), not real JSC results"
-    return f"{title}\n{info.name} (real JSC data)"
+    label = getattr(info, "label", None)
+    if not label:  # an info-like object of the user's: still never pass synthetic data for real
+        name = getattr(info, "name", info)
+        label = f"{name} (SYNTHETIC data)" if is_synthetic(info) else str(name)
+    return f"{title}\n{label}"
 
 
 def save_figure(fig, name: str, data_or_info=None, directory=None) -> Path:
@@ -68,7 +71,7 @@ def plot_histories(histories: dict, metric: str = "val_acc", title: str = "", da
         ax.plot(hist["epoch"], hist[metric], marker="o" if len(hist) <= 25 else None, ms=3, label=str(label))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or metric.replace("_", " "))
-    ax.set_title(titled(title, data_or_info) if data_or_info is not None else title, fontsize=10)
+    ax.set_title(titled(title, data_or_info), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
@@ -155,7 +158,7 @@ def plot_layer_distributions(values: dict, title: str = "Weights and activations
     names = list(values)
     label = {n: f"{n}\n({values[n]['op']})" for n in names}
     weighted = [n for n in names if values[n]["weight"] is not None]
-    suptitle = titled(title, data_or_info) if data_or_info is not None else title
+    suptitle = titled(title, data_or_info)
 
     if kind == "box":
         fig, (aw, aa) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 2.0),
@@ -223,7 +226,7 @@ def plot_per_layer(tables: dict, column: str = "Forward bitops", title: str | No
         ax.set_ylim(0, max(10.0, top * 3))    # symlog's autoscale clips the tallest bars
     ax.set_ylabel(column)
     text = title or f"{column} per layer"
-    ax.set_title(titled(text, data_or_info) if data_or_info is not None else text, fontsize=10)
+    ax.set_title(titled(text, data_or_info), fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
@@ -259,7 +262,7 @@ def plot_accuracy_vs_cost(df, cost: str = "bitops", title: str | None = None, da
     ax.set_xlabel(cost)
     ax.set_ylabel("test accuracy")
     text = title or f"Test accuracy vs {cost}"
-    ax.set_title(titled(text, data_or_info) if data_or_info is not None else text, fontsize=10)
+    ax.set_title(titled(text, data_or_info), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
@@ -306,6 +309,6 @@ def plot_weight_quantisation(weights: dict, title: str = "Float weights and the 
         for ax in (hist_ax, curve_ax):
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    fig.suptitle(titled(title, data_or_info) if data_or_info is not None else title, fontsize=10)
+    fig.suptitle(titled(title, data_or_info), fontsize=10)
     fig.tight_layout()
     return fig

@@ -122,3 +122,16 @@ def test_plot_weight_quantisation_counts_the_levels():
         plot_weight_quantisation({"fc": (w, q[:10])})
     with pytest.raises(TypeError, match="pair"):
         plot_weight_quantisation({"fc": w})
+
+
+def test_titles_name_the_data_as_its_label_does():
+    from types import SimpleNamespace
+
+    from labkit.data import DatasetInfo
+    from labkit.plots import titled
+    for synthetic in (True, False):
+        info = DatasetInfo("jsc-synthetic" if synthetic else "jsc", synthetic=synthetic)
+        assert titled("acc", info) == f"acc\n{info.label}"
+    assert "SYNTHETIC" in titled("acc", DatasetInfo("jsc-synthetic", synthetic=True))
+    assert titled("acc", None) == titled("acc") == "acc"
+    assert "SYNTHETIC" in titled("acc", SimpleNamespace(name="mine", synthetic=True))  # no label of its own
