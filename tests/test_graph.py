@@ -313,3 +313,63 @@ def test_draw_writes_a_png(tmp_path):
         assert len(texts) == len(mg.nodes)  # one labelled box per node
         assert any("[8, 5]" in t for t in texts)
         plt.close(fig)
+
+
+# --- review fixes -----------------------------------------------------------------------------
+
+INT8 = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4,
+        "weight_width": 6, "weight_frac_width": 3, "bias_width": 8, "bias_frac_width": 5}
+
+
+def test_rerunning_metadata_after_quantising_keeps_the_widths():
+    from labkit.passes.quantize import quantize_transform_pass
+
+    mg, _ = quantize_transform_pass(build(get_model("jsc-tiny")), {"by": "type", "linear": {"config": INT8}})
+    add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": dummy_input(4)}})
+    args = common(mg, "seq_blocks_2")["args"]
+    assert [args[k]["precision"] for k in ("data_in_0", "weight", "bias")] == [[8, 4], [6, 3], [8, 5]]
+    assert {args[k]["type"] for k in ("data_in_0", "weight", "bias")} == {"integer"}
+    assert args["data_in_0"]["shape"] == [4, 16]  # the rest is fresh: the new batch of 4
+    assert common(mg, "seq_blocks_1")["args"]["data_in_0"]["precision"] == [32]
+    # a bypassed layer computes in float, and says so
+    mg.modules["seq_blocks.2"].bypass = True
+    add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": dummy_input(4)}})
+    assert common(mg, "seq_blocks_2")["args"]["weight"]["precision"] == [32]
+
+
+def test_wrongly_shaped_dummy_in_names_the_node_and_the_shape():
+    mg = MaseGraph(get_model("jsc-custom"))
+    with pytest.raises(ValueError, match=r"node 'seq_blocks_0' \(BatchNorm1d\) failed on inputs of shape "
+                                         r"\[\[4, 10\]\], running dummy_in of shape \[4, 10\]: RuntimeError: "
+                                         r"running_mean should contain 10 elements not 16"):
+        add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": torch.randn(4, 10)}})
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"node '_2' \(Linear\) failed on inputs of shape \[\[3, 8\]\], running "
+                                         r"dummy_in of shape \[3, 16\]: RuntimeError: mat1 and mat2"):
+        add_common_metadata_analysis_pass(MaseGraph(model), {"dummy_in": torch.randn(3, 16)})
+
+
+def test_metadata_pass_args_are_checked():
+    mg = MaseGraph(get_model("jsc-tiny"))
+    with pytest.raises(ValueError, match=r"unknown pass_args \['add_values'\] .*did you mean 'add_value'"):
+        add_common_metadata_analysis_pass(mg, {"dummy_in": dummy_input(2), "add_values": True})
+    with pytest.raises(TypeError, match="build one with MaseGraph\\(model=model\\)"):
+        add_common_metadata_analysis_pass(get_model("jsc-tiny"), {"dummy_in": dummy_input(2)})
+
+
+def test_metadata_pass_gives_every_layer_back_its_own_mode():
+    mg = MaseGraph(get_model("jsc-custom"))
+    mg.model.train()
+    mg.modules["seq_blocks.3"].eval()  # one frozen BatchNorm
+    add_common_metadata_analysis_pass(mg, {"dummy_in": dummy_input(4)})
+    assert mg.model.training and mg.modules["seq_blocks.0"].training
+    assert not mg.modules["seq_blocks.3"].training
+
+
+def test_deepcopy_of_metadata_keeps_its_node_and_model():
+    mg = build(get_model("jsc-tiny"))
+    meta = mg.node("seq_blocks_2").meta["mase"]
+    clone = copy.deepcopy(meta)
+    assert clone.node is meta.node and clone.model is meta.model and clone.module is meta.module
+    clone["common"]["args"]["weight"]["precision"] = [4, 2]
+    assert meta["common"]["args"]["weight"]["precision"] == [32]

@@ -367,3 +367,111 @@ def test_auto_frac_width_after_profile_statistics_analysis_pass(custom):
     assert info["pass_args"]["seq_blocks_1"]["config"]["data_in_frac_width"] == integer_frac_width(lo, hi, 8)
     mg, _ = quantize_transform_pass(custom, info["pass_args"])
     assert len([m for m in mg.modules.values() if type(m).__name__.endswith("Integer")]) == 7
+
+
+# --- review fixes -----------------------------------------------------------------------------
+
+class Twice(nn.Module):
+    """One Linear called at two nodes: ``fc`` and ``fc_1``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.out(self.fc(self.fc(x)))
+
+
+def test_a_module_called_twice_is_quantised_at_both_nodes():
+    mg = mase_graph(Twice())
+    new, info = quantize_transform_pass(mg, {"by": "type", "linear": {"config": INT8_LINEAR}})
+    assert info["changed"] == ["fc", "fc_1", "out"] and set(info["configs"]) == {"fc", "fc_1", "out"}
+    for name in ("fc", "fc_1"):
+        assert isinstance(get_node_actual_target(new.node(name)), LinearInteger)
+        assert new.node(name).meta["mase"].parameters["common"]["args"]["weight"]["precision"] == [8, 4]
+    assert get_node_actual_target(new.node("fc")) is get_node_actual_target(new.node("fc_1"))
+    _, s = summarize_quantization_analysis_pass(new, {"original_graph": mg, "verbose": False})
+    assert table(s["summary"])["Linear"] == ("linear", 3, 3, 0)
+    # by name, naming every call site with the same config
+    _, info = quantize_transform_pass(mg, {"by": "name", "fc": {"config": INT8_LINEAR},
+                                           "fc_1": {"config": dict(INT8_LINEAR)}})
+    assert info["changed"] == ["fc", "fc_1"]
+
+
+def test_a_module_called_twice_needs_one_config_for_all_its_nodes():
+    mg = mase_graph(Twice())
+    with pytest.raises(ValueError, match="module 'fc' is called at nodes fc, fc_1: pass_args quantise it at fc "
+                                         "but not at fc_1"):
+        quantize_transform_pass(mg, {"by": "name", "fc": {"config": INT8_LINEAR}})
+    other = {**INT8_LINEAR, "weight_width": 4}
+    with pytest.raises(ValueError, match="module 'fc' is called at nodes fc, fc_1 with different configs"):
+        quantize_transform_pass(mg, {"by": "name", "fc": {"config": INT8_LINEAR}, "fc_1": {"config": other}})
+    with pytest.raises(ValueError, match="module 'fc' .* different configs"):  # a default fills in the other
+        quantize_transform_pass(mg, {"by": "name", "default": {"config": other}, "fc": {"config": INT8_LINEAR}})
+
+
+class MyLinear(nn.Linear):
+    """A Linear with behaviour of its own: the transform must not replace its forward."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight.round(), self.bias)
+
+
+def test_subclass_of_a_float_layer_is_named_or_left_alone():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), MyLinear(16, 5))
+    mg = mase_graph(model)
+    with pytest.raises(ValueError, match="node '_2' \\(linear\\): layer '2' is a MyLinear, a subclass of Linear but "
+                                         "not Linear itself"):
+        quantize_transform_pass(mg, {"by": "type", "linear": {"config": INT8_LINEAR}})
+    with pytest.raises(ValueError, match="layer '2' is a MyLinear"):
+        quantize_transform_pass(mg, {"by": "name", "_2": {"config": INT8_LINEAR}})
+    # under a default config it is left alone, like any op without a quantised twin
+    new, info = quantize_transform_pass(mg, {"by": "type", "default": {"config": INT8_LINEAR}})
+    assert info["changed"] == ["_0", "_1"]
+    assert type(new.modules["2"]) is MyLinear and type(new.modules["0"]) is LinearInteger
+
+
+def test_quantize_transform_pass_needs_a_mase_graph(tiny):
+    class Holder:  # has a traced .model, but is not a MaseGraph: its metadata could not be copied
+        model = tiny.model
+
+    with pytest.raises(TypeError, match="needs a MaseGraph .*got Holder; build one with MaseGraph\\(model=model\\)"):
+        quantize_transform_pass(Holder(), TINY_ARGS)
+
+
+def test_auto_frac_width_pass_arguments_are_checked(custom):
+    x = torch.randn(64, 16)
+    for e in ("4", 0, 9, True):
+        with pytest.raises(ValueError, match=f"exponent_width must be an integer in \\[1, 8\\], got {e!r}"):
+            auto_frac_width_pass(custom, {"width": 8, "format": "minifloat", "exponent_width": e, "dummy_in": x})
+    with pytest.raises(ValueError, match="exponent_width is for format='minifloat', not 'integer'"):
+        auto_frac_width_pass(custom, {"width": 8, "exponent_width": 4, "dummy_in": x})
+    with pytest.raises(ValueError, match="ops must be a list of linear, relu, .*got None"):
+        auto_frac_width_pass(custom, {"width": 8, "ops": None, "dummy_in": x})
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        auto_frac_width_pass(custom, {"width": 8, "num_samples": 0, "dummy_in": x})
+    mf = auto_quantize_config(custom, 8, format="minifloat", exponent_width=3, dummy_in=x)
+    assert mf["seq_blocks_2"]["config"]["weight_exponent_width"] == 3
+
+
+def test_auto_frac_width_pass_profiles_every_input_and_keeps_layer_modes():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 8), nn.Linear(4, 8)
+            self.bn = nn.BatchNorm1d(8)
+
+        def forward(self, x, y):
+            return self.bn(self.a(x) + self.b(y))
+
+    mg = MaseGraph(TwoInputs())
+    x, y = torch.randn(32, 16), torch.randn(32, 4) * 40
+    mg, _ = init_metadata_analysis_pass(mg, None)
+    mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": x, "y": y}})
+    mg.model.train()
+    mg.modules["bn"].eval()
+    args = auto_quantize_config(mg, 8, ops=["linear"], dummy_in={"x": x, "y": y})
+    assert args["b"]["config"]["data_in_frac_width"] == integer_frac_width(float(y.min()), float(y.max()), 8)
+    assert args["a"]["config"]["data_in_frac_width"] == integer_frac_width(float(x.min()), float(x.max()), 8)
+    assert mg.model.training and mg.modules["a"].training and not mg.modules["bn"].training

@@ -170,3 +170,23 @@ def test_compare_quantization_bad_arguments(small_data, checkpoints, kwargs, mat
 
     with pytest.raises(ValueError, match=match):
         compare_quantization("jsc-custom", checkpoints["jsc-custom"], data=small_data, progress=False, **kwargs)
+
+
+def test_comparison_profiles_the_float_graph_once(small_data, checkpoints):
+    from labkit.passes.quantize import auto_quantize_config
+    from labkit.quantize.compare import _float_graph
+
+    calibration = small_data.split("train")[0][:1024]
+    mg = _float_graph("jsc-custom", checkpoints["jsc-custom"], "pl", small_data, calibration, ["linear", "relu"])
+    profiled = [n.name for n in mg.nodes
+                if "range_min_max" in mg.node(n.name).meta["mase"]["software"].get("args", {})
+                .get("data_in_0", {}).get("stat", {})]
+    assert profiled == ["seq_blocks_1", "seq_blocks_2", "seq_blocks_4", "seq_blocks_6", "seq_blocks_8",
+                        "seq_blocks_10", "seq_blocks_12"]
+    stat = mg.node("seq_blocks_1").meta["mase"]["software"]["args"]["data_in_0"]["stat"]["range_min_max"]
+    with torch.no_grad():
+        h = mg.modules["seq_blocks.0"](calibration)  # the first ReLU's input, over the whole batch
+    assert (stat["min"], stat["max"]) == pytest.approx((float(h.min()), float(h.max())), rel=1e-6)
+    # every (format, width) run reads those ranges: no calibration batch needed any more
+    for fmt in ("integer", "minifloat"):
+        assert set(auto_quantize_config(mg, 4, format=fmt)) >= {"by", "default", "seq_blocks_1"}

@@ -19,7 +19,9 @@ empty dicts, ``parameters = {"common": {}, "software": {}, "hardware": {}}``.
     }
 
 ``precision[0]`` is always the total bit width: float32 is ``type="float", precision=[32]``;
-a fixed-point quantiser later writes ``type="integer", precision=[width, frac_width]``.
+a fixed-point quantiser later writes ``type="integer", precision=[width, frac_width]``. The
+inputs of a quantised layer (``LinearInteger`` ...) are described by its quantisers, so
+re-running this pass after ``quantize_transform_pass`` keeps their formats.
 Non-tensor arguments (``x.view(-1, 16)``'s ``-1``) get ``type`` = the Python type name,
 ``shape``/``torch_dtype``/``precision`` = None and their ``value``. Keyword arguments are
 stored under their own name (``"dim"``, ``"stride"``, ...).
@@ -43,6 +45,11 @@ from collections import OrderedDict
 import torch
 import torch.fx as fx
 import torch.nn as nn
+
+from ..graph import get_node_actual_target
+from ..quantize.modules import QuantizedMixin
+from ..train import eval_mode
+from .utils import check_pass_args, graph_module
 
 __all__ = [
     "MaseMetadata", "init_metadata_analysis_pass", "add_common_metadata_analysis_pass",
@@ -94,8 +101,12 @@ class MaseMetadata:
         return new
 
     def __deepcopy__(self, memo):
-        # node/model are back-references owned by the graph: share them unless already copied
-        new = MaseMetadata(node=memo.get(id(self.node), self.node), model=memo.get(id(self.model), self.model))
+        # A copy of the parameters that still points at the same node and model: those are
+        # back-references owned by the graph, and copying them would copy the whole graph.
+        # (Looking up their copies in ``memo`` does not work: torch.fx keys its memo
+        # Node -> Node, not by id, and copies ``node.meta`` shallowly anyway. Graph copies go
+        # through ``deepcopy_mase_graph``, which re-attaches metadata with ``copy_to``.)
+        new = MaseMetadata(node=self.node, model=self.model)
         new.parameters = copy.deepcopy(self.parameters, memo)
         return new
 
@@ -240,6 +251,7 @@ def _describe(raw, value, add_value=False) -> dict:
 
 
 def _args_meta(node: fx.Node, args, kwargs, module, add_value) -> OrderedDict:
+    """Metadata of a node's inputs; a quantised layer's own quantisers set their type/precision."""
     meta = OrderedDict()
     i = 0
     for raw_arg, value_arg in zip(node.args, args):
@@ -251,6 +263,10 @@ def _args_meta(node: fx.Node, args, kwargs, module, add_value) -> OrderedDict:
     if module is not None:  # the layer's own learnable tensors: weight, bias, ...
         for name, p in module.named_parameters():
             meta[name.replace(".", "_")] = tensor_info(p, None, add_value)
+    if isinstance(module, QuantizedMixin):
+        for key, formats in module.arg_metadata().items():
+            if key in meta:
+                meta[key].update(formats)
     return meta
 
 
@@ -266,18 +282,29 @@ def _results_meta(result, add_value) -> OrderedDict:
 class _MetadataRecorder(fx.Interpreter):
     """Runs the graph node by node and writes each node's common metadata as it goes."""
 
-    def __init__(self, gm: fx.GraphModule, add_value: bool):
+    def __init__(self, gm: fx.GraphModule, add_value: bool, input_shapes: list):
         super().__init__(gm, garbage_collect_values=True)
+        self.extra_traceback = False  # our own message below says which node failed
         self.add_value = add_value
+        self.input_shapes = input_shapes
 
     def run_node(self, n: fx.Node):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        module = get_node_actual_target(n) if n.op == "call_module" else None
         mase_op, mase_type = node_op_and_type(n, self.module)
         # record inputs *before* running: an in-place op (ReLU(inplace=True)) rewrites them
         arg_meta = OrderedDict() if n.op in ("placeholder", "get_attr") else \
             _args_meta(n, args, kwargs, module, self.add_value)
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # a wrongly shaped dummy_in, usually: say where and with what
+            what = type(module).__name__ if module is not None else getattr(n.target, "__name__", n.target)
+            shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            raise ValueError(
+                f"add_common_metadata_analysis_pass: node {n.name!r} ({what}) failed on inputs of shape "
+                f"{shapes}, running dummy_in of shape {self.input_shapes}: {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:300]}. Give dummy_in the shape forward() expects "
+                "(e.g. [batch, 16] for the JSC models)") from exc
         common = n.meta["mase"].parameters["common"]
         common.update(mase_type=mase_type, mase_op=mase_op, args=arg_meta,
                       results=_results_meta(result, self.add_value))
@@ -286,17 +313,9 @@ class _MetadataRecorder(fx.Interpreter):
 
 # --- the passes ------------------------------------------------------------------------------
 
-def _graph_module(graph) -> fx.GraphModule:
-    gm = getattr(graph, "model", None)
-    if not isinstance(gm, fx.GraphModule):
-        raise TypeError(f"expected a MaseGraph (with a traced .model), got {type(graph).__name__}; "
-                        "build one with MaseGraph(model=model)")
-    return gm
-
-
 def init_metadata_analysis_pass(graph, pass_args=None):
     """Attach an empty :class:`MaseMetadata` to every node as ``node.meta["mase"]``."""
-    gm = _graph_module(graph)
+    gm = graph_module(graph, "init_metadata_analysis_pass")
     for node in gm.graph.nodes:
         node.meta["mase"] = MaseMetadata(node=node, model=gm)
     return graph, {}
@@ -336,32 +355,30 @@ def add_common_metadata_analysis_pass(graph, pass_args=None):
 
     pass_args: ``{"dummy_in": {"x": tensor}}`` (or a bare tensor / tuple), and optionally
     ``"add_value": True`` to also keep each tensor's value. The model runs in eval mode
-    under ``torch.no_grad()`` (BatchNorm statistics are not touched) and its training
-    flag is restored afterwards. Nodes without metadata get it initialised first.
+    under ``torch.no_grad()`` (BatchNorm statistics are not touched) and every layer's
+    training flag is restored afterwards. Nodes without metadata get it initialised first.
     """
-    gm = _graph_module(graph)
+    gm = graph_module(graph, "add_common_metadata_analysis_pass")
     if isinstance(pass_args, torch.Tensor):
         pass_args = {"dummy_in": pass_args}
-    if not isinstance(pass_args, dict) or pass_args.get("dummy_in") is None:
+    args = check_pass_args(pass_args, {"dummy_in": None, "add_value": False}, "add_common_metadata_analysis_pass")
+    if args["dummy_in"] is None:
         raise ValueError("add_common_metadata_analysis_pass needs pass_args={'dummy_in': {'x': tensor}} "
                          f"(a batch of example inputs), got {pass_args!r}")
-    inputs = _positional_inputs(gm, pass_args["dummy_in"])
+    inputs = _positional_inputs(gm, args["dummy_in"])
+    shapes = [list(x.shape) if isinstance(x, torch.Tensor) else x for x in inputs]
+    shapes = shapes[0] if len(shapes) == 1 else shapes
     for node in gm.graph.nodes:
         if "mase" not in node.meta:
             node.meta["mase"] = MaseMetadata(node=node, model=gm)
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            _MetadataRecorder(gm, bool(pass_args.get("add_value", False))).run(*inputs)
-    finally:
-        gm.train(was_training)
+    with eval_mode(gm), torch.no_grad():
+        _MetadataRecorder(gm, bool(args["add_value"]), shapes).run(*inputs)
     return graph, {}
 
 
 def add_software_metadata_analysis_pass(graph, pass_args=None):
     """Give every tensor argument and result a software slot, ``{"stat": {}}``, for profiling."""
-    gm = _graph_module(graph)
+    gm = graph_module(graph, "add_software_metadata_analysis_pass")
     for node in gm.graph.nodes:
         meta = node.meta.get("mase")
         if meta is None or "args" not in meta["common"]:

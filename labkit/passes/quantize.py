@@ -8,9 +8,21 @@
                               "weight_width": 8, "weight_frac_width": 4,
                               "bias_width": 8, "bias_frac_width": 4}},
     }
-    ori_mg = deepcopy_mase_graph(mg)
-    mg, _ = quantize_transform_pass(mg, pass_args)     # a NEW graph; mg's old model is untouched
+    ori_mg = mg
+    mg, _ = quantize_transform_pass(mg, pass_args)     # a NEW graph; ori_mg and its model are untouched
     summarize_quantization_analysis_pass(mg, {"original_graph": ori_mg, "save_dir": None})
+
+What gets swapped: exact float layers that have a quantised twin (``nn.Linear`` ->
+``LinearInteger``, ``nn.ReLU``, ``nn.BatchNorm1d``, ``nn.Conv1d/2d``), already quantised
+layers (re-configured), and functional ReLUs (``F.relu(x)``, ``x.relu()``, which become a
+``ReLUInteger`` layer). Under the ``default`` config anything else is left as it is; naming
+it explicitly (by type or by name) is an error that says why. That covers ops without a
+quantised twin (dropout, ``F.linear``) and subclasses of a float layer
+(``class MyLinear(nn.Linear)``), whose own ``forward`` the quantised twin would drop.
+
+A layer called at several nodes (``self.fc(self.fc(x))`` -> nodes ``fc`` and ``fc_1``) is
+one module: it is quantised at all of its call sites with one config, or at none, so
+``pass_args`` must give all of them the same config (by name, name every one).
 
 :func:`auto_frac_width_pass` writes such a ``pass_args`` for you: for a total bit width it
 picks each layer's fractional width (or minifloat exponent bias) from the value ranges,
@@ -19,7 +31,6 @@ so that nothing saturates.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -30,13 +41,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from ..graph import MaseGraph, deepcopy_mase_graph
-from ..quantize.modules import QUANTIZED_OPS, quantize_module, quantized_class
-from ..quantize.quantizers import OPERANDS, is_no_quantization, parse_config
+from ..cache import atomic_write_text
+from ..graph import MaseGraph, deepcopy_mase_graph, get_node_actual_target
+from ..quantize.modules import OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module, quantized_class
+from ..quantize.quantizers import OPERANDS, is_no_quantization, max_minifloat_bias, parse_config
 from .metadata import node_op_and_type
+from .profile import profile_activations
+from .utils import check_pass_args, graph_module
 
 __all__ = ["quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
-           "auto_quantize_config", "validate_quantize_args", "QUANTIZABLE_OPS"]
+           "auto_quantize_config", "validate_quantize_args", "apply_quantize_plan", "QUANTIZABLE_OPS"]
 
 QUANTIZABLE_OPS = tuple(QUANTIZED_OPS)  # linear, relu, batch_norm1d, conv1d, conv2d
 BY = ("type", "name")
@@ -45,13 +59,6 @@ _FUNCTIONAL_RELU = {F.relu, torch.relu, "relu"}
 
 
 # --- reading the graph ------------------------------------------------------------------------
-
-def _graph_module(graph) -> fx.GraphModule:
-    gm = getattr(graph, "model", None)
-    if not isinstance(gm, fx.GraphModule):
-        raise TypeError(f"expected a MaseGraph, got {type(graph).__name__}; build one with MaseGraph(model=model)")
-    return gm
-
 
 def node_mase_op(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str]:
     """``(mase_op, mase_type)`` from the node's metadata, or worked out from the node itself."""
@@ -62,13 +69,14 @@ def node_mase_op(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str]:
         return node_op_and_type(node, gm)
 
 
-def _original_type(node: fx.Node, gm: fx.GraphModule) -> str:
+def _original_type(node: fx.Node) -> str:
     """How the summary names what a node runs: the layer class, else the function/target name."""
+    target = get_node_actual_target(node)
     if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+        return type(target).__name__
     if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
-    return str(node.target)
+        return getattr(target, "__name__", str(target))
+    return str(target)
 
 
 # --- validating pass_args ---------------------------------------------------------------------
@@ -85,24 +93,24 @@ def _entry_config(pass_args: dict, key: str):
 
 
 def validate_quantize_args(graph, pass_args: dict) -> dict:
-    """Check ``pass_args`` against the graph; returns ``{node_name: config}`` of the nodes to quantise.
+    """Check ``pass_args`` against the graph; returns the plan ``{node_name: (config, mase_op)}``
+    of the nodes to quantise, in graph order.
 
-    Every config is checked in full (keys, format, widths), also for ops the graph lacks, so
-    a typo never passes silently. Raises ValueError naming the key, value and node/op.
+    Every config is checked in full (keys, format, widths) once, also for ops the graph
+    lacks, so a typo never passes silently. Raises ValueError naming the key, value and node/op.
     """
-    gm = _graph_module(graph)
+    gm = graph_module(graph, "quantize_transform_pass")
     if not isinstance(pass_args, dict):
         raise ValueError(f"quantize pass_args must be a dict, got {type(pass_args).__name__}")
     by = pass_args.get("by")
     if by not in BY:
         raise ValueError(f"pass_args['by'] must be 'type' (match mase_op) or 'name' (match node name), got {by!r}")
-    nodes = {n.name: (n, *node_mase_op(n, gm)) for n in gm.graph.nodes}
-    keys = [k for k in pass_args if k not in ("by", "default")]
-    default = _entry_config(pass_args, "default") if "default" in pass_args else None
+    nodes = {n.name: (n, node_mase_op(n, gm)[0]) for n in gm.graph.nodes}
+    ops_here = sorted({op for _, op in nodes.values()})
 
-    # 1) every explicit entry: a known op / node, and a valid config for it
-    ops_here = sorted({op for _, op, _ in nodes.values()})
-    for key in keys:
+    # 1) every entry, parsed once: a known op / node, and a valid config for it (None: leave alone)
+    configs = {}
+    for key in (k for k in pass_args if k not in ("by", "default")):
         config = _entry_config(pass_args, key)
         if by == "type":
             if key not in QUANTIZABLE_OPS and key not in ops_here:
@@ -115,20 +123,25 @@ def validate_quantize_args(graph, pass_args: dict) -> dict:
             op = nodes[key][1]
             where = f"node {key!r} ({op})"
         if is_no_quantization(config):
+            configs[key] = None
             continue
         if op not in QUANTIZABLE_OPS:
             raise ValueError(f"{where}: op {op!r} cannot be quantised; quantisable ops: {', '.join(QUANTIZABLE_OPS)}")
         parse_config(config, QUANTIZED_OPS[op].operands, where)
-    if not is_no_quantization(default):
+        configs[key] = config
+    default = _entry_config(pass_args, "default") if "default" in pass_args else None
+    if is_no_quantization(default):
+        default = None
+    else:  # every operand: one default serves every op
         parse_config(default, OPERANDS, "pass_args['default']")
 
     # 2) which nodes get which config
     plan = {}
-    for name, (node, op, _) in nodes.items():
+    for name, (node, op) in nodes.items():
         lookup = op if by == "type" else name
-        explicit = lookup in keys
-        config = _entry_config(pass_args, lookup) if explicit else default
-        if is_no_quantization(config) or (op not in QUANTIZABLE_OPS and not explicit):
+        explicit = lookup in configs
+        config = configs[lookup] if explicit else default
+        if config is None or op not in QUANTIZABLE_OPS:  # (an explicit one was rejected above)
             continue
         where = f"node {name!r} ({op})"
         functional_relu = node.op in ("call_function", "call_method") and node.target in _FUNCTIONAL_RELU
@@ -138,9 +151,40 @@ def validate_quantize_args(graph, pass_args: dict) -> dict:
             raise ValueError(f"{where}: only layers (call_module) and functional relu can be quantised; "
                              f"this node is a {node.op} of {getattr(node.target, '__name__', node.target)!r}. "
                              "Use the nn.Module layer instead")
-        parse_config(config, QUANTIZED_OPS[op].operands, where)
-        plan[name] = config
+        if node.op == "call_module" and not can_quantize(get_node_actual_target(node)):
+            if not explicit:
+                continue  # a subclass of a float layer, under a default config: left alone
+            cls = type(get_node_actual_target(node))
+            base = QUANTIZED_OPS[op].float_class.__name__
+            raise ValueError(f"{where}: layer {node.target!r} is a {cls.__name__}, a subclass of {base} but not "
+                             f"{base} itself; its quantised twin would run {base}'s forward() instead of "
+                             f"{cls.__name__}'s. Only exact {base} layers (or already quantised ones) are converted")
+        plan[name] = (config, op)
+    _check_shared_modules(nodes, plan)
     return plan
+
+
+def _check_shared_modules(nodes: dict, plan: dict):
+    """A module called at several nodes is one layer: all its call sites get one config, or none do."""
+    sites = {}
+    for name, (node, _) in nodes.items():
+        if node.op == "call_module":
+            sites.setdefault(node.target, []).append(name)
+    for target, names in sites.items():
+        planned = [n for n in names if n in plan]
+        if len(names) < 2 or not planned:
+            continue
+        if len(planned) < len(names):
+            left = [n for n in names if n not in plan]
+            raise ValueError(f"module {target!r} is called at nodes {', '.join(names)}: pass_args quantise it at "
+                             f"{', '.join(planned)} but not at {', '.join(left)}. Its call sites share one layer, "
+                             "so give every one of them the same config (or none)")
+        first = plan[planned[0]][0]
+        other = next((n for n in planned[1:] if plan[n][0] != first), None)
+        if other is not None:
+            raise ValueError(f"module {target!r} is called at nodes {', '.join(names)} with different configs "
+                             f"({planned[0]}: {first}; {other}: {plan[other][0]}); its call sites share one "
+                             "layer, so give them one config")
 
 
 # --- the transform ----------------------------------------------------------------------------
@@ -153,11 +197,9 @@ def _update_metadata(node: fx.Node, module: nn.Module):
     args = meta.parameters.get("common", {}).get("args")
     if not isinstance(args, dict):
         return
-    names = {"data_in": "data_in_0", "weight": "weight", "bias": "bias"}
-    for operand, quantizer in module.quantizers().items():
-        key = names[operand]
+    for key, formats in module.arg_metadata().items():
         if key in args and isinstance(args[key], dict):
-            args[key].update(quantizer.metadata())
+            args[key].update(formats)
     meta.parameters["common"]["quant_config"] = dict(module.config)
 
 
@@ -168,7 +210,7 @@ def _unique_attr(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
-def _quantize_functional_relu(gm: fx.GraphModule, node: fx.Node, config: dict, where: str) -> nn.Module:
+def _quantize_functional_relu(gm: fx.GraphModule, node: fx.Node, config: dict) -> nn.Module:
     """Turn ``F.relu(x)`` / ``torch.relu(x)`` / ``x.relu()`` into a call of a new ReLU layer."""
     inplace = bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
     module = quantized_class("relu", config["name"])(inplace=inplace, config=config)
@@ -179,6 +221,30 @@ def _quantize_functional_relu(gm: fx.GraphModule, node: fx.Node, config: dict, w
     return module
 
 
+def apply_quantize_plan(graph, plan: dict) -> list[str]:
+    """Quantise ``graph`` *in place* as ``plan`` (from :func:`validate_quantize_args`) says;
+    returns the names of the changed nodes. :func:`quantize_transform_pass` runs it on a copy."""
+    gm = graph_module(graph, "apply_quantize_plan")
+    swapped = {}  # module path -> its quantised layer, made once however many nodes call it
+    for node in list(gm.graph.nodes):
+        if node.name not in plan:
+            continue
+        config, op = plan[node.name]
+        if node.op == "call_module":
+            if node.target not in swapped:
+                module = quantize_module(get_node_actual_target(node), config, f"node {node.name!r} ({op})")
+                parent, _, leaf = node.target.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+                swapped[node.target] = module
+            module = swapped[node.target]
+        else:
+            module = _quantize_functional_relu(gm, node, config)
+        _update_metadata(node, module)
+    gm.graph.lint()
+    gm.recompile()
+    return list(plan)
+
+
 def quantize_transform_pass(graph, pass_args: dict):
     """Replace the layers ``pass_args`` selects by quantised ones, in a copy of ``graph``.
 
@@ -187,32 +253,21 @@ def quantize_transform_pass(graph, pass_args: dict):
     {node name: config}}``. Changed nodes' metadata (``args.data_in_0/weight/bias`` ``type``
     and ``precision``) describe the new number formats, for later passes such as BitOPs.
     """
+    if not isinstance(graph, MaseGraph):
+        raise TypeError(f"quantize_transform_pass needs a MaseGraph (it returns a quantised copy), got "
+                        f"{type(graph).__name__}; build one with MaseGraph(model=model)")
     plan = validate_quantize_args(graph, pass_args)
-    new = deepcopy_mase_graph(graph) if isinstance(graph, MaseGraph) else copy.deepcopy(graph)
-    gm = new.model
-    for node in list(gm.graph.nodes):
-        if node.name not in plan:
-            continue
-        config = plan[node.name]
-        op, _ = node_mase_op(node, gm)
-        where = f"node {node.name!r} ({op})"
-        if node.op == "call_module":
-            parent, _, leaf = node.target.rpartition(".")
-            module = quantize_module(gm.get_submodule(node.target), config, where)
-            setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
-        else:
-            module = _quantize_functional_relu(gm, node, config, where)
-        _update_metadata(node, module)
-    gm.graph.lint()
-    gm.recompile()
-    return new, {"changed": list(plan), "configs": {k: dict(v) for k, v in plan.items()}}
+    new = deepcopy_mase_graph(graph)
+    changed = apply_quantize_plan(new, plan)
+    return new, {"changed": changed, "configs": {name: dict(plan[name][0]) for name in changed}}
 
 
 # --- the summary ------------------------------------------------------------------------------
 
 def compare_nodes(graph, original_graph) -> pd.DataFrame:
     """One row per node: Name | MASE_TYPE | Mase_OP | Original type | Quantized type | Changed."""
-    gm, ori = _graph_module(graph), _graph_module(original_graph)
+    gm = graph_module(graph, "summarize_quantization_analysis_pass")
+    ori = graph_module(original_graph, "summarize_quantization_analysis_pass (original_graph)")
     ori_nodes = {n.name: n for n in ori.graph.nodes}
     new_names = [n.name for n in gm.graph.nodes]
     if sorted(new_names) != sorted(ori_nodes):
@@ -223,7 +278,7 @@ def compare_nodes(graph, original_graph) -> pd.DataFrame:
     for node in gm.graph.nodes:
         old = ori_nodes[node.name]
         op, mase_type = node_mase_op(old, ori)
-        before, after = _original_type(old, ori), _original_type(node, gm)
+        before, after = _original_type(old), _original_type(node)
         rows.append({"Name": node.name, "MASE_TYPE": mase_type, "Mase_OP": op,
                      "Original type": before, "Quantized type": after, "Changed": before != after})
     return pd.DataFrame(rows)
@@ -237,31 +292,27 @@ def summarize_quantization_analysis_pass(graph, pass_args: dict):
     ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}`` there. Returns
     ``(graph, {"summary": DataFrame, "nodes": DataFrame})``.
     """
-    if not isinstance(pass_args, dict) or "original_graph" not in pass_args:
+    args = check_pass_args(pass_args, {"original_graph": None, "save_dir": None, "verbose": True},
+                           "summarize_quantization_analysis_pass")
+    if args["original_graph"] is None:
         raise ValueError("summarize_quantization_analysis_pass needs pass_args={'original_graph': ori_mg, "
                          f"'save_dir': None}}, got {pass_args!r}")
-    unknown = set(pass_args) - {"original_graph", "save_dir", "verbose"}
-    if unknown:
-        raise ValueError(f"summarize_quantization_analysis_pass: unknown key {sorted(unknown)[0]!r}; "
-                         "allowed: original_graph, save_dir, verbose")
-    nodes = compare_nodes(graph, pass_args["original_graph"])
+    nodes = compare_nodes(graph, args["original_graph"])
     summary = (nodes.groupby("Original type")
                .agg(OP=("Mase_OP", "first"), Total=("Changed", "size"), Changed=("Changed", "sum"))
                .reset_index())
     summary["Changed"] = summary["Changed"].astype(int)
     summary["Unchanged"] = summary["Total"] - summary["Changed"]
     table = tabulate(summary, headers="keys", tablefmt="github", showindex=False)
-    if pass_args.get("verbose", True):
+    if args["verbose"]:
         print(f"A summary of quantisation:\n{table}")
-    save_dir = pass_args.get("save_dir")
-    if save_dir:
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        summary.to_csv(save_dir / "quantize_summary.csv", index=False)
-        (save_dir / "quantize_summary.md").write_text(table + "\n")
-        nodes.to_csv(save_dir / "quantize_nodes.csv", index=False)
-        (save_dir / "quantize_nodes.md").write_text(
-            tabulate(nodes, headers="keys", tablefmt="github", showindex=False) + "\n")
+    if args["save_dir"]:
+        save_dir = Path(args["save_dir"])
+        atomic_write_text(save_dir / "quantize_summary.csv", summary.to_csv(index=False))
+        atomic_write_text(save_dir / "quantize_summary.md", table + "\n")
+        atomic_write_text(save_dir / "quantize_nodes.csv", nodes.to_csv(index=False))
+        atomic_write_text(save_dir / "quantize_nodes.md",
+                          tabulate(nodes, headers="keys", tablefmt="github", showindex=False) + "\n")
     return graph, {"summary": summary, "nodes": nodes}
 
 
@@ -303,7 +354,7 @@ def minifloat_exponent_bias(lo: float, hi: float, width: int, exponent_width: in
     # largest = 2^(top_code - bias) * (2 - 2^-M) (+ half an ulp still rounds down) >= m
     limit = (2 - 2.0 ** -mantissa + 2.0 ** -(mantissa + 1))
     bias = math.floor(top_code - math.log2(m / limit))
-    return max(-126, min(126, bias))
+    return max(-126, min(max_minifloat_bias(width, exponent_width), bias))
 
 
 def _ranges_from_stats(node: fx.Node) -> dict:
@@ -323,37 +374,60 @@ def _ranges_from_stats(node: fx.Node) -> dict:
     return out
 
 
-class _InputRecorder(fx.Interpreter):
-    """Runs a batch through the graph and keeps min/max of the first input of chosen nodes."""
-
-    def __init__(self, gm, names):
-        super().__init__(gm)
-        self.names, self.ranges = set(names), {}
-
-    def run_node(self, n):
-        if n.name in self.names and n.args and isinstance(n.args[0], fx.Node):
-            x = self.env[n.args[0]]
-            if isinstance(x, torch.Tensor) and x.numel():
-                self.ranges[n.name] = (float(x.min()), float(x.max()))
-        return super().run_node(n)
-
-
-def _calibration_input(pass_args: dict):
-    x = pass_args.get("dummy_in", pass_args.get("data"))
+def _calibration_input(args: dict):
+    """The calibration batch: ``dummy_in``/``data`` as a tensor or ``{"x": tensor}``; a JSCData gives
+    the first ``num_samples`` rows of its training split. None when neither is given."""
+    x = args["dummy_in"] if args["dummy_in"] is not None else args["data"]
     if x is None:
         return None
     if hasattr(x, "split") and hasattr(x, "info"):  # a JSCData: a slice of the training split
-        return x.split("train")[0][: int(pass_args.get("num_samples", 4096))]
-    if isinstance(x, dict):
-        if len(x) != 1:
-            raise ValueError(f"dummy_in must hold one input, got keys {sorted(x)}")
-        x = next(iter(x.values()))
+        return x.split("train")[0][: args["num_samples"]]
+    if isinstance(x, dict) and x and all(isinstance(v, torch.Tensor) for v in x.values()):
+        return x
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"dummy_in must be a tensor, {{'x': tensor}} or a JSCData, got {type(x).__name__}")
+        raise ValueError(f"auto_frac_width_pass: dummy_in must be a tensor, {{'x': tensor}} or a JSCData, "
+                         f"got {type(x).__name__}")
     return x
 
 
-_AUTO_KEYS = {"width", "format", "by", "ops", "dummy_in", "data", "num_samples", "exponent_width", "verbose"}
+_AUTO_DEFAULTS = {"width": None, "format": "integer", "by": "name", "ops": ["linear", "relu"], "dummy_in": None,
+                  "data": None, "num_samples": 4096, "exponent_width": None, "verbose": False}
+
+
+def _auto_args(pass_args) -> dict:
+    """``auto_frac_width_pass``'s pass_args, checked; ``width`` becomes ``{operand: bits}``."""
+    if not isinstance(pass_args, dict):
+        raise ValueError(f"auto_frac_width_pass needs a dict of pass_args, got {pass_args!r}")
+    args = check_pass_args(pass_args, _AUTO_DEFAULTS, "auto_frac_width_pass")
+    fmt = args["format"]
+    if fmt not in ("integer", "minifloat"):
+        raise ValueError(f"auto_frac_width_pass: format must be 'integer' or 'minifloat', got {fmt!r}")
+    if args["by"] not in BY:
+        raise ValueError(f"auto_frac_width_pass: by must be 'name' or 'type', got {args['by']!r}")
+    ops = args["ops"]
+    if not isinstance(ops, (list, tuple)) or not all(isinstance(op, str) and op in QUANTIZABLE_OPS for op in ops):
+        raise ValueError(f"auto_frac_width_pass: ops must be a list of {', '.join(QUANTIZABLE_OPS)}, got {ops!r}")
+    widths = args["width"]
+    if not isinstance(widths, dict):
+        widths = {op: widths for op in OPERANDS}
+    if set(widths) != set(OPERANDS):
+        raise ValueError(f"auto_frac_width_pass: width must be an int or a dict with keys "
+                         f"{', '.join(OPERANDS)}, got {args['width']!r}")
+    lowest = 1 if fmt == "integer" else 2
+    for operand, w in widths.items():
+        if isinstance(w, bool) or not isinstance(w, int) or not lowest <= w <= 32:
+            raise ValueError(f"auto_frac_width_pass: {operand} width must be an integer in [{lowest}, 32], got {w!r}")
+    args["width"] = widths
+    e = args["exponent_width"]
+    if e is not None:
+        if fmt != "minifloat":
+            raise ValueError(f"auto_frac_width_pass: exponent_width is for format='minifloat', not {fmt!r}")
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= 8:
+            raise ValueError(f"auto_frac_width_pass: exponent_width must be an integer in [1, 8], got {e!r}")
+    n = args["num_samples"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"auto_frac_width_pass: num_samples must be a positive int (rows of data), got {n!r}")
+    return args
 
 
 def auto_frac_width_pass(graph, pass_args: dict):
@@ -362,69 +436,44 @@ def auto_frac_width_pass(graph, pass_args: dict):
     pass_args:
       ``width``: total bits, an int or ``{"data_in": 8, "weight": 4, "bias": 8}``;
       ``format``: "integer" (default: picks ``frac_width``) or "minifloat" (picks the
-      exponent bias; ``exponent_width`` optional);
+      exponent bias; ``exponent_width`` in [1, 8] optional, capped at width - 1);
       ``ops``: which mase ops to quantise (default ``["linear", "relu"]``);
       ``by``: "name" (a config per node, default) or "type" (one per op: the smallest
       frac/bias over its nodes, so that none saturates);
-      ``dummy_in`` / ``data``: a calibration batch (or a JSCData), needed for the
-      activation ranges unless ``profile_statistics_analysis_pass`` already stored them.
+      ``dummy_in`` / ``data``: a calibration batch (or a JSCData: ``num_samples`` rows of
+      its training split), needed for the activation ranges unless
+      ``profile_statistics_analysis_pass`` already stored them.
 
     Weight and bias ranges come from the parameters themselves; activation ranges from the
-    profiler's ``range_min_max``/``range_quantile`` stats when present, else from running
-    the calibration batch. Returns ``(graph, {"pass_args": ..., "table": DataFrame})``;
-    ``info["pass_args"]`` goes straight into :func:`quantize_transform_pass`.
+    profiler's ``range_min_max``/``range_quantile`` stats when present, else the profiler
+    measures ``range_min_max`` on the calibration batch (these are not stored on the graph).
+    Returns ``(graph, {"pass_args": ..., "table": DataFrame})``; ``info["pass_args"]`` goes
+    straight into :func:`quantize_transform_pass`.
     """
-    if not isinstance(pass_args, dict):
-        raise ValueError(f"auto_frac_width_pass needs a dict of pass_args, got {pass_args!r}")
-    unknown = sorted(set(pass_args) - _AUTO_KEYS)
-    if unknown:
-        raise ValueError(f"auto_frac_width_pass: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_AUTO_KEYS))}")
-    gm = _graph_module(graph)
-    fmt = pass_args.get("format", "integer")
-    if fmt not in ("integer", "minifloat"):
-        raise ValueError(f"auto_frac_width_pass: format must be 'integer' or 'minifloat', got {fmt!r}")
-    by = pass_args.get("by", "name")
-    if by not in BY:
-        raise ValueError(f"auto_frac_width_pass: by must be 'name' or 'type', got {by!r}")
-    ops = pass_args.get("ops", ["linear", "relu"])
-    if isinstance(ops, str) or not all(op in QUANTIZABLE_OPS for op in ops):
-        raise ValueError(f"auto_frac_width_pass: ops must be a list of {', '.join(QUANTIZABLE_OPS)}, got {ops!r}")
-    widths = pass_args.get("width")
-    if not isinstance(widths, dict):
-        widths = {op: widths for op in OPERANDS}
-    if set(widths) != set(OPERANDS):
-        raise ValueError(f"auto_frac_width_pass: width must be an int or a dict with keys "
-                         f"{', '.join(OPERANDS)}, got {pass_args.get('width')!r}")
-    for operand, w in widths.items():
-        if isinstance(w, bool) or not isinstance(w, int) or not (1 if fmt == "integer" else 2) <= w <= 32:
-            raise ValueError(f"auto_frac_width_pass: {operand} width must be an integer in "
-                             f"[{1 if fmt == 'integer' else 2}, 32], got {w!r}")
+    args = _auto_args(pass_args)
+    gm = graph_module(graph, "auto_frac_width_pass")
+    fmt, by, ops, widths = args["format"], args["by"], args["ops"], args["width"]
 
     targets = [n for n in gm.graph.nodes if node_mase_op(n, gm)[0] in ops
                and (n.op == "call_module" or n.target in _FUNCTIONAL_RELU)]
     ranges = {n.name: _ranges_from_stats(n) for n in targets}
-    missing = [n.name for n in targets if "data_in_0" not in ranges[n.name]]
+    missing = [n for n in targets if "data_in_0" not in ranges[n.name]]
     if missing:
-        x = _calibration_input(pass_args)
+        x = _calibration_input(args)
         if x is None:
-            raise ValueError(f"auto_frac_width_pass: no activation ranges for {', '.join(missing)}; pass a "
-                             "calibration batch as 'dummy_in' (or 'data'), or run profile_statistics_analysis_pass first")
-        recorder = _InputRecorder(gm, missing)
-        was_training = gm.training
-        gm.eval()
-        with torch.no_grad():
-            recorder.run(x)
-        gm.train(was_training)
-        for name, r in recorder.ranges.items():
-            ranges[name]["data_in_0"] = r
+            raise ValueError(f"auto_frac_width_pass: no activation ranges for {', '.join(n.name for n in missing)}; "
+                             "pass a calibration batch as 'dummy_in' (or 'data'), or run "
+                             "profile_statistics_analysis_pass first")
+        stats, _ = profile_activations(gm, missing, {"range_min_max": {}}, iter([x]))
+        for name, s in stats.items():
+            ranges[name]["data_in_0"] = (float(s["range_min_max"]["min"]), float(s["range_min_max"]["max"]))
 
     rows, configs = [], {}
     for node in targets:
         op = node_mase_op(node, gm)[0]
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        module = get_node_actual_target(node) if node.op == "call_module" else None
         config = {"name": fmt}
         for operand in QUANTIZED_OPS[op].operands:
-            key = {"data_in": "data_in_0"}.get(operand, operand)
             if operand != "data_in":
                 t = getattr(module, operand, None) if module is not None else None
                 if t is None:
@@ -432,15 +481,14 @@ def auto_frac_width_pass(graph, pass_args: dict):
                 else:
                     lo, hi = float(t.detach().min()), float(t.detach().max())
             else:
-                lo, hi = ranges[node.name].get(key, (0.0, 0.0))
+                lo, hi = ranges[node.name].get(OPERAND_ARGS[operand], (0.0, 0.0))
             w = widths[operand]
             config[f"{operand}_width"] = w
             if fmt == "integer":
                 choice = integer_frac_width(lo, hi, w)
                 config[f"{operand}_frac_width"] = choice
             else:
-                e = pass_args.get("exponent_width", default_exponent_width(w))
-                e = min(e, w - 1)
+                e = min(args["exponent_width"] or default_exponent_width(w), w - 1)
                 choice = minifloat_exponent_bias(lo, hi, w, e)
                 config[f"{operand}_exponent_width"] = e
                 config[f"{operand}_exponent_bias"] = choice
@@ -461,7 +509,7 @@ def auto_frac_width_pass(graph, pass_args: dict):
                 if k.endswith(("_frac_width", "_exponent_bias")):
                     merged[k] = min(merged[k], v)
     table = pd.DataFrame(rows)
-    if pass_args.get("verbose", False) and len(table):
+    if args["verbose"] and len(table):
         print(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
     return graph, {"pass_args": out, "table": table}
 

@@ -8,8 +8,8 @@
 For every format, width and mode, the float model is quantised with the same ``width`` for
 weights, biases and activations (inputs of the ``ops``, by default every Linear and ReLU),
 with per-layer fractional widths (integer) or exponent biases (minifloat) chosen by
-:func:`labkit.passes.quantize.auto_frac_width_pass` from a calibration batch, so nothing
-saturates. Then:
+:func:`labkit.passes.quantize.auto_frac_width_pass` from the activation ranges of a
+calibration batch (profiled once on the float graph), so nothing saturates. Then:
 
 * ``ptq`` (post-training quantisation): test accuracy of the quantised model as is;
 * ``qat`` (quantisation-aware training): ``qat_epochs`` of fine-tuning through the Lightning
@@ -77,24 +77,33 @@ def _check(widths, formats, modes):
                 raise ValueError(f"{fmt} widths must be integers in [{lowest}, 32], got {w!r}")
 
 
-def _float_graph(model_name, checkpoint, load_type, data, calibration):
+def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
+    """The float model as a MaseGraph with metadata, and the input ranges of its ``ops``
+    (``range_min_max`` over the calibration batch) stored for ``auto_frac_width_pass``."""
     from ..graph import MaseGraph
     from ..passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
+    from ..passes.profile import profile_statistics_analysis_pass
     from ..train import load_model
 
     model = load_model(model_name, checkpoint, load_type, info=data.info).eval()
     mg = MaseGraph(model=model)
     mg, _ = init_metadata_analysis_pass(mg, None)
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": calibration[:256]}})
+    present = {n.meta["mase"]["common"]["mase_op"] for n in mg.nodes}
+    targets = [op for op in ops if op in present]
+    if targets:
+        mg, _ = profile_statistics_analysis_pass(mg, {
+            "by": "type", "target_activation_nodes": targets, "activation_statistics": {"range_min_max": {}},
+            "input_generator": [calibration], "num_samples": 1, "progress": False})
     return mg
 
 
-def _one_run(mg, data, calibration, fmt, width, mode, ops, qat, project) -> dict:
+def _one_run(mg, data, fmt, width, mode, ops, qat, project) -> dict:
     from ..passes.quantize import auto_quantize_config, quantize_transform_pass
     from ..train import evaluate, load_model, train
 
     start = time.perf_counter()
-    pass_args = auto_quantize_config(mg, width, format=fmt, ops=ops, dummy_in=calibration)
+    pass_args = auto_quantize_config(mg, width, format=fmt, ops=ops)  # ranges: profiled in _float_graph
     qmg, _ = quantize_transform_pass(mg, pass_args)
     model = qmg.model
     extra = {}
@@ -155,7 +164,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
 
     # tiny models: one CPU thread is fastest, and spares a busy machine (restored afterwards)
     with torch_threads(1 if device == "cpu" else None):
-        mg = _float_graph(model_name, checkpoint, load_type, data, calibration)
+        mg = _float_graph(model_name, checkpoint, load_type, data, calibration, list(ops))
         float_metrics = evaluate(mg.model, data, "test")
         rows = [{"format": "float", "width": 32, "mode": "float", "test_acc": float_metrics["acc"],
                  "test_loss": float_metrics["loss"], "size_bits": model_size_bits(mg.model), "config": "",
@@ -172,7 +181,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
             cached = result is not None
             if not cached:
                 project = f"quantization_compare/{model_name}/qat_{fmt}_{width}b"
-                result = _one_run(mg, data, calibration, fmt, width, mode, list(ops), qat, project)
+                result = _one_run(mg, data, fmt, width, mode, list(ops), qat, project)
                 cache.put(key, result)
             rows.append({"format": fmt, "width": width, "mode": mode, **result, "cached": cached})
 
