@@ -34,6 +34,7 @@ from .sweep import list_sweeps, load_sweep
 from .train import train
 
 BATCH_SIZES = [2 ** k for k in range(4, 13)]  # 16 ... 4096
+LR_EXPONENTS = (-6, -1)  # the learning-rate slider: 1e-6 ... 1e-1
 
 
 # -- training with a per-epoch callback ------------------------------------------------------
@@ -87,6 +88,25 @@ def render_curves(curves: dict, title: str, highlight=None, ylabel: str = "val a
 # -- the training explorer -------------------------------------------------------------------
 
 
+def _check_start(model, learning_rate, batch_size, max_epochs, epochs_limit):
+    """The explorer's starting values must be ones its controls can show (a slider would
+    silently clamp them, a selection slider fail without naming the value)."""
+    MODELS.get(model)  # ValueError listing the registered models
+    lo, hi = 10.0 ** LR_EXPONENTS[0], 10.0 ** LR_EXPONENTS[1]
+    if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+            or not lo <= learning_rate <= hi):
+        raise ValueError(f"learning_rate must be a number from {lo:g} to {hi:g} (the slider's range), "
+                         f"got {learning_rate!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size not in BATCH_SIZES:
+        raise ValueError(f"batch_size must be one of {', '.join(map(str, BATCH_SIZES))} (the slider's stops), "
+                         f"got {batch_size!r}")
+    if isinstance(epochs_limit, bool) or not isinstance(epochs_limit, int) or epochs_limit < 1:
+        raise ValueError(f"epochs_limit must be a positive integer, got {epochs_limit!r}")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or not 1 <= max_epochs <= epochs_limit:
+        raise ValueError(f"max_epochs must be an integer from 1 to epochs_limit={epochs_limit}, got {max_epochs!r}")
+
+
+
 class TrainExplorer:
     """Pick a model, learning rate, batch size and epochs; train; watch val accuracy grow."""
 
@@ -95,10 +115,12 @@ class TrainExplorer:
                  project: str = "explorer"):
         if not isinstance(data, JSCData):
             raise TypeError(f"data must be a JSCData (from load_dataset), got {type(data).__name__}")
+        _check_start(model, learning_rate, batch_size, max_epochs, epochs_limit)
         self.data, self.project = data, project
         self.model = W.Dropdown(options=MODELS.names(), value=model, description="model")
-        self.learning_rate = W.FloatLogSlider(value=learning_rate, base=10, min=-6, max=-1, step=0.25,
-                                              description="learning rate", readout_format=".1e")
+        self.learning_rate = W.FloatLogSlider(value=learning_rate, base=10, min=LR_EXPONENTS[0],
+                                              max=LR_EXPONENTS[1], step=0.25, description="learning rate",
+                                              readout_format=".1e")
         self.batch_size = W.SelectionSlider(options=BATCH_SIZES, value=batch_size, description="batch size")
         self.max_epochs = W.IntSlider(value=max_epochs, min=1, max=epochs_limit, description="max epochs")
         self.button = W.Button(description="Train", button_style="primary", icon="play")

@@ -116,3 +116,26 @@ def test_explore_puts_both_views_in_tabs(data, tmp_path):
     tab = explore(data, root=tmp_path)
     assert isinstance(tab, W.Tab) and len(tab.children) == 2
     assert [tab.get_title(i) for i in range(2)] == ["Train", "Sweep results"]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"batch_size": 100}, ["batch_size", "100", "16, 32", "4096"]),
+    ({"batch_size": 256.0}, ["batch_size", "256.0"]),
+    ({"learning_rate": 0.5}, ["learning_rate", "0.5", "1e-06", "0.1"]),
+    ({"learning_rate": 1e-9}, ["learning_rate", "1e-09"]),
+    ({"max_epochs": 500}, ["max_epochs", "500", "epochs_limit=100"]),
+    ({"max_epochs": 0}, ["max_epochs", "0"]),
+    ({"epochs_limit": 0}, ["epochs_limit", "0"]),
+    ({"model": "jsc-tyni"}, ["jsc-tyni", "jsc-tiny"]),
+])
+def test_starting_values_outside_the_controls_are_refused_by_name(data, kwargs, words):
+    with pytest.raises(ValueError) as e:
+        TrainExplorer(data, **kwargs)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_starting_values_on_the_controls_are_kept(data):
+    ex = TrainExplorer(data, learning_rate=1e-4, batch_size=1024, max_epochs=7, epochs_limit=7)
+    assert ex.settings() == {"model": "jsc-tiny", "learning_rate": pytest.approx(1e-4), "batch_size": 1024,
+                             "max_epochs": 7}
