@@ -20,14 +20,15 @@ The lab's TOML, as written (see ``configs/lab2_transform_jsc_custom.toml``)::
 What happens: the checkpoint is loaded into the model, traced into a MaseGraph with
 metadata, quantised by ``quantize_transform_pass``; the summary table is printed; test
 accuracy is measured before and after; and ``outputs/<project>/transform/`` receives the
-transformed model (``transformed.pt``: state dict + the quantisation config), the config
-used (``config.json``), the summary tables and ``results.json``.
+transformed model (``transformed.pt``: state dict, the quantisation config and the dataset's
+shape), the config used (``config.json``), the summary tables and ``results.json``.
 :func:`load_transformed` rebuilds the quantised model from ``transformed.pt``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     the summary DataFrames, both graphs and the paths written.
     """
     from .data import load_dataset
-    from .graph import MaseGraph, deepcopy_mase_graph
+    from .graph import MaseGraph
     from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from .passes.quantize import quantize_transform_pass, summarize_quantization_analysis_pass
     from .train import evaluate, load_model
@@ -108,8 +109,8 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     mg = MaseGraph(model=model)
     mg, _ = init_metadata_analysis_pass(mg, None)
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": batch}})
-    ori_mg = deepcopy_mase_graph(mg)
-    mg, qinfo = quantize_transform_pass(mg, quant_args)
+    ori_mg = mg
+    mg, qinfo = quantize_transform_pass(ori_mg, quant_args)  # a quantised copy: ori_mg stays float
 
     project = config.get("project") or f"{model_name}_{data.info.name}"
     out = outputs_dir() / project / "transform"
@@ -132,7 +133,8 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     if save:
         state_path, config_path = out / "transformed.pt", out / "config.json"
         torch.save({"state_dict": mg.model.state_dict(), "model_name": model_name,
-                    "dataset_name": data.info.name, "quantize": copy.deepcopy(quant_args)}, state_path)
+                    "dataset_name": data.info.name, "dataset_info": _info_dict(data.info),
+                    "quantize": copy.deepcopy(quant_args)}, state_path)
         atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
         atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
         result.update(output_dir=str(out), state_dict_path=str(state_path), config_path=str(config_path))
@@ -142,14 +144,34 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     return result
 
 
+def _info_dict(info) -> dict:
+    """A DatasetInfo as plain values (``torch.load(weights_only=True)`` reads them back)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(info).items()}
+
+
+def _saved_info(saved: dict):
+    """The DatasetInfo a transform was run with (older files: just the dataset's name)."""
+    from .data.base import DatasetInfo
+
+    fields = {f.name for f in dataclasses.fields(DatasetInfo)}
+    values = saved.get("dataset_info") or {"name": saved.get("dataset_name") or "unknown"}
+    return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+
+
+def _info_value(info, key: str):
+    return info.get(key) if isinstance(info, dict) else getattr(info, key, None)
+
+
 def load_transformed(path, info=None):
     """Rebuild a quantised model saved by :func:`run_transform` (``transformed.pt``).
 
+    The model is built for the dataset the transform ran on (its saved name and shape);
+    ``info`` may override it, but must have the same number of features and classes.
     Returns a :class:`MaseGraph` whose ``.model`` runs the quantised forward pass.
     """
     from .graph import MaseGraph
     from .models import get_model
-    from .passes.quantize import quantize_transform_pass
+    from .passes.quantize import apply_quantize_plan, validate_quantize_args
 
     path = Path(path)
     if not path.is_file():
@@ -157,7 +179,22 @@ def load_transformed(path, info=None):
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or not {"state_dict", "model_name", "quantize"} <= set(saved):
         raise ValueError(f"{path} is not a labkit transform output (needs state_dict, model_name, quantize)")
-    model = get_model(saved["model_name"], info)
-    model.load_state_dict(saved["state_dict"])
-    mg, _ = quantize_transform_pass(MaseGraph(model=model.eval()), saved["quantize"])
+    saved_info = _saved_info(saved)
+    if info is None:
+        info = saved_info
+    elif "dataset_info" in saved:
+        for key in ("num_features", "num_classes"):
+            if _info_value(info, key) != getattr(saved_info, key):
+                raise ValueError(f"{path} was transformed on {saved_info.name!r} with {key}="
+                                 f"{getattr(saved_info, key)}, but info has {key}={_info_value(info, key)}")
+    name = saved["model_name"]
+    model = get_model(name, info)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"transformed model {path} does not fit model {name!r}: {detail}") from None
+    mg = MaseGraph(model=model.eval())
+    # the model was just built: quantise this graph in place (quantize_transform_pass would copy it)
+    apply_quantize_plan(mg, validate_quantize_args(mg, saved["quantize"]))
     return mg

@@ -190,3 +190,38 @@ def test_comparison_profiles_the_float_graph_once(small_data, checkpoints):
     # every (format, width) run reads those ranges: no calibration batch needed any more
     for fmt in ("integer", "minifloat"):
         assert set(auto_quantize_config(mg, 4, format=fmt)) >= {"by", "default", "seq_blocks_1"}
+
+
+def _save_transformed(path, model_name, state_dict, **extra):
+    quantize = {"by": "type", "default": {"config": {"name": None}},
+                "linear": {"config": {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4,
+                                      "weight_width": 8, "weight_frac_width": 4,
+                                      "bias_width": 8, "bias_frac_width": 4}}}
+    torch.save({"state_dict": state_dict, "model_name": model_name, "quantize": quantize, **extra}, path)
+    return path
+
+
+def test_load_transformed_builds_the_model_for_the_saved_dataset(tmp_path):
+    from labkit.data.base import DatasetInfo
+    from labkit.models import get_model
+    from labkit.transform import _info_dict
+
+    info = DatasetInfo("eight-features", num_features=8, num_classes=3)
+    model = get_model("jsc-tiny", info)
+    path = _save_transformed(tmp_path / "t.pt", "jsc-tiny", model.state_dict(),
+                             dataset_name=info.name, dataset_info=_info_dict(info))
+    mg = load_transformed(path)  # no info given: the saved one, 8 features and 3 classes
+    assert type(mg.modules["seq_blocks.2"]).__name__ == "LinearInteger"
+    assert mg.model(torch.randn(4, 8)).shape == (4, 3)
+    with pytest.raises(ValueError, match="t.pt was transformed on 'eight-features' with num_features=8, "
+                                         "but info has num_features=16"):
+        load_transformed(path, info=DatasetInfo("jsc"))
+
+
+def test_load_transformed_with_the_wrong_weights_names_the_file_and_model(tmp_path):
+    from labkit.models import get_model
+
+    path = _save_transformed(tmp_path / "wrong.pt", "jsc-custom", get_model("jsc-tiny").state_dict())
+    with pytest.raises(ValueError, match="transformed model .*wrong.pt does not fit model 'jsc-custom': "
+                                         "Error.* loading state_dict"):
+        load_transformed(path)
