@@ -1,23 +1,70 @@
 """labkit: a lab workbook for the MASE deep-learning-systems labs on Jet Substructure Classification.
 
-Everything the notebooks and the lab report's snippets use is importable from here.
+Everything the notebooks and the lab report's snippets use is importable from here. Names
+load on first use (``from labkit import train`` imports torch and Lightning at that moment),
+so ``import labkit`` and ``labkit --help`` stay quick.
 """
 
-from .models import MODELS, count_parameters, get_model, model_zoo, register_model
-from .data import (
-    CLASS_NAMES, DATASETS, FEATURE_NAMES, BatchIterator, DataUnavailableError, DatasetInfo, JSCData,
-    JSCDataModule, choose_dataset, epoch_permutation, load_dataset, raw_frame, register_dataset,
-)
-from .train import LitClassifier, checkpoint_or_train, evaluate, load_model, test, train
-from .graph import GraphTraceError, MaseGraph, deepcopy_mase_graph, get_node_actual_target
-from .passes import *  # noqa: F401,F403  (every pass, MASE names)
-from .passes import __all__ as _passes_all
-from .quantize import (
-    QUANTIZERS, BatchNorm1dInteger, Conv1dInteger, Conv2dInteger, LinearInteger, LinearMinifloat,
-    Quantizer, ReLUInteger, compare_quantization, model_size_bits, plot_accuracy_vs_bits,
-    quantize_module, quantized_class, register_quantizer,
-)
-from .transform import load_transformed, run_transform
-from .plots import data_banner, save_figure, titled
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
+
+# submodule -> the names it gives the top level
+_EXPORTS_BY_MODULE = {
+    "models": ["MODELS", "count_parameters", "get_model", "model_zoo", "register_model"],
+    "data": ["CLASS_NAMES", "DATASETS", "FEATURE_NAMES", "BatchIterator", "DataUnavailableError", "DatasetInfo",
+             "JSCData", "JSCDataModule", "choose_dataset", "epoch_permutation", "load_dataset", "raw_frame",
+             "register_dataset"],
+    "train": ["LitClassifier", "checkpoint_or_train", "evaluate", "load_model", "test", "train"],
+    "graph": ["GraphTraceError", "MaseGraph", "deepcopy_mase_graph", "get_node_actual_target"],
+    "passes": [  # every pass, MASE names (labkit.passes.__all__)
+        "MaseMetadata", "init_metadata_analysis_pass", "add_common_metadata_analysis_pass",
+        "add_software_metadata_analysis_pass", "profile_statistics_analysis_pass",
+        "report_graph_analysis_pass", "report_node_meta_param_analysis_pass",
+        "report_node_type_analysis_pass", "report_node_shape_analysis_pass",
+        "quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
+        "auto_quantize_config", "analyse_flops_pass", "format_flops_table", "register_flop_calculator",
+    ],
+    "quantize": ["QUANTIZERS", "BatchNorm1dInteger", "Conv1dInteger", "Conv2dInteger", "LinearInteger",
+                 "LinearMinifloat", "Quantizer", "ReLUInteger", "compare_quantization", "model_size_bits",
+                 "plot_accuracy_vs_bits", "quantize_module", "quantized_class", "register_quantizer"],
+    "transform": ["load_transformed", "run_transform"],
+    "plots": ["data_banner", "save_figure", "titled"],
+}
+_EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
+_SUBMODULES = ("cache", "cli", "config", "data", "graph", "models", "notebooks", "passes", "paths", "plots",
+               "quantize", "registry", "sweep", "train", "transform", "widgets")
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    """Import what ``name`` needs the first time it is asked for (PEP 562)."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    setattr(sys.modules[__name__], name, value)  # later look-ups find it directly
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # Importing the submodule labkit.train makes Python set the attribute `train` to that
+        # module; the exported function of the same name must stay what `labkit.train` and
+        # `from labkit import train` give, as when everything was imported eagerly.
+        if (isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}"
+                and _EXPORTS.get(name) == name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

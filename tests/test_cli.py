@@ -164,3 +164,30 @@ def test_test_finds_a_relative_checkpoint_under_the_project_root_and_honours_bat
     assert cells(out) == ["batch_size", "8192", "", "8192"]  # test's default: a large evaluation batch
     code, out, _ = _run(capsys, argv + ["--batch-size", "512"])
     assert code == 0 and cells(out) == ["batch_size", "8192", "512", "512"]
+
+
+def test_every_top_level_name_resolves_and_train_stays_the_function():
+    import inspect
+
+    import labkit
+    import labkit.passes
+    import labkit.train  # the submodule of the same name must not replace the function
+    assert inspect.isfunction(labkit.train) and labkit.train.__module__ == "labkit.train"
+    assert set(labkit.passes.__all__) <= set(labkit.__all__)  # every pass, as `from .passes import *` gave
+    for name in labkit.__all__:
+        assert getattr(labkit, name) is not None, name
+    assert set(labkit.__all__) <= set(dir(labkit))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        labkit.nope
+
+
+def test_the_command_line_starts_without_torch():
+    """`labkit --help` only builds the parser: torch and Lightning load when an action needs them."""
+    code = ("import sys, labkit.cli\n"
+            "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'pandas') if m in sys.modules)\n"
+            "print(heavy)\n"
+            "from labkit import train, MaseGraph\n"
+            "print(train.__module__, MaseGraph.__module__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "labkit.train labkit.graph"]
