@@ -17,10 +17,20 @@ help:
 	@echo "make bench  - the benchmarks in benchmarks/"
 	@echo "DATASET=jsc insists on the real JSC data; DATASET=jsc-synthetic asks for the stand-in"
 
+# labkit needs Python >= 3.11 (tomllib; the pinned numpy and pandas): say so before building anything.
+# setuptools is named because the editable install below builds without isolation, and venvs
+# of Python 3.12+ come without it.
+PY_OK := import sys; sys.exit(sys.version_info < (3, 11))
+
 $(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c '$(PY_OK)' 2>/dev/null || { \
+	  echo "labkit needs Python >= 3.11, but PYTHON=$(PYTHON) is: $$($(PYTHON) --version 2>/dev/null || echo not found)."; \
+	  echo "Run again with a newer one, e.g. make $(MAKECMDGOALS) PYTHON=python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	@$(BIN)/python -c '$(PY_OK)' || { \
+	  echo "labkit needs Python >= 3.11, but $(VENV) has $$($(BIN)/python --version 2>&1)."; \
+	  echo "Remove $(VENV) and run again with PYTHON=python3.11 (or newer)"; exit 1; }
+	$(BIN)/python -m pip install -q -r requirements.txt "setuptools>=64"
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

@@ -191,3 +191,17 @@ def test_the_command_line_starts_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["[]", "labkit.train labkit.graph"]
+
+
+def test_make_refuses_an_old_python_before_building_anything(tmp_path):
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\n[ "$1" = "--version" ] && { echo "Python 3.10.12"; exit 0; }\nexit 1\n')
+    old.chmod(0o755)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-C", str(root), "install", f"PYTHON={old}", f"VENV={tmp_path / 'venv'}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "labkit needs Python >= 3.11" in out.stdout and "3.10.12" in out.stdout
+    assert not (tmp_path / "venv").exists()
