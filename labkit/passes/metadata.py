@@ -48,7 +48,6 @@ import torch.nn as nn
 
 from ..graph import get_node_actual_target
 from ..quantize.modules import QuantizedMixin
-from ..train import eval_mode
 from .utils import check_pass_args, graph_module
 
 __all__ = [
@@ -358,6 +357,8 @@ def add_common_metadata_analysis_pass(graph, pass_args=None):
     under ``torch.no_grad()`` (BatchNorm statistics are not touched) and every layer's
     training flag is restored afterwards. Nodes without metadata get it initialised first.
     """
+    from ..train import eval_mode  # imported here: labkit.train loads Lightning
+
     gm = graph_module(graph, "add_common_metadata_analysis_pass")
     if isinstance(pass_args, torch.Tensor):
         pass_args = {"dummy_in": pass_args}
