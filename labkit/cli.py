@@ -22,7 +22,6 @@ from . import config as cfg
 TRAIN_FLAGS = ("max_epochs", "batch_size", "learning_rate", "project", "seed", "accelerator",
                "weight_decay", "scheduler", "early_stopping", "max_time", "num_threads",
                "log_every_n_steps")
-TEST_BATCH_SIZE = 8192  # `labkit test`'s default: evaluation batches only group rows, results are the same
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", dest="progress", action="store_false")
 
     te = sub.add_parser("test", help="test a trained model on the test split")
-    common(te, load=True, batch_help=f"evaluation batch size (default {TEST_BATCH_SIZE}); "
+    common(te, load=True, batch_help=f"evaluation batch size (default {cfg.TEST_BATCH_SIZE}); "
                                      f"it groups the test rows and does not change the results")
 
     tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
@@ -129,7 +128,7 @@ def cmd_train(args):
 
 def cmd_test(args):
     s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "batch_size", "accelerator"],
-                  defaults={"batch_size": TEST_BATCH_SIZE})
+                  defaults={"batch_size": cfg.TEST_BATCH_SIZE})
     _check(s, ["batch_size", "accelerator"])
     if not s.get("load_name"):
         raise cfg.ConfigError("test needs a checkpoint: --load PATH (and --load-type pl|pt)")

@@ -18,6 +18,7 @@ from pathlib import Path
 DEFAULTS = dict(max_epochs=20, batch_size=128, learning_rate=1e-5, seed=0, weight_decay=0.0,
                 scheduler=None, early_stopping=None, max_time=None, accelerator="auto",
                 log_every_n_steps=50, num_threads=None)
+TEST_BATCH_SIZE = 8192  # evaluation batches only group the rows: any size gives the same results
 SCHEDULERS = (None, "none", "cosine")  # None and "none": a constant learning rate
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 LOAD_TYPES = ("pl", "pt")

@@ -36,7 +36,8 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 
-from .config import ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS, default_project  # defaults live there
+from .config import (  # the defaults and allowed values, kept in one place
+    ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS, TEST_BATCH_SIZE, default_project)
 from .data import JSCData, JSCDataModule, load_dataset
 from .data.prepare import check_seed
 from .models import get_model
@@ -56,8 +57,9 @@ class LitClassifier(pl.LightningModule):
     other's running state; here every stage has its own.)
     """
 
-    def __init__(self, model: nn.Module, *, learning_rate: float = 1e-5, weight_decay: float = 0.0,
-                 scheduler: str | None = None, max_epochs: int | None = None, num_classes: int = 5,
+    def __init__(self, model: nn.Module, *, learning_rate: float = DEFAULTS["learning_rate"],
+                 weight_decay: float = DEFAULTS["weight_decay"], scheduler: str | None = DEFAULTS["scheduler"],
+                 max_epochs: int | None = None, num_classes: int = 5,
                  model_name: str | None = None, dataset_name: str | None = None,
                  dataset_fingerprint: str | None = None):
         super().__init__()
@@ -567,7 +569,7 @@ def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 6553
 
 
 def test(model="jsc-tiny", dataset="jsc-synthetic", *, load=None, load_type: str = "pl",
-         batch_size: int = 8192, data: JSCData | None = None, accelerator: str = DEFAULTS["accelerator"],
+         batch_size: int = TEST_BATCH_SIZE, data: JSCData | None = None, accelerator: str = DEFAULTS["accelerator"],
          num_threads: int | None = None, progress: bool = False, verbose: bool = True) -> dict:
     """Test accuracy/loss of ``model`` (optionally loaded from ``load``) on the test split, via Lightning.
 
