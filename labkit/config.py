@@ -121,7 +121,7 @@ def resolve(file_config: dict | None, overrides: dict | None, base: dict | None 
 
 
 def settings_table(file_config: dict | None, overrides: dict | None, keys=None, *,
-                   effective: dict | None = None, base: dict | None = None):
+                   effective: dict | None = None, base: dict | None = None) -> "pandas.DataFrame":
     """How each setting was decided: Name | Default | Config File | Manual Override | Effective.
 
     ``base`` holds the defaults (labkit's unless given); ``effective`` the resolved settings

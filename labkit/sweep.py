@@ -224,8 +224,13 @@ def _importable(obj) -> bool:
     if top == __name__.partition(".")[0]:
         return True  # labkit itself: every worker imports it
     # Ask the import machinery afresh (importlib.util.find_spec would answer from sys.modules).
-    return any(getattr(finder, "find_spec", None) and finder.find_spec(top, None) is not None
-               for finder in sys.meta_path)
+    for finder in sys.meta_path:
+        try:
+            if finder.find_spec(top, None) is not None:
+                return True
+        except Exception:  # a finder without find_spec, or one that fails on this name
+            continue
+    return False
 
 
 def worker_builders(models) -> dict | None:
