@@ -35,7 +35,7 @@ _EXPORTS_BY_MODULE = {
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "graph", "models", "notebooks", "passes", "paths", "plots",
-               "quantize", "registry", "sweep", "train", "transform", "widgets")
+               "quantize", "registry", "runtime", "sweep", "train", "transform", "widgets")
 
 __all__ = list(_EXPORTS)
 

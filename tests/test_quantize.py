@@ -424,3 +424,14 @@ def test_quantised_layer_describes_its_inputs():
                                 "bias": {"type": "integer", "precision": [8, 6]}}
     q.bypass = True
     assert q.arg_metadata() == {}
+
+
+def test_minifloat_with_an_8_bit_exponent_keeps_its_top_value_in_float32():
+    # bfloat16's layout, E8M7. IEEE's bias 127 would put the top code (a normal number here,
+    # no inf) at 2^128 * 1.99, beyond float32: the default moves the bias to 128.
+    q = MinifloatQuantizer(width=16, exponent_width=8)
+    assert q.exponent_bias == 128 and q.max_value() < torch.finfo(torch.float32).max
+    with pytest.raises(ValueError, match="exponent_bias must be an integer in \\[128, "):
+        MinifloatQuantizer(width=16, exponent_width=8, exponent_bias=127)
+    x = torch.tensor([1.0, 3.0, 1e-30, -2.5e30])  # normal numbers: rounded like bfloat16
+    torch.testing.assert_close(q(x), x.to(torch.bfloat16).float(), rtol=0, atol=0)

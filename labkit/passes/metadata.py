@@ -47,6 +47,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..graph import get_node_actual_target
+from ..runtime import eval_mode
 from ..quantize.modules import QuantizedMixin
 from .utils import check_pass_args, graph_module
 
@@ -357,7 +358,6 @@ def add_common_metadata_analysis_pass(graph, pass_args=None):
     under ``torch.no_grad()`` (BatchNorm statistics are not touched) and every layer's
     training flag is restored afterwards. Nodes without metadata get it initialised first.
     """
-    from ..train import eval_mode  # imported here: labkit.train loads Lightning
 
     gm = graph_module(graph, "add_common_metadata_analysis_pass")
     if isinstance(pass_args, torch.Tensor):

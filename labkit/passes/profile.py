@@ -30,6 +30,7 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from ..graph import get_node_actual_target
+from ..runtime import eval_mode
 from ..registry import Registry
 from .metadata import _positional_inputs
 from .utils import check_pass_args, graph_module, node_common
@@ -355,7 +356,6 @@ def profile_activations(gm: fx.GraphModule, nodes, statistics: dict, batches, nu
     :func:`profile_statistics_analysis_pass` stores what this returns, and
     ``auto_frac_width_pass`` uses it for activation ranges it was not given.
     """
-    from ..train import eval_mode  # imported here: labkit.train loads Lightning
 
     stats_by_node = {n: {name: make_statistic(name, cfg) for name, cfg in statistics.items()} for n in nodes}
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]

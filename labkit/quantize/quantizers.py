@@ -194,7 +194,7 @@ FLOAT32_MIN_EXPONENT = -149  # float32's smallest subnormal is 2^-149
 
 def max_minifloat_bias(width: int, exponent_width: int) -> int:
     """The largest exponent bias whose finest step, 2^(1 - bias - mantissa), float32 can hold."""
-    return min(126, 1 - FLOAT32_MIN_EXPONENT - (width - 1 - exponent_width))
+    return 1 - FLOAT32_MIN_EXPONENT - (width - 1 - exponent_width)
 
 
 @register_quantizer("minifloat")
@@ -217,9 +217,12 @@ class MinifloatQuantizer(Quantizer):
     def check(self):
         self._int_param("width", 2, 32)
         self._int_param("exponent_width", 1, min(8, self.width - 1))
-        if self.exponent_bias is None:
-            self.exponent_bias = 2 ** (self.exponent_width - 1) - 1
-        self._int_param("exponent_bias", -126, 126)
+        # every exponent code is a normal number (no inf/NaN codes), so the largest value,
+        # 2^(2^E - 1 - bias) * (2 - 2^-M), must stay a float32 number: bias >= 2^E - 128
+        lowest = max(-126, 2 ** self.exponent_width - 128)
+        if self.exponent_bias is None:  # IEEE's 2^(E-1) - 1, shifted up by one for E = 8
+            self.exponent_bias = max(2 ** (self.exponent_width - 1) - 1, lowest)
+        self._int_param("exponent_bias", lowest, max(126, max_minifloat_bias(self.width, self.exponent_width)))
         # the grid's finest step, 2^(1 - bias - M), must be a float32 number (else it is 0 and x / 0 = NaN)
         finest = 1 - self.exponent_bias - self.mantissa_width
         if finest < FLOAT32_MIN_EXPONENT:
