@@ -18,8 +18,8 @@ help:
 	@echo "DATASET=jsc insists on the real JSC data; DATASET=jsc-synthetic asks for the stand-in"
 
 # labkit needs Python >= 3.11 (tomllib; the pinned numpy and pandas): say so before building anything.
-# setuptools is named because the editable install below builds without isolation, and venvs
-# of Python 3.12+ come without it.
+# requirements.txt pins setuptools too: the editable install below builds without isolation,
+# and venvs of Python 3.12+ come without it.
 PY_OK := import sys; sys.exit(sys.version_info < (3, 11))
 
 $(STAMP): requirements.txt pyproject.toml
@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(BIN)/python -c '$(PY_OK)' || { \
 	  echo "labkit needs Python >= 3.11, but $(VENV) has $$($(BIN)/python --version 2>&1)."; \
 	  echo "Remove $(VENV) and run again with PYTHON=python3.11 (or newer)"; exit 1; }
-	$(BIN)/python -m pip install -q -r requirements.txt "setuptools>=64"
+	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
