@@ -198,7 +198,9 @@ _OP_COLOURS = {
 }
 
 
-def _short_target(node: fx.Node) -> str:
+def node_target_name(node: fx.Node) -> str:
+    """What a node runs, by name: the layer class (``Linear``), the function (``relu``) or the
+    target (``x``, ``output``). The quantisation summary's "Original type" column."""
     target = get_node_actual_target(node)
     if node.op == "call_module":
         return type(target).__name__
@@ -233,7 +235,7 @@ def _to_text(graph: MaseGraph) -> str:
     rows = []
     for n in graph.model.graph.nodes:
         ins = ", ".join(i.name for i in _input_nodes(n))
-        target = _short_target(n) if n.op not in ("placeholder", "output") else ""
+        target = node_target_name(n) if n.op not in ("placeholder", "output") else ""
         shape = _shape_of(n)
         op = _mase_op(n)
         call = "" if n.op == "placeholder" else target if n.op == "get_attr" else f"{target}({ins})"
@@ -300,7 +302,7 @@ def _draw(graph: MaseGraph, path=None, *, title=None, dpi=120):
                                     boxstyle="round,pad=0.02,rounding_size=0.08",
                                     fc=_OP_COLOURS.get(n.op, "#eeeeee"), ec="#333333", lw=0.8))
         op = _mase_op(n)
-        what = _short_target(n) if n.op not in ("placeholder", "output") else n.op
+        what = node_target_name(n) if n.op not in ("placeholder", "output") else n.op
         what = n.op if what == n.name else what
         lines = [n.name, what]
         if op and op not in (what, n.op):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from ..cache import atomic_write_text
-from ..graph import MaseGraph, deepcopy_mase_graph, get_node_actual_target
+from ..graph import MaseGraph, deepcopy_mase_graph, get_node_actual_target, node_target_name
 from ..quantize.modules import OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module, quantized_class
 from ..quantize.quantizers import OPERANDS, is_no_quantization, max_minifloat_bias, parse_config
 from .metadata import node_op_and_type
@@ -67,16 +67,6 @@ def node_mase_op(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str]:
         return common["mase_op"], common["mase_type"]
     except (KeyError, AttributeError, TypeError):
         return node_op_and_type(node, gm)
-
-
-def _original_type(node: fx.Node) -> str:
-    """How the summary names what a node runs: the layer class, else the function/target name."""
-    target = get_node_actual_target(node)
-    if node.op == "call_module":
-        return type(target).__name__
-    if node.op == "call_function":
-        return getattr(target, "__name__", str(target))
-    return str(target)
 
 
 # --- validating pass_args ---------------------------------------------------------------------
@@ -278,7 +268,7 @@ def compare_nodes(graph, original_graph) -> pd.DataFrame:
     for node in gm.graph.nodes:
         old = ori_nodes[node.name]
         op, mase_type = node_mase_op(old, ori)
-        before, after = _original_type(old), _original_type(node)
+        before, after = node_target_name(old), node_target_name(node)
         rows.append({"Name": node.name, "MASE_TYPE": mase_type, "Mase_OP": op,
                      "Original type": before, "Quantized type": after, "Changed": before != after})
     return pd.DataFrame(rows)
