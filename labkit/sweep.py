@@ -46,7 +46,8 @@ from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import outputs_dir
-from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, torch_threads, train
+from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
+                    torch_threads, train)
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
 RECIPE_VERSION = 1
@@ -154,8 +155,11 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)  # every run starts from the same weights
     kwargs = {k: settings[k] for k in SETTINGS if k != "model"}
-    r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
-              progress=False, verbose=False, **kwargs)
+    try:
+        r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
+                  progress=False, verbose=False, **kwargs)
+    except TrainingDiverged as e:  # a result of these settings like any other: recorded, not raised
+        return _diverged_result(e)
     test_acc = float("nan")
     if r["best_ckpt"]:
         if isinstance(model, nn.Module):
@@ -168,7 +172,18 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
                              "wall_time_s", "stopped_early", "best_ckpt", "last_ckpt")}
     out["test_acc"] = test_acc
     out["history"] = r["history"].to_dict(orient="records")
+    out["diverged"] = None
     return out
+
+
+def _diverged_result(e) -> dict:
+    """A run whose loss became non-finite: its finite epochs' history, no accuracies, and why."""
+    hist = e.result["history"]
+    nan = float("nan")
+    return {"best_val_acc": nan, "final_val_acc": nan, "final_train_acc": nan, "test_acc": nan,
+            "epochs": e.result["epochs"], "steps": None, "wall_time_s": nan, "stopped_early": True,
+            "best_ckpt": None, "last_ckpt": None, "history": hist.to_dict(orient="records"),
+            "diverged": str(e)}
 
 
 _WORKER_DATA: JSCData | None = None
@@ -351,6 +366,7 @@ def _row(setting: dict, result: dict, cached: bool) -> dict:
     row = {k: _jsonable(v) for k, v in setting.items()}
     row.update({k: result.get(k) for k in RESULT_COLUMNS if k != "cached"})
     row["cached"] = cached
+    row["diverged"] = bool(result.get("diverged"))  # its loss became NaN/inf: accuracies are NaN
     row["label"] = label_of(setting)
     return row
 

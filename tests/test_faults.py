@@ -1,0 +1,207 @@
+"""Faults a careless user (or bad luck) causes, issue 15: Ctrl-C at any moment, a training
+that diverges, poisoned data caches, two runs in one project, a killed sweep, re-run
+transforms. Each must end with one clear line, and lose or change nothing already finished.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from labkit.lock import LOCK_NAME, ProjectBusyError, project_lock
+from labkit.train import TrainingDiverged, project_dir, read_checkpoint, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(tmp_path, **extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "LABKIT_OUTPUT_DIR": str(tmp_path / "outputs"), **extra}
+    return env
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "labkit", *args]
+
+
+def _train_args(project, *extra):
+    return _cli("train", "jsc-tiny", "jsc-synthetic", "--data-size", "2000", "--no-progress",
+                "--project", project, *extra)
+
+
+def _no_traceback(text):
+    assert "Traceback" not in text, text
+
+
+def _ckpts(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("*.ckpt"))}
+
+
+# -- a training that diverges --------------------------------------------------------------
+
+
+class _PoisonAt(Callback):
+    """Makes the weights infinite at the start of epoch ``epoch`` (0-based): the loss of that
+    epoch is NaN, whatever the learning rate."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("inf"))
+
+
+def test_diverging_run_stops_and_keeps_the_last_finite_epoch(small_data):
+    with pytest.raises(TrainingDiverged) as info:
+        train("jsc-tiny", data=small_data, max_epochs=4, project="faults-diverge", progress=False,
+              verbose=False, callbacks=[_PoisonAt(2)])
+    msg = str(info.value)
+    assert "\n" not in msg and "epoch 3" in msg and "learning_rate=" in msg
+    assert "checkpoints of epoch 2" in msg
+    result = info.value.result
+    assert result["epochs"] == 2 and len(result["history"]) == 2
+    assert result["history"][["train_loss", "val_loss"]].notna().all().all()
+    # the files on disk are those of epoch 2: finite weights, epoch counter at 2
+    last = read_checkpoint(result["last_ckpt"])
+    assert last["raw"]["epoch"] == 1  # Lightning counts from 0
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert Path(result["best_ckpt"]).is_file()
+
+
+def test_absurd_learning_rate_is_one_line_naming_it_and_keeps_earlier_checkpoints(tmp_path):
+    env = _env(tmp_path)
+    first = subprocess.run(_train_args("lr", "--max-epochs", "1"), env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    ckpt_dir = tmp_path / "outputs" / "lr" / "software" / "training_ckpts"
+    before = _ckpts(ckpt_dir)
+    assert set(before) == {"best.ckpt", "last.ckpt"}
+    run = subprocess.run(_train_args("lr", "--max-epochs", "2", "--learning-rate", "1e308"), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    _no_traceback(run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("labkit train: error: training diverged")
+    assert "learning_rate=1e+308" in lines[0]
+    # nothing was written by the diverged run, so the earlier checkpoints are where they were
+    assert _ckpts(ckpt_dir) == before
+
+
+def test_sweep_records_a_diverged_run_instead_of_raising(small_data, tmp_path):
+    from labkit.sweep import load_sweep, sweep
+    res = sweep("jsc-tiny", small_data, "learning_rate", [1e-3, 1e308], max_epochs=1, workers=1,
+                progress=False, cache_dir=tmp_path / "sweep")
+    t = res.table.set_index("learning_rate")
+    assert not t.loc[1e-3, "diverged"] and t.loc[1e308, "diverged"]
+    assert t.loc[1e-3, "final_val_acc"] > 0 and t.loc[1e308, "final_val_acc"] != t.loc[1e308, "final_val_acc"]
+    # recorded like any finished run: a re-run reuses it, and it is on disk with its reason
+    again = sweep("jsc-tiny", small_data, "learning_rate", [1e-3, 1e308], max_epochs=1, workers=1,
+                  progress=False, cache_dir=tmp_path / "sweep")
+    assert again.table["cached"].all()
+    stored = [json.loads(p.read_text())["result"] for p in (tmp_path / "sweep").glob("*.json")]
+    assert sum(bool(r.get("diverged")) for r in stored) == 1
+    assert load_sweep(tmp_path / "sweep").table["diverged"].sum() == 1
+
+
+# -- one run at a time per project ---------------------------------------------------------
+
+
+def test_second_training_into_a_busy_project_fails_naming_the_holder(small_data):
+    folder = project_dir("faults-busy").parent
+    with project_lock(folder):
+        with pytest.raises(ProjectBusyError, match=f"PID {os.getpid()}"):
+            train("jsc-tiny", data=small_data, max_epochs=1, project="faults-busy", progress=False,
+                  verbose=False)
+    assert not (folder / "software" / "training_ckpts").exists()
+    # released: the same training now runs
+    r = train("jsc-tiny", data=small_data, max_epochs=1, project="faults-busy", progress=False, verbose=False)
+    assert Path(r["best_ckpt"]).is_file()
+
+
+def test_lock_of_a_killed_run_is_stale_and_taken_over(tmp_path):
+    folder = tmp_path / "proj"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from labkit.lock import project_lock\n"
+         f"with project_lock({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ProjectBusyError, match=f"PID {holder.pid}"):
+            with project_lock(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == holder.pid  # left behind by kill -9
+    with project_lock(folder):  # stale: taken over
+        assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_busy_project_on_the_command_line_is_exit_2_and_one_line(tmp_path):
+    with project_lock(tmp_path / "outputs" / "busy"):
+        run = subprocess.run(_train_args("busy", "--max-epochs", "1"), env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    _no_traceback(run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"PID {os.getpid()}" in lines[0] and "in use" in lines[0]
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def _interrupt_when(tmp_path, project, ready, *extra, timeout=60):
+    """Run a training, send SIGINT once ``ready(stdout_so_far)`` is true, return (rc, stdout, stderr)."""
+    proc = subprocess.Popen(_train_args(project, *extra), env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not ready("".join(out)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        err = proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the run did not stop within 30 s of Ctrl-C")
+    reader.join(5)
+    return proc.returncode, "".join(out), err, time.monotonic() - sent
+
+
+@pytest.mark.parametrize("point", ["importing", "settings printed"])
+def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, point):
+    start = time.monotonic()
+    ready = {"importing": lambda out: time.monotonic() - start > 0.3,
+             "settings printed": lambda out: "log_every_n_steps" in out}[point]
+    rc, out, err, _ = _interrupt_when(tmp_path, "cc", ready, "--max-epochs", "1")
+    assert rc == 130, err
+    _no_traceback(err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+
+
+def test_ctrl_c_during_training_stops_at_the_next_step_and_writes_last_ckpt(tmp_path):
+    ckpt_dir = tmp_path / "outputs" / "cc-train" / "software" / "training_ckpts"
+    # many small chunks, many epochs: the run is mid-training once the first last.ckpt exists
+    rc, out, err, took = _interrupt_when(tmp_path, "cc-train", lambda out: (ckpt_dir / "last.ckpt").exists(),
+                                         "--max-epochs", "500", "--batch-size", "16")
+    assert rc == 130, err
+    _no_traceback(err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "in epoch" in lines[0] and "last.ckpt" in lines[0], err
+    assert took < 20
+    last = read_checkpoint(ckpt_dir / "last.ckpt")  # complete and loadable
+    assert last["raw"]["global_step"] > 0
+    assert not (ckpt_dir.parent.parent / LOCK_NAME).read_text()  # lock released
