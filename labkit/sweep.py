@@ -46,6 +46,7 @@ from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import outputs_dir
+from .runtime import exit_with_parent
 from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
                     torch_threads, train)
 
@@ -211,6 +212,7 @@ def _load_source(source) -> JSCData:
 
 def _init_worker(source, threads: int, builders: dict):
     global _WORKER_DATA
+    exit_with_parent()  # a sweep killed with kill -9 takes its workers with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
     torch.set_num_threads(threads)
     for name, build in builders.items():  # unpickling each one imported the module defining it

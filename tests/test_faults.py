@@ -78,14 +78,14 @@ def test_diverging_run_stops_and_keeps_the_last_finite_epoch(small_data):
     assert Path(result["best_ckpt"]).is_file()
 
 
-def test_absurd_learning_rate_is_one_line_naming_it_and_keeps_earlier_checkpoints(tmp_path):
-    env = _env(tmp_path)
-    first = subprocess.run(_train_args("lr", "--max-epochs", "1"), env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr
-    ckpt_dir = tmp_path / "outputs" / "lr" / "software" / "training_ckpts"
+def test_absurd_learning_rate_is_one_line_naming_it_and_keeps_earlier_checkpoints(small_data, tmp_path):
+    # an earlier run in the project (trained here: one subprocess is enough)
+    ckpt_dir = Path(train("jsc-tiny", data=small_data, max_epochs=1, project="faults-lr", progress=False,
+                          verbose=False)["best_ckpt"]).parent
     before = _ckpts(ckpt_dir)
     assert set(before) == {"best.ckpt", "last.ckpt"}
-    run = subprocess.run(_train_args("lr", "--max-epochs", "2", "--learning-rate", "1e308"), env=env,
+    env = _env(tmp_path, LABKIT_OUTPUT_DIR=os.environ["LABKIT_OUTPUT_DIR"])
+    run = subprocess.run(_train_args("faults-lr", "--max-epochs", "2", "--learning-rate", "1e308"), env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     _no_traceback(run.stderr)
@@ -205,3 +205,86 @@ def test_ctrl_c_during_training_stops_at_the_next_step_and_writes_last_ckpt(tmp_
     last = read_checkpoint(ckpt_dir / "last.ckpt")  # complete and loadable
     assert last["raw"]["global_step"] > 0
     assert not (ckpt_dir.parent.parent / LOCK_NAME).read_text()  # lock released
+
+
+# -- a killed sweep takes its workers with it ------------------------------------------------
+
+
+def _children(pid) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_busy_worker_exits_when_its_parent_is_killed(tmp_path):
+    """exit_with_parent, which every sweep worker calls first: a worker busy in a long run
+    (it would only look at its task queue after it) still goes when its parent is killed."""
+    worker = ("from labkit.runtime import exit_with_parent; import os, sys\n"
+              "exit_with_parent(int(sys.argv[1]), interval=0.1); print('busy', flush=True)\n"
+              "while True: sum(range(10000))")
+    parent_code = ("import subprocess, sys, os, time\n"
+                   f"child = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid())])\n"
+                   "print(child.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], env=_env(tmp_path), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "busy"  # the child's line: it is in its loop
+        assert _alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
+
+
+@pytest.mark.slow  # two spawned workers importing torch and training: ~15-40 s
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_sweep_workers_exit_when_the_sweep_is_killed(tmp_path):
+    script = tmp_path / "sweep_script.py"
+    script.write_text(
+        "from labkit import load_dataset\nfrom labkit.sweep import sweep\n"
+        "if __name__ == '__main__':\n"
+        "    data = load_dataset('jsc-synthetic', size=2000, progress=False)\n"
+        f"    sweep('jsc-tiny', data, 'batch_size', [16, 32], max_epochs=1000, workers=2, progress=False,\n"
+        f"          cache_dir={str(tmp_path / 'sweep')!r})\n")
+    parent = subprocess.Popen([sys.executable, str(script)], env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        runs = tmp_path / "sweep" / "runs"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and parent.poll() is None:  # the workers are training
+            if runs.is_dir() and any(runs.glob("*/software/training_ckpts/last.ckpt")):
+                break
+            time.sleep(0.1)
+        workers = _children(parent.pid)
+        assert parent.poll() is None and len(workers) >= 2, "the sweep did not start its workers"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"{len(left)} of {len(workers)} children of the killed sweep still running"
