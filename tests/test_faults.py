@@ -288,3 +288,36 @@ def test_sweep_workers_exit_when_the_sweep_is_killed(tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(workers)} children of the killed sweep still running"
+
+
+# -- re-running a transform ------------------------------------------------------------------
+
+
+def _quant_config(ckpt, width):
+    linear = {"name": "integer", "data_in_width": width, "data_in_frac_width": width // 2,
+              "weight_width": width, "weight_frac_width": width // 2, "bias_width": width,
+              "bias_frac_width": width // 2}
+    return {"model": "jsc-tiny", "dataset": "jsc-synthetic", "load_name": ckpt, "load_type": "pl",
+            "project": "faults-transform",
+            "passes": {"quantize": {"by": "type", "default": {"config": {"name": "NA"}},
+                                    "linear": {"config": linear}}}}
+
+
+def test_rerunning_a_transform_archives_the_previous_outputs(small_data):
+    from labkit.transform import run_transform
+    ckpt = train("jsc-tiny", data=small_data, max_epochs=1, project="faults-transform-src", progress=False,
+                 verbose=False)["best_ckpt"]
+    first = run_transform(_quant_config(ckpt, 8), data=small_data, verbose=False)
+    out = Path(first["output_dir"])
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"transformed.pt", "results.json", "config.json"} <= set(before)
+    assert first["archived_previous"] is None
+    second = run_transform(_quant_config(ckpt, 4), data=small_data, verbose=False)
+    archived = Path(second["archived_previous"])
+    assert archived.parent == out / "archive"
+    assert {p.name: p.read_bytes() for p in archived.iterdir()} == before  # every file, unchanged
+    assert json.loads((out / "config.json").read_text())["passes"]["quantize"]["linear"]["config"]["weight_width"] == 4
+    # and a transform into a project another run holds fails at once, writing nothing
+    with project_lock(out.parent), pytest.raises(ProjectBusyError, match=f"PID {os.getpid()}"):
+        run_transform(_quant_config(ckpt, 6), data=small_data, verbose=False)
+    assert json.loads((out / "config.json").read_text())["passes"]["quantize"]["linear"]["config"]["weight_width"] == 4
