@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--accelerator", choices=cfg.ACCELERATORS, default=None)
         sp.add_argument("--batch-size", dest="batch_size", type=int, default=None, help=batch_help)
         sp.add_argument("--seed", type=int, default=None, help=cfg.KEYS["seed"][2])
-        sp.add_argument("--project", default=None, help="output folder under outputs/")
+        sp.add_argument("--project", default=None,
+                        help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
         if load:
             sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
                             help="checkpoint to load (relative paths may also be relative to the project root)")

@@ -33,7 +33,7 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "data_size": ((int,), None, f"use only this many rows (at least {MIN_DATA_SIZE}; synthetic: generate this many)"),
     "task": ((str,), "cls", "cls (classification); the only task of the JSC labs"),
     "accelerator": ((str,), DEFAULTS["accelerator"], ", ".join(ACCELERATORS)),
-    "project": ((str,), None, "output folder name under outputs/"),
+    "project": ((str,), None, "output folder name under outputs/ (letters, digits, . _ -; at most 64)"),
     "seed": ((int,), DEFAULTS["seed"], "random seed, in [0, 2**32)"),
     "log_every_n_steps": ((int,), DEFAULTS["log_every_n_steps"], "Lightning logging interval"),
     "load_name": ((str,), None, "checkpoint to load"),
