@@ -133,13 +133,14 @@ def cmd_train(args):
     s = _settings(args, ["model", "dataset", "data_size", *TRAIN_FLAGS])
     settings = [k for k in TRAIN_FLAGS if k != "project"]
     _check(s, settings)
-    from .train import train
+    from .train import load_model, read_checkpoint, train
+    from .transform import resolve_checkpoint
+    ckpt = resolve_checkpoint(s["load_name"]) if s.get("load_name") else None
+    if ckpt:
+        read_checkpoint(ckpt, s["load_type"])  # a missing or unreadable file stops before the data load
     data = _load_data(s)
-    model = s["model"]
-    if s.get("load_name"):  # MASE's `ch train --load`: start from a checkpoint
-        from .train import load_model
-        from .transform import resolve_checkpoint
-        model = load_model(model, resolve_checkpoint(s["load_name"]), s["load_type"], info=data.info)
+    # MASE's `ch train --load`: training starts from the checkpoint's weights
+    model = load_model(s["model"], ckpt, s["load_type"], info=data.info) if ckpt else s["model"]
     result = train(model, data, project=s["project"], progress=args.progress,
                    **{k: s[k] for k in settings})
     print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
