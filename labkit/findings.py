@@ -42,6 +42,10 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]  # str.capitalize would lower-case the rest (lr 1E-5, QAT)
+
+
 def _pts(delta: float) -> str:
     return f"{100 * delta:+.1f} points"
 
@@ -97,18 +101,18 @@ def trend_finding(table: pd.DataFrame, setting: str, metric: str = "final_val_ac
     top = t.loc[t[metric].idxmax()]
     bottom = t.loc[t[metric].idxmin()]
     if case == "flat":
-        text = (f"{what.capitalize()} hardly depends on the {name}: every run is within "
+        text = (f"{_cap(what)} hardly depends on the {name}: every run is within "
                 f"{100 * (t[metric].max() - t[metric].min()):.2f} points ({ends}).")
     elif case in ("rises", "falls"):
-        text = f"{what.capitalize()} {case} as the {name} grows ({ends})."
+        text = f"{_cap(what)} {case} as the {name} grows ({ends})."
     elif case == "peaks":
-        text = (f"{what.capitalize()} is highest in the middle: {top[metric]:.4f} at {name} "
+        text = (f"{_cap(what)} is highest in the middle: {top[metric]:.4f} at {name} "
                 f"{_fmt(top[setting])}, lower at both ends ({ends}).")
     elif case == "dips":
-        text = (f"{what.capitalize()} is lowest in the middle: {bottom[metric]:.4f} at {name} "
+        text = (f"{_cap(what)} is lowest in the middle: {bottom[metric]:.4f} at {name} "
                 f"{_fmt(bottom[setting])}, higher at both ends ({ends}).")
     else:
-        text = (f"{what.capitalize()} shows no consistent trend with the {name}: best {top[metric]:.4f} at "
+        text = (f"{_cap(what)} shows no consistent trend with the {name}: best {top[metric]:.4f} at "
                 f"{_fmt(top[setting])}, worst {bottom[metric]:.4f} at {_fmt(bottom[setting])}.")
     return Finding(case, text)
 
@@ -244,7 +248,7 @@ def gap_finding(pivot: pd.DataFrame, *, row_name: str = "learning rate", col_nam
     gap = (pivot[small] - pivot[large]).sort_index()
     parts = ", ".join(f"{100 * abs(g):.1f} points {'behind' if g > 0 else 'ahead'} at {row_name} {_fmt(r)}"
                       for r, g in gap.items())
-    text = f"{col_name.capitalize()} {_fmt(large)} against {_fmt(small)}: {parts}. "
+    text = f"{_cap(col_name)} {_fmt(large)} against {_fmt(small)}: {parts}. "
     if gap.max() - gap.min() < min_change:
         case, more = "flat", f"The gap hardly changes with the {row_name}."
     else:
@@ -298,7 +302,7 @@ def epochs_lesson(slow: pd.DataFrame, fast: pd.DataFrame, slow_lr: float, fast_l
     else:
         case = "same"
         lesson = "Here both learning rates needed the same number of epochs on this grid."
-    return Finding(case, f"{say(a, slow_lr).capitalize()}; {say(b, fast_lr)}. {lesson}")
+    return Finding(case, f"{_cap(say(a, slow_lr))}; {say(b, fast_lr)}. {lesson}")
 
 
 def qat_finding(results: pd.DataFrame, *, n_test: int | None = None, min_change: float = 0.0) -> Finding:
@@ -333,9 +337,9 @@ def qat_finding(results: pd.DataFrame, *, n_test: int | None = None, min_change:
     over = wide[wide["qat"] > float_acc]
     if len(over):
         case += "+beats_float"
-        text += (f" QAT scores above the float model ({float_acc:.3f}) at "
+        text = text.rstrip() + (f" QAT scores above the float model ({float_acc:.3f}) at "
                  f"{', '.join(f'{f} {w}b ({a:.3f})' for (f, w), a in over['qat'].items())}: fine-tuning is also "
-                 "more training. When the float model is not fully trained (few epochs, as in quick mode), the "
+                 "more training. If the float model was not fully trained (few epochs, as in quick mode), the "
                  "extra epochs help more than the rounding hurts, so this compares two different amounts of "
                  "training, not float against quantised arithmetic.")
         if n_test:
