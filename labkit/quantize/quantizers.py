@@ -349,6 +349,15 @@ class MinifloatQuantizer(Quantizer):
         return [self.width, self.exponent_width, self.exponent_bias]
 
 
+@register_quantizer("minifloat_ieee")
+class MinifloatIEEEQuantizer(MinifloatQuantizer):
+    """MASE's name for ``minifloat`` (implicit leading bit, subnormals at exponent code 0).
+    Values just below a power of two round up to it here; MASE's rounds them down (see
+    docs/differences_from_mase.md)."""
+
+    type = "minifloat_ieee"
+
+
 # ---------------------------------------------------------------------------------------
 # log: powers of two (multiplication becomes a shift)
 # ---------------------------------------------------------------------------------------
