@@ -19,9 +19,9 @@ from labkit.quantize.modules import (
     quantize_module,
     quantized_class,
 )
+from labkit.quantize import BinaryQuantizer
 from labkit.quantize.quantizers import (
     QUANTIZERS,
-    BinaryQuantizer,
     IntegerQuantizer,
     LogQuantizer,
     MinifloatQuantizer,
@@ -156,9 +156,9 @@ def test_minifloat_custom_bias_and_errors():
 
 
 def test_log_quantiser_hand_checked():
-    q = LogQuantizer(width=4)  # bias 4: 0 and +-2^-3 .. +-2^3
+    q = LogQuantizer(width=4)  # MASE's default bias 2^2 - 1 = 3: +-2^-3 .. +-2^4, no zero
     x = torch.tensor([0.0, 0.06, 0.07, 0.3, 0.36, 3.0, 100.0, -0.75, -0.7])
-    expected = torch.tensor([0.0, 0.0, 0.125, 0.25, 0.5, 4.0, 8.0, -1.0, -0.5])
+    expected = torch.tensor([0.125, 0.125, 0.125, 0.25, 0.5, 4.0, 16.0, -1.0, -0.5])
     assert torch.equal(q(x), expected)
 
 

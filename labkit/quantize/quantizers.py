@@ -48,6 +48,7 @@ STE_MODES = ("identity", "clipped")
 # float32, the dtype values are fake-quantised in: the exponents of its largest finite power of
 # two and of its smallest (subnormal) number
 FLOAT32_MAX_EXPONENT = 127
+FLOAT32_MIN_EXPONENT = -149  # float32's smallest subnormal is 2^-149
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -273,7 +274,6 @@ class FixedQuantizer(IntegerQuantizer):
 # ---------------------------------------------------------------------------------------
 
 
-FLOAT32_MIN_EXPONENT = -149  # float32's smallest subnormal is 2^-149
 
 
 def max_minifloat_bias(width: int, exponent_width: int) -> int:
@@ -364,74 +364,60 @@ class MinifloatIEEEQuantizer(MinifloatQuantizer):
 # ---------------------------------------------------------------------------------------
 
 
+def log_round(x: torch.Tensor, e_min, e_max) -> torch.Tensor:
+    """x to the signed power of two nearest in the log domain (ties to even exponents),
+    exponents clamped to [e_min, e_max] (numbers, or tensors broadcasting with x). There
+    is no zero: 0 (and -0.0) becomes +2^e_min, as in MASE."""
+    a = x.abs().double()
+    exponent = torch.round(torch.log2(a))  # log2(0) = -inf: clamped to e_min below
+    exponent = torch.minimum(torch.maximum(exponent, torch.as_tensor(e_min, dtype=a.dtype)),
+                             torch.as_tensor(e_max, dtype=a.dtype))
+    sign = torch.where(torch.signbit(x) & (x != 0), -1.0, 1.0).double()
+    return (sign * torch.exp2(exponent)).to(x.dtype)
+
+
 @register_quantizer("log")
 class LogQuantizer(Quantizer):
-    """Signed powers of two: 1 sign bit and a (``width`` - 1)-bit code.
+    """Signed powers of two, MASE's ``log``: 1 sign bit and a (``width`` - 1)-bit exponent code.
 
-    Code 0 is zero; codes c = 1 .. 2^(width-1) - 1 are 2^(c - exponent_bias). The bias
-    defaults to 2^(width-2), which centres the exponents around 2^0 (width 4: 0, 2^-3 ..
-    2^3). A magnitude rounds to the nearest power in the log domain (ties to even
-    exponents), flushes to 0 below half the smallest power, and saturates at the largest.
+    Code c = 0 .. 2^(width-1) - 1 is 2^(c - exponent_bias); the bias defaults to
+    2^(width-2) - 1 (width 4: 2^-3 .. 2^4). There is no zero: a magnitude rounds to the
+    nearest power in the log domain (ties to even exponents) and clamps to the range, so 0
+    becomes +2^-bias, as in MASE. MASE adds 0.1 * 2^-bias to |x| before the log (so values
+    within that of a rounding boundary round up) and gives a tiny negative x > -0.1 * 2^-bias
+    the sign +; labkit rounds |x| itself and keeps the sign. The only limit on width and
+    bias is float32's range.
     """
 
     type = "log"
     params = {"width": _REQUIRED, "exponent_bias": None}
 
     def check(self):
-        self._int_param("width", 2, 9)
+        self._int_param("width", 2)
+        if self.exponent_bias in ("none", "None"):
+            self.exponent_bias = None
         if self.exponent_bias is None:
-            self.exponent_bias = 2 ** (self.width - 2)
-        self._int_param("exponent_bias", -120, 120)
+            self.exponent_bias = 2 ** (self.width - 2) - 1
+        self._int_param("exponent_bias")
+        e_min, e_max = self._exponent_range()
+        if e_max > FLOAT32_MAX_EXPONENT:
+            self._float32_error("the largest power", e_max, "use a larger exponent_bias or a smaller width")
+        if e_min < FLOAT32_MIN_EXPONENT:
+            self._float32_error("the smallest power", e_min, "use a smaller exponent_bias")
 
     def _exponent_range(self):
-        return 1 - self.exponent_bias, 2 ** (self.width - 1) - 1 - self.exponent_bias
+        return -self.exponent_bias, 2 ** (self.width - 1) - 1 - self.exponent_bias
 
     def limits(self):
-        top = 2.0 ** self._exponent_range()[1]
-        return -top, top
+        e_min, e_max = self._exponent_range()
+        return -(2.0 ** e_max), 2.0 ** e_max
 
     def quantize(self, x):
-        e_min, e_max = self._exponent_range()
-        a = x.abs()
-        exponent = torch.clamp(torch.round(torch.log2(a)), e_min, e_max)
-        q = torch.where(a < 2.0 ** (e_min - 1), torch.zeros_like(a), torch.exp2(exponent))
-        return torch.copysign(q, x)
+        return log_round(x, *self._exponent_range())
 
     @property
     def precision(self):
         return [self.width, self.exponent_bias]
-
-
-# ---------------------------------------------------------------------------------------
-# binary: one bit, the sign
-# ---------------------------------------------------------------------------------------
-
-
-@register_quantizer("binary")
-class BinaryQuantizer(Quantizer):
-    """One bit: x -> +scale if x >= 0 else -scale (BinaryConnect). The STE passes gradients
-    for |x| <= scale (the "hardtanh" STE of BinaryNet). Best for weights; after a ReLU every
-    activation is >= 0 and becomes +scale."""
-
-    type = "binary"
-    params = {"scale": 1.0}
-
-    def check(self):
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
-                or not math.isfinite(self.scale) or self.scale <= 0:
-            raise ValueError(f"{self._where}: {self._prefix}scale must be a positive number, "
-                             f"got {self.scale!r}")
-        self.scale = float(self.scale)
-
-    def limits(self):
-        return -self.scale, self.scale
-
-    def quantize(self, x):
-        return torch.where(x >= 0, self.scale, -self.scale).to(x.dtype)
-
-    @property
-    def precision(self):
-        return [1]
 
 
 # ---------------------------------------------------------------------------------------
