@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from ..cache import atomic_write_text
+from ..checks import boolean
 from ..graph import MaseGraph, get_node_actual_target, node_target_name
 from ..quantize.modules import (FUNCTIONAL_OPS, OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module,
                                 quantized_class)
@@ -119,6 +120,8 @@ def _entry_config(pass_args: dict, key: str):
     config = entry["config"]
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"pass_args[{key!r}]['config'] must be a dict, got {config!r}")
+    if config is not None and "bypass" in config:  # named here, with the table it sits in
+        boolean(f"bypass in [{key}.config]", config["bypass"])
     return config
 
 
