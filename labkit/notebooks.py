@@ -16,8 +16,22 @@ import pandas as pd
 from .paths import project_root
 
 
+def _has_notebooks(folder: Path) -> bool:
+    return any(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
 def notebook_dir() -> Path:
-    return project_root() / "notebooks"
+    """The numbered notebooks' folder: ``notebooks/`` of the checkout this package runs from,
+    else of the project root (``LABKIT_HOME`` moves data and outputs, not the notebooks).
+    FileNotFoundError in one line when neither has any."""
+    here = Path(__file__).resolve().parent.parent / "notebooks"
+    candidates = [here, project_root() / "notebooks"]
+    for folder in candidates:
+        if _has_notebooks(folder):
+            return folder
+    raise FileNotFoundError("no notebooks (NN_name.ipynb) found in "
+                            + " or ".join(dict.fromkeys(str(c) for c in candidates))
+                            + "; run `labkit notebooks` from a labkit checkout")
 
 
 def list_notebooks(only=None) -> list[Path]:

@@ -321,3 +321,71 @@ def test_rerunning_a_transform_archives_the_previous_outputs(small_data):
     with project_lock(out.parent), pytest.raises(ProjectBusyError, match=f"PID {os.getpid()}"):
         run_transform(_quant_config(ckpt, 6), data=small_data, verbose=False)
     assert json.loads((out / "config.json").read_text())["passes"]["quantize"]["linear"]["config"]["weight_width"] == 4
+
+
+# -- data that lies ----------------------------------------------------------------------------
+
+
+def _poison(path, recompute_checksum=False, drop_checksum=False):
+    """Write NaN into a processed cache's features, in its valid format."""
+    from labkit.data.prepare import content_digest
+    payload = torch.load(path, weights_only=True)
+    payload["x"][3, 2] = float("nan")
+    if recompute_checksum:
+        payload["content_sha256"] = content_digest(payload)
+    if drop_checksum:
+        payload.pop("content_sha256")
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize("poison, reason", [
+    ({}, "does not match the checksum"),
+    ({"recompute_checksum": True}, "non-finite values"),
+    ({"drop_checksum": True}, "no content checksum"),
+])
+def test_a_poisoned_stand_in_cache_is_rebuilt_with_one_line(tmp_path, capsys, poison, reason):
+    from labkit.data import load_dataset
+    clean = load_dataset("jsc-synthetic", size=1000, data_dir=tmp_path, progress=False)
+    cache = Path(clean.manifest["cache_path"])
+    _poison(cache, **poison)
+    capsys.readouterr()
+    again = load_dataset("jsc-synthetic", size=1000, data_dir=tmp_path, progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "processed cache" in line]
+    assert len(said) == 1 and reason in said[0] and str(cache) in said[0]
+    assert again.identity() == clean.identity()  # rebuilt to the same content
+    assert torch.isfinite(again.x_train).all()
+    load_dataset("jsc-synthetic", size=1000, data_dir=tmp_path, progress=False)  # and now trusted
+    assert "processed cache" not in capsys.readouterr().out
+
+
+def test_a_poisoned_real_data_cache_is_rebuilt_from_the_validated_source(tmp_path, capsys):
+    from labkit.data import load_dataset
+    from labkit.data.synthetic import write_source_files
+    arff = write_source_files(tmp_path / "src", size=1500)["arff"]
+    clean = load_dataset("jsc", source=str(arff), data_dir=tmp_path / "data", progress=False)
+    _poison(Path(clean.manifest["cache_path"]), recompute_checksum=True)
+    capsys.readouterr()
+    again = load_dataset("jsc", source=str(arff), data_dir=tmp_path / "data", progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "processed cache" in line]
+    assert len(said) == 1 and "non-finite" in said[0] and "rebuilding it from the source" in said[0]
+    assert again.identity() == clean.identity()
+
+
+# -- `labkit notebooks` finds the notebooks, or says it cannot -----------------------------
+
+
+def test_notebooks_are_found_with_labkit_home_elsewhere(tmp_path, monkeypatch):
+    from labkit.notebooks import list_notebooks
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    books = list_notebooks()
+    assert books and all(b.parent == ROOT / "notebooks" for b in books)
+
+
+def test_no_notebooks_anywhere_is_one_line_not_zero_runs(tmp_path, monkeypatch, capsys):
+    import labkit.notebooks as nb
+    from labkit.cli import main
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    monkeypatch.setattr(nb, "__file__", str(tmp_path / "pkg" / "labkit" / "notebooks.py"))
+    assert main(["notebooks", "--quick", "--dataset", "jsc-synthetic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no notebooks" in err and str(tmp_path / "notebooks") in err
