@@ -207,6 +207,23 @@ def test_ctrl_c_during_training_stops_at_the_next_step_and_writes_last_ckpt(tmp_
     assert not (ckpt_dir.parent.parent / LOCK_NAME).read_text()  # lock released
 
 
+@pytest.mark.slow  # a dozen short runs
+@pytest.mark.parametrize("delay", [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0])
+def test_ctrl_c_at_any_moment_ends_the_run_cleanly(tmp_path, delay):
+    """Wherever the signal lands (imports, data, Lightning's set-up, a step, validation, a
+    checkpoint write, tear-down), the run ends within seconds: 130 and one line, or 0 when
+    it had finished before the signal."""
+    start = time.monotonic()
+    rc, out, err, took = _interrupt_when(tmp_path, "cc-any", lambda out: time.monotonic() - start > delay,
+                                         "--max-epochs", "3", "--batch-size", "64")
+    assert rc in (0, 130), err
+    assert took < 20
+    _no_traceback(err)
+    if rc == 130:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("labkit") and "interrupted" in lines[0], err
+
+
 # -- a killed sweep takes its workers with it ------------------------------------------------
 
 
