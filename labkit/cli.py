@@ -205,18 +205,23 @@ def main(argv=None) -> int:
     if not args.action:
         parser.print_help()
         return 0
-    from .data import DataUnavailableError
-    errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError)
     try:
-        globals()[f"cmd_{args.action}"](args)
-    except errors as e:
-        print(f"labkit {args.action}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
-        print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"labkit {args.action}: interrupted; finished checkpoints and caches are kept", file=sys.stderr)
+        # Inside the try: this import loads torch, seconds in which a Ctrl-C must still end cleanly.
+        from .data import DataUnavailableError
+        from .lock import ProjectBusyError
+        errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError,
+                  ProjectBusyError)
+        try:
+            globals()[f"cmd_{args.action}"](args)
+        except errors as e:
+            print(f"labkit {args.action}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
+            print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt as e:
+        where = str(e) or "finished checkpoints and caches are kept"
+        print(f"labkit {args.action}: interrupted: {where}", file=sys.stderr)
         return 130
     return 0
 
