@@ -68,9 +68,9 @@ def check_changed_nodes(changed_nodes, ori_mg, mg):
     extra = [n for n in got if n not in want]
     missing = [n for n in want if n not in got]
     if extra and len(got) >= len(list(mg.fx_graph.nodes)) - 2:
-        raise NotYet(f"you listed {len(got)} nodes, but only {len(want)} changed. `mg` is a deep copy, so even "
-                     "unchanged layers are different objects (`is` and `==` say they differ): compare the "
-                     "layers' classes, `type(get_node_actual_target(node))`.")
+        raise NotYet(f"you listed {len(got)} nodes, but only {len(want)} changed. The two graphs' fx nodes are "
+                     "always different objects (and a copied layer would be too): compare the layers' classes, "
+                     "`type(get_node_actual_target(node))`.")
     names = {n.name for n in mg.fx_graph.nodes}
     strangers = [n for n in extra if str(n) not in names]
     if strangers:
