@@ -277,7 +277,7 @@ def compare_nodes(graph, original_graph) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize_quantization_analysis_pass(graph, pass_args: dict):
+def summarize_quantization_analysis_pass(graph, pass_args: dict = None, save_dir=None):
     """Count, per original layer type, how many nodes the quantisation changed (MASE's table).
 
     pass_args: ``{"original_graph": ori_mg, "save_dir": None or a folder, "verbose": True}``.
@@ -287,7 +287,15 @@ def summarize_quantization_analysis_pass(graph, pass_args: dict):
     labkit's ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}``. Returns
     ``(graph, {"summary": DataFrame, "nodes": DataFrame, "compare": DataFrame})``; ``compare``
     is MASE's per-node table.
+
+    The lab handouts' older call ``summarize_quantization_analysis_pass(ori_mg, mg,
+    save_dir="quantize_summary")`` (original graph first) works too.
     """
+    if isinstance(getattr(pass_args, "model", None), fx.GraphModule):  # (ori_mg, mg, save_dir=...)
+        graph, pass_args = pass_args, {"original_graph": graph, "save_dir": save_dir}
+    elif save_dir is not None:
+        raise TypeError("summarize_quantization_analysis_pass: save_dir= goes with the handouts' call "
+                        "(ori_mg, mg, save_dir=...); otherwise put it in pass_args")
     args = check_pass_args(pass_args, {"original_graph": None, "save_dir": None, "verbose": True},
                            "summarize_quantization_analysis_pass")
     if args["original_graph"] is None:
