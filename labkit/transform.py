@@ -87,7 +87,7 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     the summary DataFrames, both graphs and the paths written.
     """
     from .data import load_dataset
-    from .graph import MaseGraph
+    from .graph import MaseGraph, deepcopy_mase_graph
     from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from .passes.quantize import quantize_transform_pass, summarize_quantization_analysis_pass
     from .train import evaluate, load_model
@@ -119,8 +119,8 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     mg = MaseGraph(model=model)
     mg, _ = init_metadata_analysis_pass(mg, None)
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": batch}})
-    ori_mg = mg
-    mg, qinfo = quantize_transform_pass(ori_mg, quant_args)  # a quantised copy: ori_mg stays float
+    ori_mg = deepcopy_mase_graph(mg)  # the pass quantises mg itself (as MASE's does): keep a float copy
+    mg, qinfo = quantize_transform_pass(mg, quant_args)
 
     project = check_name(config["project"], "project") if config.get("project") else \
         default_project(model_name, data.info.name)
@@ -212,6 +212,6 @@ def load_transformed(path, info=None):
         detail = " ".join(str(e).split())[:300]
         raise ValueError(f"transformed model {path} does not fit model {name!r}: {detail}") from None
     mg = MaseGraph(model=model.eval())
-    # the model was just built: quantise this graph in place (quantize_transform_pass would copy it)
+    # the model was just built: quantise this graph in place
     apply_quantize_plan(mg, validate_quantize_args(mg, saved["quantize"]))
     return mg
