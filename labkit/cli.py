@@ -5,6 +5,7 @@
     labkit transform --config configs/lab2_transform_jsc_custom.toml
     labkit ls                     # models and datasets
     labkit notebooks --quick      # execute every notebook with papermill
+    labkit notebooks --student    # write the student copies (exercises without solutions)
 
 Every error ends the program with exit status 2 and one line that names the bad value and
 what is allowed; nothing already computed (data caches, checkpoints) is touched.
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--dataset", default="auto", help="auto (real if available, else synthetic), jsc, jsc-synthetic")
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     nb.add_argument("--output-dir", default=None, help="where executed notebooks go (default notebooks/executed)")
+    nb.add_argument("--student", action="store_true",
+                    help="do not execute: write the student build (solutions replaced by stubs and hints) "
+                         "to notebooks/student/ (or --output-dir)")
     return p
 
 
@@ -166,6 +170,8 @@ def cmd_transform(args):
     s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed",
                          "accelerator"])
     _check(s, ["seed", "accelerator"])
+    from .paths import outputs_dir
+    outputs_dir()  # an unusable outputs folder is one line now, not after quantising
     from .transform import run_transform
     run_transform(s)
 
@@ -178,6 +184,11 @@ def cmd_ls(args):
 
 
 def cmd_notebooks(args):
+    if args.student:
+        from .exercises.student import write_student_build
+        for path in write_student_build(args.output_dir, only=args.only):
+            print(f"[labkit] student copy: {path}")
+        return
     from .notebooks import run_notebooks
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
