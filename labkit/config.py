@@ -46,7 +46,10 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "max_time": ((float, int), DEFAULTS["max_time"], "training time limit in seconds"),
     "num_threads": ((int,), DEFAULTS["num_threads"], "CPU threads for torch"),
     "passes": ((dict,), None, "transform passes, e.g. [passes.quantize]"),
+    "search": ((dict,), None, "a [search] section: search space and strategy (labkit search)"),
+    "transform": ((dict,), None, "MASE's [transform] table: style = \"graph\" (the only style)"),
 }
+TABLE_KEYS = ("passes", "search", "transform")  # tables, not settings: not in the settings table
 
 
 class ConfigError(ValueError):
@@ -59,7 +62,7 @@ def default_project(model: str, dataset: str) -> str:
 
 
 def defaults() -> dict:
-    return {k: v[1] for k, v in KEYS.items() if k != "passes"}
+    return {k: v[1] for k, v in KEYS.items() if k not in TABLE_KEYS}
 
 
 def validate(config: dict, source: str = "config") -> dict:
@@ -91,6 +94,9 @@ def validate(config: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: {key} must be > 0, got {config[key]!r}")
     if config.get("weight_decay") is not None and config["weight_decay"] < 0:
         raise ConfigError(f"{source}: weight_decay must be >= 0, got {config['weight_decay']!r}")
+    transform = config.get("transform")
+    if transform is not None and (set(transform) - {"style"} or transform.get("style", "graph") != "graph"):
+        raise ConfigError(f"{source}: [transform] takes only style = \"graph\", got {transform!r}")
     if config.get("seed") is not None:
         from .data.prepare import check_seed  # the one seed check, shared with the data layer
         try:
@@ -130,7 +136,7 @@ def settings_table(file_config: dict | None, overrides: dict | None, keys=None, 
 
     base = defaults() if base is None else base
     effective = resolve(file_config, overrides, base) if effective is None else effective
-    keys = keys or [k for k in KEYS if k != "passes"]
+    keys = keys or [k for k in KEYS if k not in TABLE_KEYS]
     rows = []
     for k in keys:
         rows.append({

@@ -37,3 +37,17 @@ def outputs_dir() -> Path:
 
 def figures_dir() -> Path:
     return _dir("LABKIT_FIGURES_DIR", "figures")
+
+
+_NAME_CHARS = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+def check_name(value, what: str = "project") -> str:
+    """A user-given name that becomes a folder or file name: one path component of letters,
+    digits, ``.``, ``_`` and ``-`` (first a letter or digit, at most 64), so it can never climb
+    out of ``outputs/`` (``..``, ``/``) or surprise a shell. Returns ``value``; ValueError if not."""
+    import re
+    if not isinstance(value, str) or not re.fullmatch(_NAME_CHARS, value):
+        raise ValueError(f"{what} name {value!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return value
