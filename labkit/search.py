@@ -448,11 +448,22 @@ def _run_trial(task):
 # --- the study ------------------------------------------------------------------------------------
 
 def _sampler(name: str, seed: int | None):
+    import warnings
+
     import optuna
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-            "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-            "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=seed)}[name]()
+
+    class GridSampler(optuna.samplers.BruteForceSampler):
+        # Its after_trial() calls study.stop() once the grid is covered, which only works inside
+        # study.optimize(); ask-and-tell stops by itself after min(n_trials, grid size) trials.
+        def after_trial(self, study, trial, state, values):
+            pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+                "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+                "bruteforce": lambda: GridSampler(seed=seed)}[name]()
 
 
 def _sqlite_storage(path: Path):
@@ -796,6 +807,8 @@ def _toml_value(v) -> str:
         return repr(v)
     if isinstance(v, str):
         return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} to TOML")
 
 
