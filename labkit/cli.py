@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--accelerator", choices=cfg.ACCELERATORS, default=None)
         sp.add_argument("--batch-size", dest="batch_size", type=int, default=None, help=batch_help)
         sp.add_argument("--seed", type=int, default=None, help=cfg.KEYS["seed"][2])
-        sp.add_argument("--project", default=None, help="output folder under outputs/")
+        sp.add_argument("--project", default=None,
+                        help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
         if load:
             sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
                             help="checkpoint to load (relative paths may also be relative to the project root)")
@@ -128,6 +129,8 @@ def cmd_train(args):
     s = _settings(args, ["model", "dataset", "data_size", *TRAIN_FLAGS])
     settings = [k for k in TRAIN_FLAGS if k != "project"]
     _check(s, settings)
+    from .paths import outputs_dir
+    outputs_dir()  # an unusable outputs folder is one line now, not after loading the data
     from .train import train
     result = train(s["model"], _load_data(s), project=s["project"], progress=args.progress,
                    **{k: s[k] for k in settings})
@@ -183,6 +186,14 @@ def cmd_notebooks(args):
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
 
+def _describe_os_error(e: OSError) -> str:
+    """One line naming the path and what to do (never a traceback)."""
+    from .paths import PathUnusableError, env_for, unusable
+    if isinstance(e, PathUnusableError) or not e.filename:
+        return " ".join(str(e).split())
+    return str(unusable(e.filename, e, env_for(e.filename)))
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -196,6 +207,9 @@ def main(argv=None) -> int:
     except errors as e:
         print(f"labkit {args.action}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
+        print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"labkit {args.action}: interrupted; finished checkpoints and caches are kept", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 LOAD_TYPES = ("pl", "pt")
 TASKS = ("cls", "classification")
 MIN_DATA_SIZE = 100  # the data layer's smallest dataset
+MAX_DATA_SIZE = 830_000  # the whole JSC table; the synthetic stand-in is capped at the same size
 
 # key -> (allowed python types, default, help)
 KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
@@ -32,7 +33,7 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "data_size": ((int,), None, f"use only this many rows (at least {MIN_DATA_SIZE}; synthetic: generate this many)"),
     "task": ((str,), "cls", "cls (classification); the only task of the JSC labs"),
     "accelerator": ((str,), DEFAULTS["accelerator"], ", ".join(ACCELERATORS)),
-    "project": ((str,), None, "output folder name under outputs/"),
+    "project": ((str,), None, "output folder name under outputs/ (letters, digits, . _ -; at most 64)"),
     "seed": ((int,), DEFAULTS["seed"], "random seed, in [0, 2**32)"),
     "log_every_n_steps": ((int,), DEFAULTS["log_every_n_steps"], "Lightning logging interval"),
     "load_name": ((str,), None, "checkpoint to load"),
@@ -57,8 +58,10 @@ class ConfigError(ValueError):
 
 
 def default_project(model: str, dataset: str) -> str:
-    """The output folder when none is given: ``outputs/<model>_<dataset>/``."""
-    return f"{model}_{dataset}"
+    """The output folder when none is given: ``outputs/<model>_<dataset>/`` (a model registered
+    under a name unfit for a folder, e.g. ``"a/b"``, must be given a project explicitly)."""
+    from .paths import check_name
+    return check_name(f"{model}_{dataset}", "project")
 
 
 def defaults() -> dict:
@@ -86,6 +89,9 @@ def validate(config: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
     if config.get("data_size") is not None and config["data_size"] < MIN_DATA_SIZE:
         raise ConfigError(f"{source}: data_size must be at least {MIN_DATA_SIZE} rows, got {config['data_size']!r}")
+    if config.get("data_size") is not None and config["data_size"] > MAX_DATA_SIZE:
+        raise ConfigError(f"{source}: data_size must be at most {MAX_DATA_SIZE} rows (the whole JSC table), "
+                          f"got {config['data_size']!r}")
     for key in ("learning_rate", "max_time", "weight_decay"):
         if config.get(key) is not None and not math.isfinite(config[key]):
             raise ConfigError(f"{source}: {key} must be a finite number, got {config[key]!r}")
@@ -97,6 +103,12 @@ def validate(config: dict, source: str = "config") -> dict:
     transform = config.get("transform")
     if transform is not None and (set(transform) - {"style"} or transform.get("style", "graph") != "graph"):
         raise ConfigError(f"{source}: [transform] takes only style = \"graph\", got {transform!r}")
+    if config.get("project") is not None:
+        from .paths import check_name  # one folder under outputs/, never a path elsewhere
+        try:
+            check_name(config["project"], "project")
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     if config.get("seed") is not None:
         from .data.prepare import check_seed  # the one seed check, shared with the data layer
         try:
@@ -106,13 +118,35 @@ def validate(config: dict, source: str = "config") -> dict:
     return config
 
 
+def read_toml_text(path) -> str:
+    """The text of a TOML file, or a ConfigError naming the file and what is wrong with it.
+
+    A UTF-8 byte-order mark (Notepad writes one) is dropped; binary and non-UTF-8 files are
+    refused by name rather than with a codec error."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory, not a TOML file")
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
+    if b"\0" in raw:
+        raise ConfigError(f"config {path} is a binary file, not a TOML text file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+
+
 def load_config(path) -> dict:
     """Read and validate a TOML config file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    text = read_toml_text(path)
     try:
-        config = tomllib.loads(path.read_text())
+        config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return validate(config, source=str(path))

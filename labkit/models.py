@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pandas as pd
 import torch.nn as nn
 
+from .checks import positive_int
 from .registry import Registry
 
 MODELS = Registry("model")
@@ -32,10 +33,16 @@ def register_model(name: str, *, overwrite: bool = True):
 
 
 def _as_info(info):
+    """``info`` as an object with positive-integer ``num_features`` and ``num_classes``."""
     if info is None:
         return JSC_INFO
     if isinstance(info, dict):  # MASE passes plain dicts around
-        return SimpleNamespace(**info)
+        info = SimpleNamespace(**info)
+    if not (hasattr(info, "num_features") and hasattr(info, "num_classes")):
+        raise TypeError(f"info must be a DatasetInfo (data.info), a dict or an object with num_features "
+                        f"and num_classes, got {info!r} ({type(info).__name__})")
+    for key in ("num_features", "num_classes"):
+        positive_int(key, getattr(info, key))
     return info
 
 
@@ -44,6 +51,8 @@ def get_model(name: str, info=None) -> nn.Module:
 
     The model remembers its registry name as ``model.labkit_name``, so training the module
     itself (``train(get_model("jsc-tiny"), data)``) records ``"jsc-tiny"`` in its checkpoint."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a registered model name ({', '.join(MODELS.names())}), got {name!r}")
     build = MODELS.get(name)
     model = build(_as_info(info))
     if not isinstance(model, nn.Module):

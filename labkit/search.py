@@ -644,7 +644,8 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise RuntimeError(f"another search is running on {out}; wait for it or use another project") from None
+        raise OSError(f"another search is running on {out / 'study.db'}; wait for it to finish or use "
+                      "another project") from None
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = _sqlite_storage(out / "study.db")
@@ -787,7 +788,7 @@ def _results(trials, space, checked, directions, config, project, model_name, ck
              "best_config": out / "best_config.toml"}
     atomic_write_text(files["trials"], frame.to_csv(index=False))
     atomic_write_text(files["pareto"], pareto.to_csv(index=False))
-    top = {"model": model_name, "dataset": data.info.name, "project": f"{project}_best"}
+    top = {"model": model_name, "dataset": data.info.name, "project": f"{project[:59]}_best"}
     if ckpt is not None:
         top.update(load_name=str(ckpt), load_type=config.get("load_type") or "pl")
     if config.get("data_size"):

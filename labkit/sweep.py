@@ -45,7 +45,7 @@ from .cache import ResultCache, settings_hash
 from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
-from .paths import outputs_dir
+from .paths import check_name, outputs_dir
 from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, torch_threads, train
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
@@ -254,6 +254,50 @@ def _spawn_works() -> bool:
     return main_file is None or os.path.exists(main_file)
 
 
+def _is_main_test(test) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    import ast
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+            and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
+
+
+def unguarded_main_line(source: str, lineno: int) -> bool:
+    """Is line ``lineno`` of a script outside every ``if __name__ == "__main__":`` block?"""
+    import ast
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test):
+            if node.body[0].lineno <= lineno <= node.body[-1].end_lineno:
+                return False
+    return True
+
+
+def _unguarded_script() -> bool:
+    """Was this sweep started by a script's top-level code outside an ``if __name__ ==
+    "__main__":`` guard? Spawned workers re-run that code, so each would start a sweep of its
+    own (multiprocessing then fails with a long traceback). Looked up on the call stack."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file or not os.path.isfile(main_file):
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            try:
+                if os.path.samefile(code.co_filename, main_file):
+                    return unguarded_main_line(Path(main_file).read_text(), frame.f_lineno)
+            except (OSError, UnicodeDecodeError):
+                return False
+        frame = frame.f_back
+    return False
+
+
 def _cpu_count() -> int:
     """CPU cores this process may use (a container or ``taskset`` may allow fewer than exist)."""
     try:
@@ -355,6 +399,12 @@ def _row(setting: dict, result: dict, cached: bool) -> dict:
     return row
 
 
+def _valid_result(result: dict) -> bool:
+    """A stored run the table and plots can use (an entry edited by hand may not be)."""
+    history = result.get("history", [])
+    return isinstance(history, list) and all(isinstance(row, dict) for row in history)
+
+
 def _history(result: dict) -> pd.DataFrame:
     return pd.DataFrame(result.get("history") or [])
 
@@ -406,9 +456,9 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     check_settings(accelerator=accelerator)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
+    name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
     data = _resolve_data(dataset, data)
     device = _device_kind(accelerator)
-    name = name or _default_name(model, list(grid))
     directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
     cache = ResultCache(directory)
 
@@ -428,15 +478,14 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
 
     results, cached = {}, set()
     for i, (_, _, key) in enumerate(runs):
-        hit = cache.get(key)
+        hit = cache.get(key, valid=_valid_result)
         if hit is not None:
             results[i], _ = hit, cached.add(i)
     missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
 
     def project(i):
-        # An absolute path: train() writes checkpoints under outputs_dir() / project, and
-        # pathlib's "/" keeps an absolute right-hand side, so they land next to the cache.
-        return str((directory / "runs" / settings_hash(runs[i][2])).resolve())
+        # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
+        return (directory / "runs" / settings_hash(runs[i][2])).resolve()
 
     def store(i, result):
         cache.put(runs[i][2], result)
@@ -448,6 +497,11 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         builders = worker_builders({_model_key(runs[i][1]["model"]): runs[i][1]["model"] for i in missing}.values())
         in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works()
                       or builders is None)
+        if not in_process and _unguarded_script():
+            in_process = True
+            print(f"[labkit] sweep {name}: this script calls sweep() outside `if __name__ == \"__main__\":`, "
+                  f"which worker processes would re-run; running the {len(missing)} runs in this process "
+                  f"instead (put the call under that guard to use {n_workers} workers)", file=sys.stderr)
         if in_process:
             with torch_threads(1 if device == "cpu" else None):  # train() and evaluate() alike
                 for i in missing:
@@ -524,7 +578,7 @@ def load_sweep(name_or_dir, root=None) -> SweepResult:
         directory = (Path(root) if root else sweeps_root()) / str(name_or_dir)
     if not directory.is_dir():
         raise ValueError(f"no sweep {name_or_dir!r}; stored sweeps: {', '.join(list_sweeps(root)) or 'none'}")
-    entries = ResultCache(directory).entries()
+    entries = [e for e in ResultCache(directory).entries() if _valid_result(e["result"])]
     if not entries:
         raise ValueError(f"sweep {name_or_dir!r} has no finished runs in {directory}")
     flat = [{k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v

@@ -35,7 +35,9 @@ from pathlib import Path
 import torch
 
 from .cache import atomic_write_text
-from .paths import outputs_dir, project_root
+from .checks import path_like
+from .config import default_project
+from .paths import check_name, outputs_dir, project_root
 
 PASSES = ("quantize",)
 
@@ -112,7 +114,8 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     ori_mg = mg
     mg, qinfo = quantize_transform_pass(ori_mg, quant_args)  # a quantised copy: ori_mg stays float
 
-    project = config.get("project") or f"{model_name}_{data.info.name}"
+    project = check_name(config["project"], "project") if config.get("project") else \
+        default_project(model_name, data.info.name)
     out = outputs_dir() / project / "transform"
     if save:
         out.mkdir(parents=True, exist_ok=True)
@@ -173,12 +176,18 @@ def load_transformed(path, info=None):
     from .models import get_model
     from .passes.quantize import apply_quantize_plan, validate_quantize_args
 
-    path = Path(path)
+    path = Path(path_like("path", path, "the path of a transformed.pt"))
     if not path.is_file():
         raise FileNotFoundError(f"transformed model not found: {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or not {"state_dict", "model_name", "quantize"} <= set(saved):
-        raise ValueError(f"{path} is not a labkit transform output (needs state_dict, model_name, quantize)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file, truncated, or pickled objects (never executed)
+        # (torch's own message advises weights_only=False, which would run whatever the file holds)
+        saved = None
+    if (not isinstance(saved, dict) or not {"state_dict", "model_name", "quantize"} <= set(saved)
+            or not isinstance(saved["state_dict"], dict) or not isinstance(saved["model_name"], str)):
+        raise ValueError(f"{path} is not a labkit transform output (a transformed.pt written by "
+                         f"`labkit transform` / run_transform, with state_dict, model_name and quantize)")
     saved_info = _saved_info(saved)
     if info is None:
         info = saved_info

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..cache import ResultCache
 from ..data.formats import sha256_file
-from ..paths import outputs_dir
+from ..paths import check_name, outputs_dir
 from .modules import QuantizedMixin
 from .quantizers import QUANTIZERS
 
@@ -153,7 +153,8 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     if data is None:
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
     calibration = data.split("train")[0][:calibration_samples]
-    cache = ResultCache(cache_dir or outputs_dir() / "quantization_compare" / model_name)
+    root = outputs_dir() / "quantization_compare" / check_name(model_name, "model name")
+    cache = ResultCache(cache_dir or root)
     # QAT runs on the accelerator; GPU and CPU results differ in rounding, so both go in the key
     device = "gpu" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) \
         else "cpu"
@@ -180,7 +181,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
             result = cache.get(key)
             cached = result is not None
             if not cached:
-                project = f"quantization_compare/{model_name}/qat_{fmt}_{width}b"
+                project = root / f"qat_{fmt}_{width}b"  # a Path: train() writes there
                 result = _one_run(mg, data, fmt, width, mode, list(ops), qat, project)
                 cache.put(key, result)
             rows.append({"format": fmt, "width": width, "mode": mode, **result, "cached": cached})
