@@ -46,6 +46,7 @@ from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import check_name, outputs_dir
+from .progress import EpochCounter, epoch_callback, install as install_progress
 from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, torch_threads, train
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
@@ -155,7 +156,7 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
         model = copy.deepcopy(model)  # every run starts from the same weights
     kwargs = {k: settings[k] for k in SETTINGS if k != "model"}
     r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
-              progress=False, verbose=False, **kwargs)
+              progress=False, verbose=False, callbacks=[epoch_callback()], **kwargs)  # epochs -> EpochCounter
     test_acc = float("nan")
     if r["best_ckpt"]:
         if isinstance(model, nn.Module):
@@ -194,10 +195,11 @@ def _load_source(source) -> JSCData:
     return data
 
 
-def _init_worker(source, threads: int, builders: dict):
+def _init_worker(source, threads: int, builders: dict, progress_sink=None):
     global _WORKER_DATA
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
     torch.set_num_threads(threads)
+    install_progress(progress_sink)  # every finished epoch goes to the parent's EpochCounter
     for name, build in builders.items():  # unpickling each one imported the module defining it
         MODELS.register(name, build)
     _WORKER_DATA = _load_source(source)  # once per process, not per run
@@ -487,9 +489,13 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
         return (directory / "runs" / settings_hash(runs[i][2])).resolve()
 
+    epochs = EpochCounter(sum(runs[i][1]["max_epochs"] for i in missing), f"sweep {name}",
+                          disable=not progress or not missing)
+
     def store(i, result):
         cache.put(runs[i][2], result)
         results[i] = result
+        epochs.run_finished(runs[i][1]["max_epochs"], int(result.get("epochs") or 0))
 
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
@@ -503,6 +509,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                   f"which worker processes would re-run; running the {len(missing)} runs in this process "
                   f"instead (put the call under that guard to use {n_workers} workers)", file=sys.stderr)
         if in_process:
+            install_progress(epochs.sink())
             with torch_threads(1 if device == "cpu" else None):  # train() and evaluate() alike
                 for i in missing:
                     bar.set_postfix_str(label_of(runs[i][0]))
@@ -510,8 +517,10 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                     bar.update()
         elif missing:
             _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), builders,
-                      store, bar)
+                      store, bar, epochs)
     finally:
+        install_progress(None)
+        epochs.close()
         bar.close()
 
     rows = [_row(runs[i][0], results[i], i in cached) for i in range(len(runs))]
@@ -520,10 +529,11 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                        time.perf_counter() - start)
 
 
-def _run_pool(missing, runs, data, project, accelerator, n_workers, builders, store, bar):
+def _run_pool(missing, runs, data, project, accelerator, n_workers, builders, store, bar, epochs=None):
     ctx = mp.get_context("spawn")  # safe with threads, notebooks and CUDA; workers import labkit
+    sink = epochs.worker_sink(ctx) if epochs is not None else None
     pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(_data_source(data), 1, builders))
+                                  initargs=(_data_source(data), 1, builders, sink))
     try:
         futures = {pool.submit(_run_in_worker, runs[i][1], project(i), accelerator): i for i in missing}
         for fut in cf.as_completed(futures):

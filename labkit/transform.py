@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -97,14 +98,21 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
             raise ValueError(f"the transform config needs {key} = \"...\"")
     quant_args = check_passes(config.get("passes"))["quantize"]
     model_name = config["model"]
-    ckpt = resolve_checkpoint(config.get("load_name"))
+    # no load_name: MASE's transform quantises the freshly initialised (seeded) model
+    ckpt = resolve_checkpoint(config["load_name"]) if config.get("load_name") else None
     load_type = config.get("load_type") or "pl"
 
     if data is None:
         kwargs = {"size": config["data_size"]} if config.get("data_size") else {}
         data = load_dataset(config["dataset"], **kwargs)
     torch.manual_seed(int(config.get("seed") or 0))
-    model = load_model(model_name, ckpt, load_type, info=data.info)
+    if ckpt is None:
+        from .models import get_model
+        print(f"labkit: warning: no load_name: transforming an untrained {model_name} "
+              f"(initialised with seed {int(config.get('seed') or 0)}), as MASE does", file=sys.stderr)
+        model = get_model(model_name, data.info)
+    else:
+        model = load_model(model_name, ckpt, load_type, info=data.info)
     model.eval()
 
     batch = data.split("train")[0][: int(config.get("batch_size") or 128)]
@@ -125,7 +133,7 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     before, after = evaluate(ori_mg.model, data, "test"), evaluate(mg.model, data, "test")
     result = {
         "model": model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
-        "checkpoint": str(ckpt), "project": project,
+        "checkpoint": str(ckpt) if ckpt else None, "project": project,
         "test_acc_before": before["acc"], "test_acc_after": after["acc"],
         "test_loss_before": before["loss"], "test_loss_after": after["loss"], "n_test": after["n"],
         "changed": qinfo["changed"],

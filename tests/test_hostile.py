@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -280,6 +279,34 @@ def test_data_processed_a_regular_file(capsys, home, monkeypatch):
     assert (data / "processed").read_text() == "not a folder"
 
 
+def test_data_dir_not_writable_is_one_line(capsys, home, monkeypatch):
+    """As another user: the processed cache cannot be written (simulated, since root writes anyway)."""
+    import errno
+
+    import labkit.data.prepare as prepare
+    data = home / "data"
+    monkeypatch.setenv("LABKIT_DATA_DIR", str(data))
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(prepare, "save_processed", refuse)
+    line = cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", *TINY], code=1)
+    assert str(data / "processed") in line and "permission denied" in line and "LABKIT_DATA_DIR" in line
+
+
+def test_a_failed_run_leaves_the_projects_checkpoints_as_they_were(capsys, home, tiny_data):
+    from labkit.models import get_model
+    from labkit.train import train
+    train("jsc-tiny", data=tiny_data, project="keep", max_epochs=1, progress=False, verbose=False)
+    before = files_under(home / "outputs")
+    with pytest.raises(ValueError):
+        train(get_model("jsc-tiny", {"num_features": 8, "num_classes": 5}), data=tiny_data, project="keep")
+    for argv in (["--learning-rate", "-1"], ["--batch-size", "0"], ["--data-size", str(10**9)]):
+        cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--project", "keep", *argv])
+    assert files_under(home / "outputs") == before
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
 def test_outputs_not_writable(capsys, home):
     (home / "outputs").mkdir(mode=0o500)
@@ -314,23 +341,24 @@ def test_more_rows_than_the_real_table_has_says_so(tmp_path):
 # -- sweep() in a script without a __main__ guard ---------------------------------------------
 
 
-def test_sweep_without_main_guard_runs_in_process_with_one_notice(tmp_path):
-    script = tmp_path / "unguarded.py"
-    script.write_text(textwrap.dedent("""
-        from labkit.data import load_dataset
-        from labkit.sweep import sweep
-        data = load_dataset("jsc-synthetic", size=1000, progress=False)
-        res = sweep("jsc-tiny", data, "batch_size", [256, 512], max_epochs=1, workers=2, progress=False)
-        print("runs", len(res.table))
-    """))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "LABKIT_OUTPUT_DIR": str(tmp_path / "outputs")}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr and "runs 2" in out.stdout
-    notices = [line for line in out.stderr.splitlines() if "__main__" in line]
-    assert len(notices) == 1 and "in this process" in notices[0], out.stderr
+def test_sweep_without_main_guard_runs_in_process_with_one_notice(home, tiny_data, monkeypatch, capsys):
+    """A script run as ``python script.py`` that calls sweep() at top level: spawned workers would
+    re-run it (and start sweeps of their own); the sweep runs in this process with one notice."""
+    import types
+
+    script = home / "cwd" / "unguarded.py"
+    script.write_text("res = sweep('jsc-tiny', data, 'batch_size', [256, 512], max_epochs=1, workers=2, "
+                      "progress=False, name='unguarded')\n")
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main_module)
+    from labkit.sweep import sweep
+    env = {"__name__": "__main__", "__file__": str(script), "sweep": sweep, "data": tiny_data}
+    exec(compile(script.read_text(), str(script), "exec"), env)
+    assert len(env["res"].table) == 2
+    err = capsys.readouterr().err
+    notices = [line for line in err.splitlines() if "__main__" in line]
+    assert len(notices) == 1 and "in this process" in notices[0], err
 
 
 def test_main_guard_detection():
@@ -389,8 +417,10 @@ def test_unreadable_config_is_named(capsys, home, kind, content, expect):
 def test_a_utf8_bom_config_is_accepted(capsys, home):
     from labkit.config import load_config
     path = home / "cwd" / "notepad.toml"
-    path.write_bytes(b"\xef\xbb\xbf" + 'model = "jsc-tiny"\ndataset = "jsc-synthetic"\n'.encode())
+    path.write_bytes(b"\xef\xbb\xbf" + 'model = "jsc-tiny"\ndataset = "jsc-synthetic"\nproject = "bom"\n'.encode())
     assert load_config(path)["model"] == "jsc-tiny"
+    assert main(["train", "--config", str(path), *TINY]) == 0
+    assert (home / "outputs" / "bom" / "software" / "training_ckpts" / "best.ckpt").is_file()
 
 
 def test_typo_suggests_the_nearest_model(capsys):
@@ -414,8 +444,18 @@ def test_quantize_bypass_must_be_a_boolean(value):
     mg = MaseGraph(get_model("jsc-tiny"))
     import tomllib
     args = tomllib.loads(f'by = "type"\n[linear.config]\nname = "integer"\nbypass = {value}\n')
-    with pytest.raises(ValueError, match=r"bypass must be true or false, got"):
+    with pytest.raises(ValueError, match=r"bypass in \[linear.config\] must be true or false, got"):
         quantize_transform_pass(mg, args)
+
+
+def test_transform_config_with_bypass_yes_exits_2_and_writes_nothing(capsys, home, trained):
+    toml = home / "cwd" / "q.toml"
+    toml.write_text(f'model = "jsc-tiny"\ndataset = "jsc-synthetic"\ndata_size = 1000\nload_name = "{trained}"\n'
+                    f'project = "q"\n[passes.quantize]\nby = "type"\n[passes.quantize.default.config]\n'
+                    f'name = "integer"\nbypass = "yes"\n')
+    line = cli(capsys, ["transform", "--config", toml])
+    assert "bypass" in line and "'yes'" in line
+    assert not (home / "outputs" / "q").exists()
 
 
 # -- the Python API: exceptions naming the argument -------------------------------------------
