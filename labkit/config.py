@@ -26,11 +26,11 @@ LOAD_TYPES = ("pl", "pt")
 TASKS = ("cls", "classification")
 
 # What MASE's `ch` reads from a config that labkit has no use for: MASE's other command-line
-# settings and config sections (a [search] for its search action, [transform] style, ...).
+# settings and config sections ([transform] style, ...). ([search] is read by `labkit search`.)
 # MASE drops *any* key it does not know, silently; labkit drops only these, with one warning
 # line naming them, and still rejects a key neither knows (a typo would otherwise be lost).
 MASE_ONLY_KEYS = (
-    "report", "transform", "search", "search_space", "strategy", "cf_args",
+    "report", "transform", "search_space", "strategy", "cf_args",
     "to_debug", "log_level", "training_optimizer", "trainer_precision", "max_steps",
     "accumulate_grad_batches", "num_nodes", "is_to_auto_requeue", "github_ci",
     "disable_dataset_cache", "target", "num_targets", "is_pretrained", "max_token_len", "project_dir",
@@ -67,9 +67,8 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "num_devices": ((int,), None, "MASE's --gpu (devices); labkit trains on one device: 1"),
     "passes": ((dict,), None, "transform passes, e.g. [passes.quantize]"),
     "search": ((dict,), None, "a [search] section: search space and strategy (labkit search)"),
-    "transform": ((dict,), None, "MASE's [transform] table: style = \"graph\" (the only style)"),
 }
-TABLE_KEYS = ("passes", "search", "transform")  # tables, not settings: not in the settings table
+TABLE_KEYS = ("passes", "search")  # tables, not settings: not in the settings table
 
 
 class ConfigError(ValueError):
@@ -144,9 +143,6 @@ def validate(config: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: {key} must be > 0, got {config[key]!r}")
     if config.get("weight_decay") is not None and config["weight_decay"] < 0:
         raise ConfigError(f"{source}: weight_decay must be >= 0, got {config['weight_decay']!r}")
-    transform = config.get("transform")
-    if transform is not None and (set(transform) - {"style"} or transform.get("style", "graph") != "graph"):
-        raise ConfigError(f"{source}: [transform] takes only style = \"graph\", got {transform!r}")
     if config.get("project") is not None:
         from .paths import check_name  # one folder under outputs/, never a path elsewhere
         try:

@@ -88,4 +88,3 @@ def outputs_dir() -> Path:
 
 def figures_dir() -> Path:
     return _dir("LABKIT_FIGURES_DIR", "figures")
-
