@@ -35,9 +35,10 @@ _EXPORTS_BY_MODULE = {
     "plots": ["data_banner", "save_figure", "titled"],
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
-_SUBMODULES = ("cache", "cli", "config", "data", "executor", "findings", "graph", "models", "notebooks", "passes",
-               "paths", "plots", "progress", "quantize", "registry", "runtime", "search", "sweep", "train",
-               "transform", "widgets")
+_SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",
+               "paths", "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform",
+               "widgets")
+_SUBMODULES += ("executor", "search")  # issue 11
 
 __all__ = list(_EXPORTS)
 
