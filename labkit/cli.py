@@ -170,6 +170,8 @@ def cmd_transform(args):
     s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed",
                          "accelerator"])
     _check(s, ["seed", "accelerator"])
+    from .paths import outputs_dir
+    outputs_dir()  # an unusable outputs folder is one line now, not after quantising
     from .transform import run_transform
     run_transform(s)
 
