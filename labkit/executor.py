@@ -129,32 +129,38 @@ def map_unordered(fn, tasks, *, workers=None, cluster=None, initializer=None, in
     """Yield ``(task, fn(task))`` for every task, in the order they finish.
 
     ``workers``: 0 or 1 runs here, one after another; ``None`` (default) one process per CPU
-    core (at most one per task); ``n`` that many processes. ``cluster``: see the module doc;
-    when it (or ``$LABKIT_CLUSTER``) names one, ``workers`` is ignored. ``initializer(*initargs)``
-    runs once in every worker (here, once, for ``workers`` 0/1) before its first task.
+    core (at most one per task when ``tasks`` has a length); ``n`` that many processes.
+    ``cluster``: see the module doc; when it (or ``$LABKIT_CLUSTER``) names one, ``workers`` is
+    ignored. ``initializer(*initargs)`` runs once in every worker (here: once, before the
+    first task) before its first task.
 
-    Stop iterating early (or let an exception through) and the workers are stopped at once.
+    ``tasks`` is read lazily, a few ahead of the workers (two per worker), so a generator may
+    make each task from the results before it (ask-and-tell searches do). Stop iterating
+    early (or let an exception through) and the workers are stopped at once.
     """
     _check_workers(workers)
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable or None, got {initializer!r}")
-    tasks = list(tasks)
     target = cluster_from_env(cluster)
     if target is not None:
         return _dask_map(fn, tasks, target, initializer, tuple(initargs))
-    n = min(workers if workers is not None else cpu_count(), len(tasks))
+    n = workers if workers is not None else cpu_count()
+    if hasattr(tasks, "__len__"):
+        n = min(n, len(tasks))
     if n <= 1:
         return _in_process(fn, tasks, initializer, tuple(initargs))
     return _pool_map(fn, tasks, n, initializer, tuple(initargs))
 
 
-# -- in this process -------------------------------------------------------------------------
+_DONE = object()
 
 
 def _in_process(fn, tasks, initializer, initargs):
-    if initializer is not None and tasks:
-        initializer(*initargs)
+    ready = initializer is None
     for task in tasks:
+        if not ready:
+            initializer(*initargs)
+            ready = True
         yield task, fn(task)
 
 
@@ -174,30 +180,53 @@ def _stop_pool(pool):
 
 
 def _pool_map(fn, tasks, n, initializer, initargs):
-    pending = list(range(len(tasks)))
+    source = iter(tasks)
+    retry = []  # tasks that were running in a pool whose worker died
     restarts = 0
-    while pending:
+    while True:
         ctx = mp.get_context("spawn")  # safe with threads, notebooks and CUDA; workers import labkit
-        pool = cf.ProcessPoolExecutor(min(n, len(pending)), mp_context=ctx, initializer=_pool_init,
-                                      initargs=(initializer, initargs))
+        pool = cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_pool_init, initargs=(initializer, initargs))
+        pending = {}
         clean = False
+
+        def fill():
+            while len(pending) < 2 * n:  # one queued task per worker beyond the running ones
+                task = retry.pop(0) if retry else next(source, _DONE)
+                if task is _DONE:
+                    return
+                pending[pool.submit(fn, task)] = task
+
         try:
-            futures = {pool.submit(fn, tasks[i]): i for i in pending}
-            try:
-                for fut in cf.as_completed(futures):
-                    i = futures[fut]
-                    result = fut.result()
-                    pending.remove(i)
-                    yield tasks[i], result
-            except cf.process.BrokenProcessPool:
-                # A worker died (killed, out of memory): finished results are already handed
-                # back; the unfinished tasks go to a fresh pool, a bounded number of times.
-                restarts += 1
-                if restarts > MAX_RESTARTS:
-                    raise RuntimeError(f"worker processes died {restarts} times; {len(pending)} task(s) "
-                                       f"unfinished, first: {tasks[pending[0]]!r}") from None
-                continue
-            clean = True
+            fill()
+            broken = False
+            while pending and not broken:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    task = pending.pop(fut)
+                    try:
+                        result = fut.result()
+                    except cf.process.BrokenProcessPool:
+                        retry.append(task)
+                        broken = True
+                        continue
+                    yield task, result
+                if not broken:
+                    fill()
+            if not broken:
+                clean = True
+                return
+            # A worker died (killed, out of memory): finished results are handed back; what
+            # was running or queued goes to a fresh pool, a bounded number of times.
+            for fut, task in list(pending.items()):
+                if fut.done() and fut.exception() is None:
+                    yield task, fut.result()
+                else:
+                    retry.append(task)
+            pending.clear()
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise RuntimeError(f"local worker processes died {restarts} times (killed, or out of memory?); "
+                                   f"{len(retry)} task(s) unfinished, first: {describe(retry[0])}")
         finally:
             # Normal end: wait for the idle workers to exit. Otherwise (Ctrl-C, a failed task,
             # the caller stopped iterating, a broken pool): stop every worker now.
@@ -215,63 +244,94 @@ _RUN_LOCK = threading.Lock()
 _INITIALIZED: list = [None]
 
 
-def _dask_run(fn, task, initializer, token, *initargs):
+def _dask_run(payload: bytes, token: str, init: bytes | None):
+    # Unpickled here, inside the task, not by Dask on arrival: a class the worker cannot
+    # import then fails this task with ModuleNotFoundError instead of the worker's connection.
+    import cloudpickle
     with _RUN_LOCK:
-        if initializer is not None and _INITIALIZED[0] != token:
+        if init is not None and _INITIALIZED[0] != token:
+            initializer, initargs = cloudpickle.loads(init)
             initializer(*initargs)  # once per worker process and call (the data arrive scattered)
             _INITIALIZED[0] = token
+        fn, task = cloudpickle.loads(payload)
         return fn(task)
 
 
+def describe(task, limit: int = 160) -> str:
+    """A task as one short line, for messages (its ``repr``, whitespace folded, cut at ``limit``)."""
+    text = " ".join(repr(task).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _lost_message(task, exc) -> str:
-    return (f"run {task!r} failed on the Dask cluster: {type(exc).__name__}: {exc}; its worker died "
+    return (f"run {describe(task)} failed on the Dask cluster: {type(exc).__name__}: {describe(exc)}; its worker died "
             f"each time it ran it (see distributed.scheduler.allowed-failures). Finished runs are kept.")
 
 
 def _import_message(task, exc) -> str:
-    return (f"a Dask worker cannot import {exc.name!r}, needed by run {task!r}: install that module on the "
+    return (f"a Dask worker cannot import {exc.name!r}, needed by run {describe(task)}: install that module on the "
             f"workers (or `client.upload_file('<file>.py')`), or define the model in the notebook so that it "
             f"is sent by value")
 
 
 def _dask_map(fn, tasks, cluster, initializer, initargs):
+    client, owned = connect(cluster)  # connect now: an unreachable address fails before any work
+    return _dask_iter(client, owned, fn, tasks, initializer, initargs)
+
+
+def _dask_iter(client, owned, fn, tasks, initializer, initargs):
+    from concurrent.futures import CancelledError
+
+    import cloudpickle
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    client, owned = connect(cluster)  # connect now: an unreachable address fails before any work
-    return _dask_iter(client, owned, fn, tasks, initializer, initargs, as_completed, KilledWorker)
-
-
-def _dask_iter(client, owned, fn, tasks, initializer, initargs, as_completed, KilledWorker):
-    futures = {}
+    pending = {}
     try:
-        if not tasks:
-            return
         info = client.scheduler_info()
-        n = len(info.get("workers", {}))
+        workers = info.get("workers", {})
         # The dashboard exists only where the scheduler has bokeh (an optional extra).
         board = client.dashboard_link if "dashboard" in info.get("services", {}) else "none (pip install bokeh)"
-        print(f"Dask cluster {client.scheduler.address}: {n} worker(s); dashboard: {board}", flush=True)
+        print(f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s); dashboard: {board}", flush=True)
+        window = 2 * max(1, sum(w.get("nthreads", 1) for w in workers.values()))
         token = uuid.uuid4().hex
         # Sent once to every worker, held there for the whole call (not once per task).
-        init_futs = client.scatter(list(initargs), broadcast=True, hash=False) if initargs else []
-        for i, task in enumerate(tasks):
-            fut = client.submit(_dask_run, fn, task, initializer, token, *init_futs, pure=False,
-                                key=f"labkit-{token[:8]}-{i}")
-            futures[fut] = i
-        for fut in as_completed(list(futures), loop=client.loop):
-            i = futures.pop(fut)
+        init = None
+        if initializer is not None:
+            init = client.scatter(cloudpickle.dumps((initializer, initargs)), broadcast=True, hash=False)
+        source, count = iter(tasks), 0
+        running = as_completed([], loop=client.loop)
+
+        def fill():
+            nonlocal count
+            while len(pending) < window:
+                task = next(source, _DONE)
+                if task is _DONE:
+                    return
+                fut = client.submit(_dask_run, cloudpickle.dumps((fn, task)), token, init, pure=False,
+                                    key=f"labkit-{token[:8]}-{count}")
+                count += 1
+                pending[fut] = task
+                running.add(fut)
+
+        fill()
+        for fut in running:
+            task = pending.pop(fut)
             try:
                 result = fut.result()
             except KilledWorker as e:
-                raise RuntimeError(_lost_message(tasks[i], e)) from None
+                raise RuntimeError(_lost_message(task, e)) from None
             except ModuleNotFoundError as e:
-                raise RuntimeError(_import_message(tasks[i], e)) from e
+                raise RuntimeError(_import_message(task, e)) from e
+            except CancelledError as e:  # the scheduler dropped it (restarted, or the client was cut off)
+                raise RuntimeError(f"run {describe(task)} was cancelled on the Dask cluster: {e}; finished runs are "
+                                   f"kept") from None
             fut.release()
-            yield tasks[i], result
+            yield task, result
+            fill()
     finally:
-        if futures:  # stopped early or failed: drop what is still queued or running
-            client.cancel(list(futures), force=True)
+        if pending:  # stopped early or failed: drop what is still queued or running
+            client.cancel(list(pending), force=True)
         if owned:
             client.close()
 

@@ -219,8 +219,16 @@ def _init_worker(source, threads: int, builders: dict):
     _WORKER_DATA = _load_source(source)  # once per process, not per run
 
 
+class _Task(tuple):
+    """One run for the executor: ``(index, settings, project, accelerator, label)``; named by
+    its label in messages."""
+
+    def __repr__(self):
+        return self[4]
+
+
 def _run_in_worker(task):
-    _, settings, project, accelerator = task
+    _, settings, project, accelerator, _ = task
     return _run_one(settings, _WORKER_DATA, project, accelerator)
 
 
@@ -475,7 +483,7 @@ def _run_missing(missing, runs, data, project, accelerator, device, workers, tar
     """Run the ``missing`` runs here, in local worker processes or on a Dask cluster
     (:func:`labkit.executor.map_unordered`), storing each result as soon as it arrives."""
     models = {_model_key(runs[i][1]["model"]): runs[i][1]["model"] for i in missing}.values()
-    tasks = [(i, runs[i][1], project(i), accelerator) for i in missing]
+    tasks = [_Task((i, runs[i][1], project(i), accelerator, label_of(runs[i][0]))) for i in missing]
     fn, init, initargs, n = _run_in_worker, _init_worker, (), 1
     if target is not None:  # a cluster: the data scattered once per worker, models by value
         initargs = (_data_source(data, scatter=True), 1, worker_builders(models, by_value=True))

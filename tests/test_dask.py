@@ -66,6 +66,28 @@ def test_a_notebook_defined_model_travels_by_value(data, cluster, tmp_path):
     assert net  # a torch class (importable everywhere) needs nothing special; the __main__ one did
 
 
+def test_a_model_the_workers_cannot_import_is_one_clear_message(data, cluster, tmp_path, monkeypatch):
+    import importlib
+    import sys
+    (tmp_path / "t_client_only.py").write_text(
+        "import torch.nn as nn\n"
+        "class ClientOnly(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(16, 5)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # here only: the workers started before
+    try:
+        module = importlib.import_module("t_client_only")
+        message = "a Dask worker cannot import 't_client_only', needed by run batch_size=512: .*upload_file"
+        with pytest.raises(RuntimeError, match=message):
+            sweep(module.ClientOnly(), data, "batch_size", [512], cluster=cluster, cache_dir=tmp_path / "c",
+                  max_epochs=1, progress=False)
+    finally:
+        sys.modules.pop("t_client_only", None)
+
+
 def _init(self):
     nn.Module.__init__(self)
     self.body = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
