@@ -72,7 +72,27 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--dataset", default="auto", help="auto (real if available, else synthetic), jsc, jsc-synthetic")
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     nb.add_argument("--output-dir", default=None, help="where executed notebooks go (default notebooks/executed)")
+    _cluster_flag(nb)
     return p
+
+
+def _cluster_flag(sp):
+    sp.add_argument("--cluster", default=None, metavar="ADDRESS",
+                    help="run sweeps and comparisons on this Dask scheduler (tcp://host:8786); "
+                         "default: $LABKIT_CLUSTER, else worker processes on this machine")
+
+
+def _use_cluster(args):
+    """--cluster: checked and reached now (one line naming the address if not), then handed to
+    everything this command runs (notebook kernels too) as $LABKIT_CLUSTER."""
+    if args.cluster is None:
+        return
+    import os
+    from .executor import CLUSTER_ENV, choose_cluster, connect
+    address = choose_cluster(args.cluster)
+    client, _ = connect(address)
+    client.close()
+    os.environ[CLUSTER_ENV] = address
 
 
 def _overrides(args) -> dict:
@@ -154,6 +174,7 @@ def cmd_ls(args):
 
 
 def cmd_notebooks(args):
+    _use_cluster(args)
     from .notebooks import run_notebooks
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
@@ -165,7 +186,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     from .data import DataUnavailableError
-    errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError)
+    errors = (ValueError, TypeError, FileNotFoundError, ConnectionError, cfg.ConfigError, DataUnavailableError)
     try:
         globals()[f"cmd_{args.action}"](args)
     except errors as e:

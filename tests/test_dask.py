@@ -209,3 +209,38 @@ def test_a_local_worker_process_that_dies_loses_only_its_task(tmp_path):
     got = dict(executor.map_unordered(die_once, tasks, workers=2))
     assert got == {(str(tmp_path), x): x * x for x in range(3)}
     assert (tmp_path / "died-0").exists()  # it did die, once, and ran again in a fresh pool
+
+
+def test_the_cli_cluster_flag_fails_fast_with_one_line(capsys):
+    import socket
+
+    from labkit.cli import main
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    assert main(["notebooks", "--only", "zz", "--cluster", f"tcp://127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - start < executor.CONNECT_TIMEOUT_S + 5
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("labkit notebooks: error: cannot reach the Dask scheduler at tcp://127.0.0.1:")
+    assert "\n" not in err and os.environ.get(executor.CLUSTER_ENV) is None
+    assert main(["notebooks", "--cluster", "localhost"]) == 2
+    assert "got 'localhost'" in capsys.readouterr().err
+
+
+def test_a_worker_refuses_data_whose_fingerprint_differs_naming_both(data):
+    import dataclasses
+
+    import labkit.sweep as sw
+    other = dataclasses.replace(data, y_train=data.y_train.flip(0))
+    want, got = sw.data_fingerprint(data.identity()), sw.data_fingerprint(other.identity())
+    assert want != got
+    with pytest.raises(RuntimeError, match=f"fingerprint {got}, but the sweep's data has {want}"):
+        sw._load_source(("tensors", other, data.identity()))
+    source = sw._data_source(data)
+    if source[0] == "cache":  # the processed cache file local workers share
+        bad = {**other.identity(), "checksum": "x"}
+        with pytest.raises(RuntimeError, match=f"{source[1]} has fingerprint {want}, but the sweep's data has "
+                                               f"{sw.data_fingerprint(bad)}"):
+            sw._load_source(source[:3] + (bad,))
+    assert sw._load_source(sw._data_source(data, scatter=True)).identity() == data.identity()
