@@ -34,8 +34,8 @@ _EXPORTS_BY_MODULE = {
     "plots": ["data_banner", "save_figure", "titled"],
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
-_SUBMODULES = ("cache", "cli", "config", "data", "graph", "models", "notebooks", "passes", "paths", "plots",
-               "quantize", "registry", "runtime", "sweep", "train", "transform", "widgets")
+_SUBMODULES = ("cache", "cli", "config", "data", "findings", "graph", "models", "notebooks", "passes", "paths",
+               "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform", "widgets")
 
 __all__ = list(_EXPORTS)
 

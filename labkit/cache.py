@@ -64,6 +64,11 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _well_formed(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("settings"), dict)
+            and isinstance(entry.get("result"), dict))
+
+
 class ResultCache:
     def __init__(self, directory):
         self.dir = Path(directory)
@@ -71,14 +76,32 @@ class ResultCache:
     def path(self, settings: dict) -> Path:
         return self.dir / f"{settings_hash(settings)}.json"
 
-    def get(self, settings: dict):
-        """The stored result for ``settings``, or None (also for an unreadable entry)."""
+    def get(self, settings: dict, valid=None):
+        """The stored result for ``settings``, or None when there is none.
+
+        An entry that is not ``{"settings": {...}, "result": {...}}`` (or whose result fails
+        ``valid(result)``) counts as missing: it is moved aside into ``corrupt/`` (kept for a
+        look, out of the way of the fresh result) and the caller computes it again."""
         path = self.path(settings)
         try:
             entry = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except FileNotFoundError:
             return None
-        return entry["result"] if entry.get("settings") == json.loads(json.dumps(settings, default=str)) else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            self._set_aside(path)
+            return None
+        if not _well_formed(entry) or (valid is not None and not valid(entry["result"])):
+            self._set_aside(path)
+            return None
+        return entry["result"] if entry["settings"] == json.loads(json.dumps(settings, default=str)) else None
+
+    def _set_aside(self, path: Path):
+        dest = self.dir / "corrupt" / f"{path.stem}.{os.getpid()}.{os.urandom(3).hex()}.json"
+        try:
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(path, dest)
+        except OSError:
+            pass  # someone else moved it already, or the folder is read-only: put() replaces it
 
     def put(self, settings: dict, result: dict) -> Path:
         path = self.path(settings)
@@ -90,9 +113,11 @@ class ResultCache:
         out = []
         for p in sorted(self.dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
+                entry = json.loads(p.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
+            if _well_formed(entry):
+                out.append(entry)
         return out
 
     def __len__(self) -> int:

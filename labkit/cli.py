@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--accelerator", choices=cfg.ACCELERATORS, default=None)
         sp.add_argument("--batch-size", dest="batch_size", type=int, default=None, help=batch_help)
         sp.add_argument("--seed", type=int, default=None, help=cfg.KEYS["seed"][2])
-        sp.add_argument("--project", default=None, help="output folder under outputs/")
+        sp.add_argument("--project", default=None,
+                        help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
+        mase_flags(sp)
         if load:
             sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
                             help="checkpoint to load (relative paths may also be relative to the project root)")
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="pl: Lightning .ckpt, pt: torch state dict")
 
     tr = sub.add_parser("train", help="train a model")
-    common(tr)
+    common(tr, load=True)
     tr.add_argument("--max-epochs", dest="max_epochs", type=int, default=None)
     tr.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
     tr.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
@@ -95,8 +97,20 @@ def _use_cluster(args):
     os.environ[CLUSTER_ENV] = address
 
 
+def mase_flags(sp):
+    """MASE's own `ch` flags, so its commands run as written (``--task cls --cpu=0``)."""
+    sp.add_argument("--task", default=None, help="cls (classification); the only task of the JSC labs")
+    sp.add_argument("--cpu", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",
+                    help=cfg.KEYS["num_workers"][2])
+    sp.add_argument("--gpu", "--num-devices", dest="num_devices", type=int, default=None, metavar="N",
+                    help=cfg.KEYS["num_devices"][2])
+
+
+MASE_FLAGS = ("task", "num_workers", "num_devices")
+
+
 def _overrides(args) -> dict:
-    names = TRAIN_FLAGS + ("model", "dataset", "data_size", "load_name", "load_type")
+    names = TRAIN_FLAGS + MASE_FLAGS + ("model", "dataset", "data_size", "load_name", "load_type")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -106,6 +120,7 @@ def _settings(args, keys, defaults: dict | None = None) -> dict:
     file_config = cfg.load_config(args.config) if args.config else None
     overrides = cfg.validate(_overrides(args), source="command line")
     base = {**cfg.defaults(), **(defaults or {})}
+    keys = [*keys, *(k for k in MASE_FLAGS if k not in keys)]
     effective = cfg.resolve(file_config, overrides, base)
     if not effective.get("project") and effective.get("model") and effective.get("dataset"):
         effective["project"] = cfg.default_project(effective["model"], effective["dataset"])
@@ -139,8 +154,17 @@ def cmd_train(args):
     s = _settings(args, ["model", "dataset", "data_size", *TRAIN_FLAGS])
     settings = [k for k in TRAIN_FLAGS if k != "project"]
     _check(s, settings)
-    from .train import train
-    result = train(s["model"], _load_data(s), project=s["project"], progress=args.progress,
+    from .paths import outputs_dir
+    outputs_dir()  # an unusable outputs folder is one line now, not after loading the data
+    from .train import load_model, read_checkpoint, train
+    from .transform import resolve_checkpoint
+    ckpt = resolve_checkpoint(s["load_name"]) if s.get("load_name") else None
+    if ckpt:
+        read_checkpoint(ckpt, s["load_type"])  # a missing or unreadable file stops before the data load
+    data = _load_data(s)
+    # MASE's `ch train --load`: training starts from the checkpoint's weights
+    model = load_model(s["model"], ckpt, s["load_type"], info=data.info) if ckpt else s["model"]
+    result = train(model, data, project=s["project"], progress=args.progress,
                    **{k: s[k] for k in settings})
     print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"best.ckpt: {result['best_ckpt']}\nlast.ckpt: {result['last_ckpt']}")
@@ -179,6 +203,14 @@ def cmd_notebooks(args):
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
 
+def _describe_os_error(e: OSError) -> str:
+    """One line naming the path and what to do (never a traceback)."""
+    from .paths import PathUnusableError, env_for, unusable
+    if isinstance(e, PathUnusableError) or not e.filename:
+        return " ".join(str(e).split())
+    return str(unusable(e.filename, e, env_for(e.filename)))
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -192,6 +224,9 @@ def main(argv=None) -> int:
     except errors as e:
         print(f"labkit {args.action}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
+        print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"labkit {args.action}: interrupted; finished checkpoints and caches are kept", file=sys.stderr)
         return 130

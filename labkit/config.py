@@ -9,6 +9,7 @@ each value was decided, like MASE's "Name | Default | Manual Override | Effectiv
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 from pathlib import Path
 
@@ -23,7 +24,21 @@ SCHEDULERS = (None, "none", "cosine")  # None and "none": a constant learning ra
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 LOAD_TYPES = ("pl", "pt")
 TASKS = ("cls", "classification")
+
+# What MASE's `ch` reads from a config that labkit has no use for: MASE's other command-line
+# settings and config sections (a [search] for its search action, [transform] style, ...).
+# MASE drops *any* key it does not know, silently; labkit drops only these, with one warning
+# line naming them, and still rejects a key neither knows (a typo would otherwise be lost).
+MASE_ONLY_KEYS = (
+    "report", "transform", "search", "search_space", "strategy", "cf_args",
+    "to_debug", "log_level", "training_optimizer", "trainer_precision", "max_steps",
+    "accumulate_grad_batches", "num_nodes", "is_to_auto_requeue", "github_ci",
+    "disable_dataset_cache", "target", "num_targets", "is_pretrained", "max_token_len", "project_dir",
+)
+# [passes.<name>] keys MASE's passes never read (its example configs set `report = true`)
+MASE_ONLY_PASS_KEYS = {"quantize": ("report",)}
 MIN_DATA_SIZE = 100  # the data layer's smallest dataset
+MAX_DATA_SIZE = 830_000  # the whole JSC table; the synthetic stand-in is capped at the same size
 
 # key -> (allowed python types, default, help)
 KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
@@ -32,7 +47,7 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "data_size": ((int,), None, f"use only this many rows (at least {MIN_DATA_SIZE}; synthetic: generate this many)"),
     "task": ((str,), "cls", "cls (classification); the only task of the JSC labs"),
     "accelerator": ((str,), DEFAULTS["accelerator"], ", ".join(ACCELERATORS)),
-    "project": ((str,), None, "output folder name under outputs/"),
+    "project": ((str,), None, "output folder name under outputs/ (letters, digits, . _ -; at most 64)"),
     "seed": ((int,), DEFAULTS["seed"], "random seed, in [0, 2**32)"),
     "log_every_n_steps": ((int,), DEFAULTS["log_every_n_steps"], "Lightning logging interval"),
     "load_name": ((str,), None, "checkpoint to load"),
@@ -45,6 +60,11 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "early_stopping": ((int,), DEFAULTS["early_stopping"], "early-stopping patience in epochs (val accuracy)"),
     "max_time": ((float, int), DEFAULTS["max_time"], "training time limit in seconds"),
     "num_threads": ((int,), DEFAULTS["num_threads"], "CPU threads for torch"),
+    # MASE's --cpu and --gpu: data-loader workers and devices. labkit's data are tensors in
+    # memory (no loader workers to start) and it trains on one device.
+    "num_workers": ((int,), None, "MASE's --cpu (data-loader workers); labkit loads no worker processes, "
+                                  "so any value >= 0 is accepted and changes nothing"),
+    "num_devices": ((int,), None, "MASE's --gpu (devices); labkit trains on one device: 1"),
     "passes": ((dict,), None, "transform passes, e.g. [passes.quantize]"),
 }
 
@@ -54,16 +74,38 @@ class ConfigError(ValueError):
 
 
 def default_project(model: str, dataset: str) -> str:
-    """The output folder when none is given: ``outputs/<model>_<dataset>/``."""
-    return f"{model}_{dataset}"
+    """The output folder when none is given: ``outputs/<model>_<dataset>/`` (a model registered
+    under a name unfit for a folder, e.g. ``"a/b"``, must be given a project explicitly)."""
+    from .paths import check_name
+    return check_name(f"{model}_{dataset}", "project")
 
 
 def defaults() -> dict:
     return {k: v[1] for k, v in KEYS.items() if k != "passes"}
 
 
+def drop_mase_only(config: dict, source: str = "config") -> dict:
+    """``config`` without the settings only MASE uses (:data:`MASE_ONLY_KEYS`), after one
+    warning line on stderr naming them; the caller's dict is not changed."""
+    dropped = [k for k in config if k in MASE_ONLY_KEYS]
+    kept = {k: v for k, v in config.items() if k not in MASE_ONLY_KEYS}
+    passes = kept.get("passes")
+    if isinstance(passes, dict):
+        for name, keys in MASE_ONLY_PASS_KEYS.items():
+            table = passes.get(name)
+            if isinstance(table, dict) and any(k in table for k in keys):
+                dropped += [f"passes.{name}.{k}" for k in keys if k in table]
+                kept["passes"] = passes = {**passes, name: {k: v for k, v in table.items() if k not in keys}}
+    if dropped:
+        print(f"labkit: warning: {source}: ignoring MASE settings labkit does not use: {', '.join(dropped)}",
+              file=sys.stderr)
+    return kept
+
+
 def validate(config: dict, source: str = "config") -> dict:
-    """Check every key is known and typed right; returns the config unchanged."""
+    """Check every key is known and typed right; returns the config, less the MASE-only
+    settings (see :func:`drop_mase_only`)."""
+    config = drop_mase_only(config, source)
     for key, value in config.items():
         if key not in KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(KEYS)}")
@@ -81,8 +123,16 @@ def validate(config: dict, source: str = "config") -> dict:
     for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads"):
         if config.get(key) is not None and config[key] < 1:
             raise ConfigError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
+    if config.get("num_workers") is not None and config["num_workers"] < 0:
+        raise ConfigError(f"{source}: num_workers (--cpu) must be an integer >= 0, got {config['num_workers']!r}")
+    if config.get("num_devices") is not None and config["num_devices"] != 1:
+        raise ConfigError(f"{source}: num_devices (--gpu) must be 1 (labkit trains on one device), "
+                          f"got {config['num_devices']!r}")
     if config.get("data_size") is not None and config["data_size"] < MIN_DATA_SIZE:
         raise ConfigError(f"{source}: data_size must be at least {MIN_DATA_SIZE} rows, got {config['data_size']!r}")
+    if config.get("data_size") is not None and config["data_size"] > MAX_DATA_SIZE:
+        raise ConfigError(f"{source}: data_size must be at most {MAX_DATA_SIZE} rows (the whole JSC table), "
+                          f"got {config['data_size']!r}")
     for key in ("learning_rate", "max_time", "weight_decay"):
         if config.get(key) is not None and not math.isfinite(config[key]):
             raise ConfigError(f"{source}: {key} must be a finite number, got {config[key]!r}")
@@ -91,6 +141,12 @@ def validate(config: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: {key} must be > 0, got {config[key]!r}")
     if config.get("weight_decay") is not None and config["weight_decay"] < 0:
         raise ConfigError(f"{source}: weight_decay must be >= 0, got {config['weight_decay']!r}")
+    if config.get("project") is not None:
+        from .paths import check_name  # one folder under outputs/, never a path elsewhere
+        try:
+            check_name(config["project"], "project")
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     if config.get("seed") is not None:
         from .data.prepare import check_seed  # the one seed check, shared with the data layer
         try:
@@ -100,13 +156,35 @@ def validate(config: dict, source: str = "config") -> dict:
     return config
 
 
+def read_toml_text(path) -> str:
+    """The text of a TOML file, or a ConfigError naming the file and what is wrong with it.
+
+    A UTF-8 byte-order mark (Notepad writes one) is dropped; binary and non-UTF-8 files are
+    refused by name rather than with a codec error."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory, not a TOML file")
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
+    if b"\0" in raw:
+        raise ConfigError(f"config {path} is a binary file, not a TOML text file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+
+
 def load_config(path) -> dict:
     """Read and validate a TOML config file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    text = read_toml_text(path)
     try:
-        config = tomllib.loads(path.read_text())
+        config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return validate(config, source=str(path))

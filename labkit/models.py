@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pandas as pd
 import torch.nn as nn
 
+from .checks import positive_int
 from .registry import Registry
 
 MODELS = Registry("model")
@@ -32,10 +33,16 @@ def register_model(name: str, *, overwrite: bool = True):
 
 
 def _as_info(info):
+    """``info`` as an object with positive-integer ``num_features`` and ``num_classes``."""
     if info is None:
         return JSC_INFO
     if isinstance(info, dict):  # MASE passes plain dicts around
-        return SimpleNamespace(**info)
+        info = SimpleNamespace(**info)
+    if not (hasattr(info, "num_features") and hasattr(info, "num_classes")):
+        raise TypeError(f"info must be a DatasetInfo (data.info), a dict or an object with num_features "
+                        f"and num_classes, got {info!r} ({type(info).__name__})")
+    for key in ("num_features", "num_classes"):
+        positive_int(key, getattr(info, key))
     return info
 
 
@@ -44,6 +51,8 @@ def get_model(name: str, info=None) -> nn.Module:
 
     The model remembers its registry name as ``model.labkit_name``, so training the module
     itself (``train(get_model("jsc-tiny"), data)``) records ``"jsc-tiny"`` in its checkpoint."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a registered model name ({', '.join(MODELS.names())}), got {name!r}")
     build = MODELS.get(name)
     model = build(_as_info(info))
     if not isinstance(model, nn.Module):
@@ -126,7 +135,10 @@ class JSC_Custom(nn.Module):
 
 @register_model("jsc-s")
 class JSC_S(nn.Module):
-    """The hls4ml-sized model, hidden layers 64-32-32-32 (MASE's ``jsc-s``)."""
+    """The hls4ml-sized model, hidden layers 64-32-32-32 (MASE's ``jsc-s``).
+
+    The layers sit in a flat ``module_list`` as in MASE, so MASE's checkpoints
+    (``module_list.2.weight`` ...) and by-name configs (``module_list_2``) fit."""
 
     def __init__(self, info, hidden=(64, 32, 32, 32)):
         super().__init__()
@@ -134,10 +146,32 @@ class JSC_S(nn.Module):
         layers = [nn.BatchNorm1d(widths[0]), nn.ReLU()]
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(n_in, n_out))
-            if i == 0 or i == len(widths) - 2:
+            if i == 0 or i == len(widths) - 2:  # BatchNorm after the first and the last Linear only
                 layers.append(nn.BatchNorm1d(n_out))
             layers.append(nn.ReLU())
-        self.seq_blocks = nn.Sequential(*layers)
+        self.module_list = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.module_list:
+            x = layer(x)
+        return x
+
+
+@register_model("jsc-trt")
+class JSC_TRT(nn.Module):
+    """MASE's ``jsc-trt``: 16 -> 32 -> 48 -> 16 -> 5, BatchNorm and ReLU after every Linear,
+    Dropout(0.5) before the third Linear; 3,231 parameters."""
+
+    def __init__(self, info):
+        super().__init__()
+        f, c = info.num_features, info.num_classes
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(f), nn.ReLU(),
+            nn.Linear(f, 32), nn.BatchNorm1d(32), nn.ReLU(),
+            nn.Linear(32, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(48, 16), nn.BatchNorm1d(16), nn.ReLU(),
+            nn.Linear(16, c), nn.BatchNorm1d(c), nn.ReLU(),
+        )
 
     def forward(self, x):
         return self.seq_blocks(x)

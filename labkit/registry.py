@@ -11,7 +11,30 @@
 
 from __future__ import annotations
 
-import difflib
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) that turn ``a`` into ``b``."""
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def nearest(name: str, names) -> str | None:
+    """The known name a typo most likely meant: fewest edits, ties to the one with the same
+    letters (``jsc-tyni`` -> ``jsc-tiny``, not ``jsc-toy``); none when all are far off."""
+    def score(candidate):
+        return (edit_distance(name.lower(), candidate.lower()), sorted(name) != sorted(candidate))
+    ranked = sorted(names, key=score)
+    if not ranked or score(ranked[0])[0] > max(2, len(name) // 3):
+        return None
+    return ranked[0]
 
 
 class Registry:
@@ -43,8 +66,8 @@ class Registry:
             raise ValueError(self.unknown_message(name)) from None
 
     def unknown_message(self, name) -> str:
-        hint = difflib.get_close_matches(str(name), self.names(), n=1)
-        did = f" Did you mean {hint[0]!r}?" if hint else ""
+        hint = nearest(str(name), self.names())
+        did = f" Did you mean {hint!r}?" if hint else ""
         return f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}.{did}"
 
     def names(self) -> list[str]:

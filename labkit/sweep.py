@@ -32,6 +32,7 @@ import copy
 import hashlib
 import itertools
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -48,7 +49,8 @@ from .cache import ResultCache, settings_hash
 from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
-from .paths import outputs_dir
+from .paths import check_name, outputs_dir
+from .progress import EpochCounter, epoch_callback, install as install_progress
 from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, torch_threads, train
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
@@ -158,7 +160,7 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
         model = copy.deepcopy(model)  # every run starts from the same weights
     kwargs = {k: settings[k] for k in SETTINGS if k != "model"}
     r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
-              progress=False, verbose=False, **kwargs)
+              progress=False, verbose=False, callbacks=[epoch_callback()], **kwargs)  # epochs -> EpochCounter
     test_acc = float("nan")
     if r["best_ckpt"]:
         if isinstance(model, nn.Module):
@@ -211,9 +213,10 @@ def _load_source(source) -> JSCData:
     return data
 
 
-def _init_worker(source, threads: int, builders: dict):
+def _init_worker(source, threads: int, builders: dict, progress_sink=None):
     global _WORKER_DATA
     torch.set_num_threads(threads)
+    install_progress(progress_sink)  # every finished epoch goes to the parent's EpochCounter
     for name, build in builders.items():  # unpickling each one imported the module defining it
         MODELS.register(name, build)
     _WORKER_DATA = _load_source(source)  # once per process, not per run
@@ -278,6 +281,50 @@ def _spawn_works() -> bool:
     """Spawned workers re-run the parent's main script; code piped in on stdin has none to re-run."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     return main_file is None or os.path.exists(main_file)
+
+
+def _is_main_test(test) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    import ast
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+            and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
+
+
+def unguarded_main_line(source: str, lineno: int) -> bool:
+    """Is line ``lineno`` of a script outside every ``if __name__ == "__main__":`` block?"""
+    import ast
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test):
+            if node.body[0].lineno <= lineno <= node.body[-1].end_lineno:
+                return False
+    return True
+
+
+def _unguarded_script() -> bool:
+    """Was this sweep started by a script's top-level code outside an ``if __name__ ==
+    "__main__":`` guard? Spawned workers re-run that code, so each would start a sweep of its
+    own (multiprocessing then fails with a long traceback). Looked up on the call stack."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file or not os.path.isfile(main_file):
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            try:
+                if os.path.samefile(code.co_filename, main_file):
+                    return unguarded_main_line(Path(main_file).read_text(), frame.f_lineno)
+            except (OSError, UnicodeDecodeError):
+                return False
+        frame = frame.f_back
+    return False
 
 
 _cpu_count = executor.cpu_count
@@ -376,6 +423,12 @@ def _row(setting: dict, result: dict, cached: bool) -> dict:
     return row
 
 
+def _valid_result(result: dict) -> bool:
+    """A stored run the table and plots can use (an entry edited by hand may not be)."""
+    history = result.get("history", [])
+    return isinstance(history, list) and all(isinstance(row, dict) for row in history)
+
+
 def _history(result: dict) -> pd.DataFrame:
     return pd.DataFrame(result.get("history") or [])
 
@@ -429,9 +482,9 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     check_settings(accelerator=accelerator)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
+    name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
     data = _resolve_data(dataset, data)
     device = _device_kind(accelerator)
-    name = name or _default_name(model, list(grid))
     directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
     cache = ResultCache(directory)
 
@@ -451,26 +504,32 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
 
     results, cached = {}, set()
     for i, (_, _, key) in enumerate(runs):
-        hit = cache.get(key)
+        hit = cache.get(key, valid=_valid_result)
         if hit is not None:
             results[i], _ = hit, cached.add(i)
     missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
 
     def project(i):
-        # An absolute path: train() writes checkpoints under outputs_dir() / project, and
-        # pathlib's "/" keeps an absolute right-hand side, so they land next to the cache.
-        return str((directory / "runs" / settings_hash(runs[i][2])).resolve())
+        # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
+        return (directory / "runs" / settings_hash(runs[i][2])).resolve()
+
+    epochs = EpochCounter(sum(runs[i][1]["max_epochs"] for i in missing), f"sweep {name}",
+                          disable=not progress or not missing)
 
     def store(i, result):
         cache.put(runs[i][2], result)
         results[i] = result
+        epochs.run_finished(runs[i][1]["max_epochs"], int(result.get("epochs") or 0))
 
     target = executor.choose_cluster(cluster, workers)  # checked (and connected to) before any run
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
         if missing:
-            _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar)
+            _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar, epochs,
+                         name)
     finally:
+        install_progress(None)
+        epochs.close()
         bar.close()
 
     rows = [_row(runs[i][0], results[i], i in cached) for i in range(len(runs))]
@@ -479,22 +538,30 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                        time.perf_counter() - start)
 
 
-def _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar):
+def _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar, epochs, name):
     """Run the ``missing`` runs here, in local worker processes or on a Dask cluster
     (:func:`labkit.executor.map_unordered`), storing each result as soon as it arrives."""
     models = {_model_key(runs[i][1]["model"]): runs[i][1]["model"] for i in missing}.values()
     tasks = [_Task((i, runs[i][1], project(i), accelerator, label_of(runs[i][0]))) for i in missing]
     fn, init, initargs, n = _run_in_worker, _init_worker, (), 1
     if target is not None:  # a cluster: the data scattered once per worker, models by value
-        initargs = (_data_source(data, scatter=True), 1, worker_builders(models, by_value=True))
+        # (epoch progress stays local: a multiprocessing queue cannot reach other machines)
+        initargs = (_data_source(data, scatter=True), 1, worker_builders(models, by_value=True), None)
     else:
         n = workers or min(len(missing), _cpu_count())
         builders = worker_builders(models)
-        if n <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works() or builders is None:
+        in_process = n <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works() or builders is None
+        if not in_process and _unguarded_script():
+            in_process = True
+            print(f"[labkit] sweep {name}: this script calls sweep() outside `if __name__ == \"__main__\":`, "
+                  f"which worker processes would re-run; running the {len(missing)} runs in this process "
+                  f"instead (put the call under that guard to use {n} workers)", file=sys.stderr)
+        if in_process:
             n, init = 1, None
+            install_progress(epochs.sink())
             fn = lambda task: _run_one(task[1], data, task[2], task[3])  # noqa: E731 (never pickled)
         else:
-            initargs = (_data_source(data), 1, builders)
+            initargs = (_data_source(data), 1, builders, epochs.worker_sink(mp.get_context("spawn")))
     # Ctrl-C or a failed run stops the workers at once (closing the iterator); finished runs
     # are already stored, so the next call resumes with the missing ones.
     with torch_threads(1 if device == "cpu" else None), contextlib.closing(executor.map_unordered(
@@ -542,7 +609,7 @@ def load_sweep(name_or_dir, root=None) -> SweepResult:
         directory = (Path(root) if root else sweeps_root()) / str(name_or_dir)
     if not directory.is_dir():
         raise ValueError(f"no sweep {name_or_dir!r}; stored sweeps: {', '.join(list_sweeps(root)) or 'none'}")
-    entries = ResultCache(directory).entries()
+    entries = [e for e in ResultCache(directory).entries() if _valid_result(e["result"])]
     if not entries:
         raise ValueError(f"sweep {name_or_dir!r} has no finished runs in {directory}")
     flat = [{k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v

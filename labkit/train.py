@@ -39,8 +39,9 @@ from .config import (  # the defaults and allowed values, kept in one place
     ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS, TEST_BATCH_SIZE, default_project)
 from .data import JSCData, JSCDataModule, load_dataset
 from .data.prepare import check_seed
+from .checks import instance_of, path_like, positive_int
 from .models import get_model
-from .paths import outputs_dir
+from .paths import check_name, outputs_dir
 from .runtime import eval_mode, torch_flags_restored, torch_threads  # noqa: F401  (re-exported)
 
 
@@ -269,10 +270,72 @@ def _model_and_name(model, info):
 
 def _data(dataset, data):
     if data is not None:
-        return data
+        return instance_of("data", data, JSCData, "a JSCData (from labkit.load_dataset) or None")
     if isinstance(dataset, JSCData):
         return dataset
+    instance_of("dataset", dataset, str, "a dataset name (e.g. 'jsc-synthetic') or a JSCData")
     return load_dataset(dataset)
+
+
+def _check_project(project):
+    """``None`` (the default folder), one safe folder name under outputs/, or -- from Python
+    only, never from a flag or a config -- a ``pathlib.Path`` to a directory of your choice."""
+    if project is None or isinstance(project, Path):
+        return project
+    return check_name(project, "project")
+
+
+def _check_callbacks(callbacks) -> list:
+    what = "a list of Lightning callbacks (pytorch_lightning.Callback instances) or None"
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    instance_of("callbacks", callbacks, (list, tuple), what)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be {what}, got an item {cb!r} ({type(cb).__name__})")
+    return list(callbacks)
+
+
+def _input_width(net: nn.Module):
+    """How many features the model's first Linear/BatchNorm1d layer takes, if it has one."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear) and m.in_features:
+            return m.in_features
+        if isinstance(m, nn.BatchNorm1d):
+            return m.num_features
+    return None
+
+
+@torch.no_grad()
+def check_fits(net: nn.Module, name: str, data: JSCData):
+    """The model takes the data's features, gives one output per class, and every label is a
+    class: a ValueError saying which does not fit, before Lightning starts (where it would be
+    a shape error many frames down)."""
+    info = data.info
+    nf, nc = int(data.x_train.shape[-1]), int(info.num_classes)
+    for split in data.SPLITS:
+        y = data.split(split)[1]
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= nc):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise ValueError(f"the data's {split} split holds label {bad}, outside the classes [0, {nc}) "
+                             f"of {info.name!r}; labels must be class indices")
+    x = data.x_train[:2]
+    device = next(iter(net.parameters()), torch.zeros(())).device
+    try:
+        with eval_mode(net):
+            out = net(x.to(device))
+    except RuntimeError as e:
+        want = _input_width(net)
+        takes = f"takes {want}" if want is not None else "does not take that many"
+        detail = " ".join(str(e).split())[:200]
+        raise ValueError(f"the data {info.name!r} has {nf} features per row but model {name!r} {takes} "
+                         f"({detail}); build it for this data: get_model(name, data.info)") from None
+    if out.ndim != 2 or out.shape[1] != nc:
+        got = out.shape[1] if out.ndim == 2 else tuple(out.shape)
+        raise ValueError(f"model {name!r} gives {got} outputs per row but the data {info.name!r} has {nc} "
+                         f"classes; build it for this data: get_model(name, data.info)")
 
 
 _NOISE = (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*",
@@ -317,8 +380,11 @@ def interruptible():
         raise KeyboardInterrupt("training interrupted") from None
 
 
-def project_dir(project: str) -> Path:
-    return outputs_dir() / project / "software"
+def project_dir(project) -> Path:
+    """``outputs/<project>/software`` for a project name; ``<project>/software`` for a Path."""
+    if isinstance(project, Path):
+        return project / "software"
+    return outputs_dir() / check_name(project, "project") / "software"
 
 
 def _archive_previous(ckpt_dir: Path):
@@ -365,12 +431,20 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
                        early_stopping=early_stopping, max_time=max_time, num_threads=num_threads,
                        log_every_n_steps=log_every_n_steps)
     max_epochs, batch_size, learning_rate, seed = s["max_epochs"], s["batch_size"], s["learning_rate"], s["seed"]
+    project = _check_project(project)
+    all_callbacks: list[Callback] = _check_callbacks(callbacks)
+    chunk = None if chunk is None else positive_int("chunk", chunk)
+    if not isinstance(model, nn.Module):
+        _model_and_name(model, None)  # a wrong type or an unknown name: before any data is loaded
+        if project is None and isinstance(dataset, str) and data is None:
+            default_project(model, dataset)  # a name unfit for a folder: before loading the data
     _quiet_lightning()
 
     data = _data(dataset, data)
     dataset_name = data.info.name
     pl.seed_everything(seed, verbose=False)  # before the model is built: weights depend on it
     net, model_name = _model_and_name(model, data.info)
+    check_fits(net, model_name, data)
     project = project or default_project(model_name, dataset_name)
     out = project_dir(project)
     ckpt_dir = out / "training_ckpts"
@@ -383,7 +457,7 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
                        chunk=chunk or default_chunk(batch_size))
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max",
                                  save_last=True, save_top_k=1, enable_version_counter=False)
-    all_callbacks: list[Callback] = [checkpoint, *(callbacks or [])]
+    all_callbacks = [checkpoint, *all_callbacks]
     if s["early_stopping"]:
         all_callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=s["early_stopping"]))
     loggers = [CSVLogger(out / "logs", name="csv"), TensorBoardLogger(out / "logs", name="tensorboard")]
@@ -435,6 +509,10 @@ def read_checkpoint(path, load_type: str = "pl") -> dict:
         raise ValueError(f"load_type must be one of {', '.join(LOAD_TYPES)} "
                          f"('pl': Lightning .ckpt, 'pt': torch state dict), got {load_type!r}")
     path = Path(path)
+    if path.is_dir():
+        inside = next((f for f in ("best.ckpt", "last.ckpt") if (path / f).is_file()), None)
+        hint = f", e.g. {path / inside}" if inside else ""
+        raise ValueError(f"checkpoint {path} is a directory; give the checkpoint file in it{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train first, e.g. `labkit train ...`, "
                                 f"which prints where best.ckpt is written)")
@@ -449,17 +527,36 @@ def read_checkpoint(path, load_type: str = "pl") -> dict:
             raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); "
                              f"if it is a plain state dict use load_type='pt'")
         hp = ckpt.get("hyper_parameters", {}) or {}
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+        if not isinstance(hp, dict):
+            raise ValueError(f"{path} is not a labkit Lightning checkpoint: its hyper_parameters are a "
+                             f"{type(hp).__name__}, not a table")
+        state = {k.removeprefix("model."): v for k, v in _state_dict(ckpt["state_dict"], path).items()
                  if k.startswith("model.")}
         return {"state_dict": state, "model_name": hp.get("model_name"),
                 "dataset_name": hp.get("dataset_name"), "dataset_fingerprint": hp.get("dataset_fingerprint"),
                 "raw": ckpt}
+    if isinstance(ckpt, dict) and ("pytorch-lightning_version" in ckpt
+                                   or {"state_dict", "epoch", "global_step"} <= set(ckpt)):
+        raise ValueError(f"{path} is a Lightning checkpoint, not a torch state dict; "
+                         f"load it with load_type 'pl' (--load-type pl)")
     if isinstance(ckpt, dict) and "state_dict" in ckpt:  # labkit's own .pt files carry a name
-        return {"state_dict": ckpt["state_dict"], "model_name": ckpt.get("model_name"),
+        return {"state_dict": _state_dict(ckpt["state_dict"], path), "model_name": ckpt.get("model_name"),
                 "dataset_name": ckpt.get("dataset_name"), "raw": ckpt}
-    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return {"state_dict": ckpt, "model_name": None, "dataset_name": None, "raw": ckpt}
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return {"state_dict": _state_dict(ckpt, path), "model_name": None, "dataset_name": None, "raw": ckpt}
     raise ValueError(f"{path} is not a state dict (load_type='pt' expects torch.save(model.state_dict()))")
+
+
+def _state_dict(state, path) -> dict:
+    """``state`` if it is a state dict (names -> tensors), else a ValueError naming the file."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a usable checkpoint: its state_dict is a {type(state).__name__}, "
+                         f"not a table of named tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path} is not a usable checkpoint: its state_dict maps {key!r} to a "
+                             f"{type(value).__name__}; it must map parameter names to tensors")
+    return state
 
 
 def load_model(model, path, load_type: str = "pl", info=None) -> nn.Module:
@@ -525,11 +622,14 @@ def test(model="jsc-tiny", dataset="jsc-synthetic", *, load=None, load_type: str
     ``batch_size`` only groups the test rows: any value gives the same accuracy and loss (up
     to float rounding), so the default is large. Threads and Ctrl-C as in :func:`train`."""
     s = check_settings(batch_size=batch_size, accelerator=accelerator, num_threads=num_threads)
+    if load is not None:
+        path_like("load", load, "a checkpoint path")
     _quiet_lightning()
     data = _data(dataset, data)
     net, name = _model_and_name(model, data.info)
     if load:
         _load_into(net, name, load, load_type, by_name=isinstance(model, str))
+    check_fits(net, name, data)
     lit = LitClassifier(net, num_classes=data.info.num_classes, model_name=name, dataset_name=data.info.name)
     dm = JSCDataModule(data.info.name, batch_size=s["batch_size"], eval_batch_size=s["batch_size"], data=data)
     accel = _accelerator(accelerator)

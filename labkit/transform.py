@@ -30,12 +30,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from .cache import atomic_write_text
-from .paths import outputs_dir, project_root
+from .checks import path_like
+from .config import default_project
+from .paths import check_name, outputs_dir, project_root
 
 PASSES = ("quantize",)
 
@@ -95,14 +98,21 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
             raise ValueError(f"the transform config needs {key} = \"...\"")
     quant_args = check_passes(config.get("passes"))["quantize"]
     model_name = config["model"]
-    ckpt = resolve_checkpoint(config.get("load_name"))
+    # no load_name: MASE's transform quantises the freshly initialised (seeded) model
+    ckpt = resolve_checkpoint(config["load_name"]) if config.get("load_name") else None
     load_type = config.get("load_type") or "pl"
 
     if data is None:
         kwargs = {"size": config["data_size"]} if config.get("data_size") else {}
         data = load_dataset(config["dataset"], **kwargs)
     torch.manual_seed(int(config.get("seed") or 0))
-    model = load_model(model_name, ckpt, load_type, info=data.info)
+    if ckpt is None:
+        from .models import get_model
+        print(f"labkit: warning: no load_name: transforming an untrained {model_name} "
+              f"(initialised with seed {int(config.get('seed') or 0)}), as MASE does", file=sys.stderr)
+        model = get_model(model_name, data.info)
+    else:
+        model = load_model(model_name, ckpt, load_type, info=data.info)
     model.eval()
 
     batch = data.split("train")[0][: int(config.get("batch_size") or 128)]
@@ -112,7 +122,8 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     ori_mg = mg
     mg, qinfo = quantize_transform_pass(ori_mg, quant_args)  # a quantised copy: ori_mg stays float
 
-    project = config.get("project") or f"{model_name}_{data.info.name}"
+    project = check_name(config["project"], "project") if config.get("project") else \
+        default_project(model_name, data.info.name)
     out = outputs_dir() / project / "transform"
     if save:
         out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +133,7 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     before, after = evaluate(ori_mg.model, data, "test"), evaluate(mg.model, data, "test")
     result = {
         "model": model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
-        "checkpoint": str(ckpt), "project": project,
+        "checkpoint": str(ckpt) if ckpt else None, "project": project,
         "test_acc_before": before["acc"], "test_acc_after": after["acc"],
         "test_loss_before": before["loss"], "test_loss_after": after["loss"], "n_test": after["n"],
         "changed": qinfo["changed"],
@@ -173,12 +184,18 @@ def load_transformed(path, info=None):
     from .models import get_model
     from .passes.quantize import apply_quantize_plan, validate_quantize_args
 
-    path = Path(path)
+    path = Path(path_like("path", path, "the path of a transformed.pt"))
     if not path.is_file():
         raise FileNotFoundError(f"transformed model not found: {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or not {"state_dict", "model_name", "quantize"} <= set(saved):
-        raise ValueError(f"{path} is not a labkit transform output (needs state_dict, model_name, quantize)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file, truncated, or pickled objects (never executed)
+        # (torch's own message advises weights_only=False, which would run whatever the file holds)
+        saved = None
+    if (not isinstance(saved, dict) or not {"state_dict", "model_name", "quantize"} <= set(saved)
+            or not isinstance(saved["state_dict"], dict) or not isinstance(saved["model_name"], str)):
+        raise ValueError(f"{path} is not a labkit transform output (a transformed.pt written by "
+                         f"`labkit transform` / run_transform, with state_dict, model_name and quantize)")
     saved_info = _saved_info(saved)
     if info is None:
         info = saved_info

@@ -339,6 +339,9 @@ def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int =
         if progress:
             print(f"[labkit] preprocessing {raw.path.name} (first use; cached afterwards)")
         x, y = raw.table if raw.table is not None else read_table(raw.path, raw.kind)
+        if settings["size"] is not None and settings["size"] > len(y):  # say so, never quietly use fewer
+            raise ValueError(f"size asks for {settings['size']} rows, but the JSC table {raw.path.name} "
+                             f"has only {len(y)}; ask for at most {len(y)} (or size=None for all)")
         return subsample(x, y, settings["size"], settings["seed"])
 
     return load_or_build(data_dir, "jsc", settings, build, info, manifest)

@@ -60,12 +60,14 @@ def check_positive(name: str, value, *, integer: bool = False, unit: str = ""):
     return int(value) if integer else float(value)
 
 
-def check_size(size) -> int:
-    """A row count: an integer of at least 100."""
+def check_size(size, maximum: int | None = None, of: str = "") -> int:
+    """A row count: an integer of at least 100 (and at most ``maximum``, the rows ``of`` has)."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be an integer number of rows, got {size!r}")
     if size < 100:
         raise ValueError(f"size must be at least 100 rows, got {size}")
+    if maximum is not None and size > maximum:
+        raise ValueError(f"size must be at most {maximum} rows{' (' + of + ')' if of else ''}, got {size}")
     return int(size)
 
 

@@ -154,7 +154,9 @@ def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENER
 
     ``size`` rows are drawn with ``generator_seed``; ``seed`` picks the train/val/test split.
     """
-    settings = {"dataset": "jsc-synthetic", "size": check_size(size),
+    # No more rows than the real table it stands in for (10**10 would try to allocate ~75 GiB).
+    size = check_size(size, DEFAULT_SIZE, "the size of the JSC table jsc-synthetic stands in for")
+    settings = {"dataset": "jsc-synthetic", "size": size,
                 "generator_seed": check_seed(generator_seed), "generator_version": GENERATOR_VERSION,
                 "seed": check_seed(seed), "val_fraction": check_fraction("val_fraction", val_fraction),
                 "test_fraction": check_fraction("test_fraction", test_fraction)}

@@ -44,6 +44,7 @@ from tabulate import tabulate
 from ..cache import atomic_write_text
 from ..graph import MaseGraph, deepcopy_mase_graph, get_node_actual_target, node_target_name
 from ..quantize.modules import OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module, quantized_class
+from ..checks import boolean
 from ..quantize.quantizers import OPERANDS, is_no_quantization, max_minifloat_bias, parse_config
 from .metadata import node_op_and_type
 from .profile import profile_activations
@@ -79,6 +80,8 @@ def _entry_config(pass_args: dict, key: str):
     config = entry["config"]
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"pass_args[{key!r}]['config'] must be a dict, got {config!r}")
+    if config is not None and "bypass" in config:  # named here, with the table it sits in
+        boolean(f"bypass in [{key}.config]", config["bypass"])
     return config
 
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .. import executor
 from ..cache import ResultCache
 from ..data.formats import sha256_file
-from ..paths import outputs_dir
+from ..paths import check_name, outputs_dir
 from .modules import QuantizedMixin
 from .quantizers import QUANTIZERS
 
@@ -189,7 +189,8 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     if data is None:
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
     calibration = data.split("train")[0][:calibration_samples]
-    cache = ResultCache(cache_dir or outputs_dir() / "quantization_compare" / model_name)
+    root = outputs_dir() / "quantization_compare" / check_name(model_name, "model name")
+    cache = ResultCache(cache_dir or root)
     # QAT runs on the accelerator; GPU and CPU results differ in rounding, so both go in the key
     device = "gpu" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) \
         else "cpu"
@@ -218,7 +219,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
         bar = tqdm(total=len(runs), initial=len(cached), desc="quantisation runs", disable=not progress)
         try:
             tasks, fn, init, initargs, n = _plan(missing, model_name, checkpoint, load_type, data, calibration,
-                                                 list(ops), qat, mg, device, workers, target)
+                                                 list(ops), qat, mg, device, workers, target, root)
             with contextlib.closing(executor.map_unordered(fn, tasks, workers=n, cluster=target or False,
                                                            initializer=init, initargs=initargs)) as done:
                 for (fmt, width, mode, *_), result in done:
@@ -240,14 +241,15 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     return df[first + [c for c in df.columns if c not in first]]
 
 
-def _plan(missing, model_name, checkpoint, load_type, data, calibration, ops, qat, mg, device, workers, target):
+def _plan(missing, model_name, checkpoint, load_type, data, calibration, ops, qat, mg, device, workers, target,
+          root):
     """The tasks and how to run them: here (the default, as a comparison's runs are short),
     in local worker processes (``workers`` > 1, CPU) or on a cluster, each worker building
     the float graph once from the checkpoint's bytes and the data (scattered to a cluster)."""
     from ..sweep import _data_source, _spawn_works, worker_builders
 
     def task(fmt, width, mode, qat):
-        return (fmt, width, mode, qat, f"quantization_compare/{model_name}/qat_{fmt}_{width}b")
+        return (fmt, width, mode, qat, root / f"qat_{fmt}_{width}b")  # a Path: train() writes there
 
     local = target is None
     builders = worker_builders([model_name], by_value=not local)

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from ..checks import boolean
 from ..registry import Registry
 
 QUANTIZERS = Registry("quantiser")
@@ -352,7 +353,7 @@ def is_no_quantization(config) -> bool:
         return True
     if not isinstance(config, dict):
         return False
-    if config.get("bypass", False) is True:
+    if boolean("bypass", config.get("bypass", False)):  # "yes" or 1 is a mistake, not a truthy value
         return True
     return "name" in config and config["name"] in NO_QUANTIZATION
 

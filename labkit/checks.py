@@ -1,0 +1,74 @@
+"""Argument checks that name the argument, the bad value and what is allowed.
+
+A student's notebook calls the API directly, so a wrong argument must fail at the door with
+a ValueError/TypeError that says what to pass, not deep inside Lightning or torch::
+
+    chunk = positive_int("chunk", chunk)             # ValueError: chunk must be a positive integer, got 'a'
+    load = path_like("load", load, "a checkpoint path")
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value) -> int:
+    """A whole number > 0 (``64`` or ``64.0``; never ``2.7`` truncated to 2, never ``True``)."""
+    if not (_is_number(value) and value > 0 and math.isfinite(value) and float(value).is_integer()):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(name: str, value) -> float:
+    """A finite number > 0."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def fraction(name: str, value) -> float:
+    """A number in [0, 1)."""
+    if not (_is_number(value) and 0 <= value < 1):
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value, allowed):
+    """``value`` if it is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def boolean(name: str, value) -> bool:
+    """``True`` or ``False`` exactly (a TOML ``"yes"`` or ``1`` is a mistake, not a truthy value)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def instance_of(name: str, value, types, what: str):
+    """``value`` if it is an instance of ``types``; else a TypeError saying ``what`` to pass."""
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        raise TypeError(f"{name} must be {what}, got {_short(value)} ({type(value).__name__})")
+    return value
+
+
+def path_like(name: str, value, what: str = "a file path"):
+    """A ``str`` or ``os.PathLike`` naming a file."""
+    return instance_of(name, value, (str, os.PathLike), f"{what} (str or pathlib.Path)")
+
+
+def _tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "..."

@@ -1,0 +1,86 @@
+"""Epoch progress across processes: sweeps count every finished epoch, in-process and from workers."""
+
+import io
+import multiprocessing as mp
+
+import pytest
+
+import labkit.progress as progress
+import labkit.sweep as sw
+from labkit.data import load_dataset
+from labkit.sweep import sweep
+
+
+def test_report_goes_to_the_installed_sink_and_nowhere_without_one():
+    got = []
+    progress.install(got.append)
+    try:
+        progress.report(2)
+        progress.report()
+    finally:
+        progress.install(None)
+    progress.report(5)  # no sink: nothing happens, nothing fails
+    assert got == [2, 1]
+
+
+def test_install_rejects_what_cannot_receive_reports():
+    with pytest.raises(TypeError, match="sink must be a callable, a queue"):
+        progress.install(42)
+
+
+def test_counter_streams_plain_lines_and_drops_epochs_a_run_never_did():
+    out = io.StringIO()
+    counter = progress.EpochCounter(10, "sweep demo", disable=True, stream=out, every_s=0)
+    counter.add(3)
+    counter.run_finished(planned=5, done=3)  # stopped early: 2 epochs will never come
+    counter.close()
+    assert counter.total == 8 and counter.done == 3
+    assert "[labkit] sweep demo: 3/10 epochs" in out.getvalue()
+    assert out.getvalue().splitlines()[-1] == "[labkit] sweep demo: 3/8 epochs"
+
+
+def _worker(q):
+    progress.install(q)
+    for _ in range(4):
+        progress.report(1)
+
+
+def test_counter_drains_reports_from_worker_processes():
+    ctx = mp.get_context("spawn")
+    counter = progress.EpochCounter(4, disable=True)
+    sink = counter.worker_sink(ctx)
+    p = ctx.Process(target=_worker, args=(sink,))
+    p.start()
+    p.join(60)
+    counter.close()
+    assert p.exitcode == 0 and counter.done == 4
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    made = []
+
+    class Recording(progress.EpochCounter):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "disable": True})
+            made.append(self)
+
+    monkeypatch.setattr(sw, "EpochCounter", Recording)
+    return made
+
+
+def test_in_process_sweep_counts_every_epoch_of_every_run(tmp_path, counters):
+    data = load_dataset("jsc-synthetic", size=3000, progress=False)
+    sweep("jsc-tiny", data, "max_epochs", [1, 2], learning_rate=1e-3, workers=1, progress=False, cache_dir=tmp_path)
+    assert [(c.total, c.done) for c in counters] == [(3, 3)]
+    # a re-run trains nothing, so it plans no epochs
+    sweep("jsc-tiny", data, "max_epochs", [1, 2], learning_rate=1e-3, workers=1, progress=False, cache_dir=tmp_path)
+    assert (counters[1].total, counters[1].done) == (0, 0)
+    assert progress._SINK is None  # the sweep uninstalls its sink
+
+
+def test_worker_processes_report_their_epochs(tmp_path, counters):
+    data = load_dataset("jsc-synthetic", size=3000, progress=False)
+    sweep("jsc-tiny", data, "batch_size", [256, 512], max_epochs=2, learning_rate=1e-3, workers=2,
+          progress=False, cache_dir=tmp_path)
+    assert [(c.total, c.done) for c in counters] == [(4, 4)]
