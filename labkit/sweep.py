@@ -521,7 +521,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         results[i] = result
         epochs.run_finished(runs[i][1]["max_epochs"], int(result.get("epochs") or 0))
 
-    target = executor.choose_cluster(cluster, workers)  # checked (and connected to) before any run
+    target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
         if missing:
@@ -568,6 +568,8 @@ def _run_missing(missing, runs, data, project, accelerator, device, workers, tar
             fn, tasks, workers=n, cluster=target or False, initializer=init, initargs=initargs)) as done:
         for (i, *_), result in done:
             store(i, result)  # each run is on disk as soon as it finishes
+            if target is not None:  # no epoch reports from a cluster: count a run's epochs when it arrives
+                epochs.add(int(result.get("epochs") or 0))
             bar.set_postfix_str(label_of(runs[i][0]))
             bar.update()
 

@@ -100,7 +100,7 @@ def _forward(self, x):
 def test_compare_quantization_on_the_cluster_equals_the_local_one(data, cluster, tmp_path):
     from labkit.quantize.compare import compare_quantization
     ckpt = train("jsc-tiny", data, max_epochs=1, batch_size=256, learning_rate=1e-3,
-                 project=str(tmp_path / "float"), progress=False, verbose=False)["best_ckpt"]
+                 project=tmp_path / "float", progress=False, verbose=False)["best_ckpt"]
     kwargs = dict(data=data, widths=(8, 3), formats=("integer",), qat_epochs=1, qat_learning_rate=1e-3,
                   progress=False, accelerator="cpu")
     remote = compare_quantization("jsc-tiny", ckpt, cluster=cluster, cache_dir=tmp_path / "c", **kwargs)
