@@ -32,9 +32,10 @@ _EXPORTS_BY_MODULE = {
                  "plot_accuracy_vs_bits", "quantize_module", "quantized_class", "register_quantizer"],
     "transform": ["load_transformed", "run_transform"],
     "plots": ["data_banner", "save_figure", "titled"],
+    "executor": ["map_unordered", "ClusterUnavailableError"],
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
-_SUBMODULES = ("cache", "cli", "config", "data", "findings", "graph", "models", "notebooks", "passes", "paths",
+_SUBMODULES = ("cache", "cli", "config", "data", "executor", "findings", "graph", "models", "notebooks", "passes", "paths",
                "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform", "widgets")
 
 __all__ = list(_EXPORTS)

@@ -28,6 +28,7 @@ never recomputed. An unreachable scheduler is a :class:`ClusterUnavailableError`
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib.util
 import multiprocessing as mp
 import os
 import signal
@@ -130,9 +131,9 @@ def map_unordered(fn, tasks, *, workers=None, cluster=None, initializer=None, in
 
     ``workers``: 0 or 1 runs here, one after another; ``None`` (default) one process per CPU
     core (at most one per task when ``tasks`` has a length); ``n`` that many processes.
-    ``cluster``: see the module doc; when it (or ``$LABKIT_CLUSTER``) names one, ``workers`` is
-    ignored. ``initializer(*initargs)`` runs once in every worker (here: once, before the
-    first task) before its first task.
+    ``cluster``: see the module doc; when it names one, ``workers`` is ignored; when neither
+    is given, ``$LABKIT_CLUSTER`` names it (:func:`choose_cluster`). ``initializer(*initargs)``
+    runs once in every worker before its first task (for ``workers`` 0/1: once, here).
 
     ``tasks`` is read lazily, a few ahead of the workers (two per worker), so a generator may
     make each task from the results before it (ask-and-tell searches do). Stop iterating
@@ -141,7 +142,7 @@ def map_unordered(fn, tasks, *, workers=None, cluster=None, initializer=None, in
     _check_workers(workers)
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable or None, got {initializer!r}")
-    target = cluster_from_env(cluster)
+    target = choose_cluster(cluster, workers)
     if target is not None:
         return _dask_map(fn, tasks, target, initializer, tuple(initargs))
     n = workers if workers is not None else cpu_count()
@@ -290,8 +291,9 @@ def _dask_iter(client, owned, fn, tasks, initializer, initargs):
     try:
         info = client.scheduler_info()
         workers = info.get("workers", {})
-        # The dashboard exists only where the scheduler has bokeh (an optional extra).
-        board = client.dashboard_link if "dashboard" in info.get("services", {}) else "none (pip install bokeh)"
+        board = client.dashboard_link or "none"
+        if importlib.util.find_spec("bokeh") is None:  # the page needs bokeh (an optional extra)
+            board += " (its pages need bokeh: pip install bokeh)"
         print(f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s); dashboard: {board}", flush=True)
         window = 2 * max(1, sum(w.get("nthreads", 1) for w in workers.values()))
         token = uuid.uuid4().hex
@@ -336,5 +338,5 @@ def _dask_iter(client, owned, fn, tasks, initializer, initargs):
             client.close()
 
 
-__all__ = ["map_unordered", "connect", "cluster_from_env", "choose_cluster", "uses_cluster", "ClusterUnavailableError",
-           "cpu_count", "CLUSTER_ENV"]
+__all__ = ["map_unordered", "connect", "cluster_from_env", "choose_cluster", "uses_cluster",
+           "ClusterUnavailableError", "cpu_count", "describe", "CLUSTER_ENV"]
