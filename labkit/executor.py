@@ -169,6 +169,8 @@ def _in_process(fn, tasks, initializer, initargs):
 
 
 def _pool_init(initializer, initargs):
+    from .runtime import exit_with_parent
+    exit_with_parent()  # a parent killed with kill -9 (or a crashed kernel) takes its workers with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
     if initializer is not None:
         initializer(*initargs)

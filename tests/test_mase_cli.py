@@ -1,7 +1,7 @@
 """MASE's example configs and its handout commands, run with `ch` -> `labkit`.
 
 MASE's `ch` drops every config key it does not know; labkit drops the ones MASE itself uses
-but labkit does not ([transform], [search], `report`, ...) with one warning line, and still
+but labkit does not ([transform], `report`, ...) with one warning line, and still
 rejects a key neither knows."""
 
 import os
@@ -73,9 +73,10 @@ def test_mase_only_keys_are_dropped_with_one_warning_line(tmp_path, capsys):
     config = load_config(path)
     lines = _warnings(capsys.readouterr().err)
     assert len(lines) == 1
-    for name in ("is_pretrained", "transform", "search", "passes.quantize.report"):
+    for name in ("is_pretrained", "transform", "passes.quantize.report"):
         assert name in lines[0]
-    assert not {"transform", "search", "is_pretrained"} & set(config)
+    assert not {"transform", "is_pretrained"} & set(config)
+    assert config["search"] == {"strategy": {"name": "optuna"}}  # kept: `labkit search` reads it
     assert "report" not in config["passes"]["quantize"] and config["passes"]["quantize"]["by"] == "type"
     assert config["num_workers"] == 0 and config["task"] == "cls"
 
@@ -134,7 +135,7 @@ def test_the_handout_transform_command(lab):
                           "--task", "cls", "--cpu=0"], cwd=root, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert len(_warnings(out.stderr)) == 1 and "transform, search" in out.stderr
+    assert len(_warnings(out.stderr)) == 1 and "does not use: transform" in out.stderr  # [search]: labkit search
     assert "no load_name: transforming an untrained jsc-tiny" in out.stderr
     assert _row(out.stdout, "num_workers")[-2:] == ["0", "0"]  # flag, effective
     assert "| Linear          | linear       |       1 |         1 |           0 |" in out.stdout
