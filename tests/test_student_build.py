@@ -126,7 +126,7 @@ def test_relative_links_still_reach_their_files(tmp_path):
         "[MASE](https://github.com/DeepWok/mase) and [above](#top).\n"]}]}
     text = "".join(relink(nb, source, out)["cells"][0]["source"])
     assert text == ("See [the data](../../data/README.md), [train.py](../../labkit/train.py#L10), "
-                    "[05](../05_quantisation.ipynb),\n[MASE](https://github.com/DeepWok/mase) and [above](#top).\n")
+                    "[05](05_quantisation.ipynb),\n[MASE](https://github.com/DeepWok/mase) and [above](#top).\n")
 
 
 def test_written_copies_link_to_real_files(tmp_path):

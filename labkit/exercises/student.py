@@ -90,8 +90,11 @@ _LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)\)")
 
 def relink(nb: dict, source_dir: Path, out_dir: Path) -> dict:
     """Point the markdown cells' relative links (``[data](../data/README.md)``) at the same files
-    from ``out_dir``, so a student copy written elsewhere keeps working links."""
+    from ``out_dir``, so a student copy written elsewhere keeps working links. Links to a sibling
+    numbered notebook stay as they are: they reach its student copy."""
     def fix(m):
+        if re.fullmatch(r"[0-9][0-9]_[^/]*\.ipynb(#.*)?", m.group(1)):
+            return m.group(0)  # a sibling notebook: its student copy sits next to this one
         target = os.path.relpath(Path(source_dir).resolve() / m.group(1), Path(out_dir).resolve())
         return f"]({Path(target).as_posix()})"
     for cell in nb["cells"]:
