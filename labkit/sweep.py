@@ -567,7 +567,7 @@ def sweep(model, dataset, param: str, values, *, data: JSCData | None = None, wo
 
 
 def sweeps_root() -> Path:
-    return outputs_dir() / "sweeps"
+    return outputs_dir(write=False) / "sweeps"  # browsing only: a read-only outputs/ is fine
 
 
 def list_sweeps(root=None) -> list[str]:

@@ -307,6 +307,17 @@ def test_a_failed_run_leaves_the_projects_checkpoints_as_they_were(capsys, home,
     assert files_under(home / "outputs") == before
 
 
+def test_outputs_not_writable_is_said_before_anything_runs(capsys, home, monkeypatch):
+    """As another user (simulated: root may write anywhere, so os.access is asked to say no)."""
+    (home / "outputs").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == home / "outputs"
+                        else real_access(p, mode, **kw))
+    line = cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", *TINY], code=1)
+    assert str(home / "outputs") in line and "permission denied" in line and "LABKIT_OUTPUT_DIR" in line
+    assert files_under(home) == {}
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
 def test_outputs_not_writable(capsys, home):
     (home / "outputs").mkdir(mode=0o500)
