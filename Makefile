@@ -8,12 +8,13 @@ STAMP   := $(VENV)/.labkit-installed
 DATASET ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-quick lab bench clean help
+.PHONY: install run test test-quick lab bench clean help student
 
 help:
 	@echo "make run    - install, prepare data, execute every notebook (writes figures/ and notebooks/executed/)"
 	@echo "make test   - install, run the whole test suite (includes every notebook in quick mode)"
 	@echo "make lab    - JupyterLab on notebooks/"
+	@echo "make student - write the student build (exercises without solutions) to notebooks/student/"
 	@echo "make bench  - the benchmarks in benchmarks/"
 	@echo "DATASET=jsc insists on the real JSC data; DATASET=jsc-synthetic asks for the stand-in"
 
@@ -42,6 +43,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
+student: $(STAMP)
+	$(BIN)/labkit notebooks --student
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
@@ -51,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
-	rm -rf notebooks/executed outputs .pytest_cache
+	rm -rf notebooks/executed notebooks/student outputs .pytest_cache

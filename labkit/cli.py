@@ -5,6 +5,7 @@
     labkit transform --config configs/lab2_transform_jsc_custom.toml
     labkit ls                     # models and datasets
     labkit notebooks --quick      # execute every notebook with papermill
+    labkit notebooks --student    # write the student copies (exercises without solutions)
 
 Every error ends the program with exit status 2 and one line that names the bad value and
 what is allowed; nothing already computed (data caches, checkpoints) is touched.
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--dataset", default="auto", help="auto (real if available, else synthetic), jsc, jsc-synthetic")
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     nb.add_argument("--output-dir", default=None, help="where executed notebooks go (default notebooks/executed)")
+    nb.add_argument("--student", action="store_true",
+                    help="do not execute: write the student build (solutions replaced by stubs and hints) "
+                         "to notebooks/student/ (or --output-dir)")
     return p
 
 
@@ -178,6 +182,11 @@ def cmd_ls(args):
 
 
 def cmd_notebooks(args):
+    if args.student:
+        from .exercises.student import write_student_build
+        for path in write_student_build(args.output_dir, only=args.only):
+            print(f"[labkit] student copy: {path}")
+        return
     from .notebooks import run_notebooks
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
@@ -196,18 +205,23 @@ def main(argv=None) -> int:
     if not args.action:
         parser.print_help()
         return 0
-    from .data import DataUnavailableError
-    errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError)
     try:
-        globals()[f"cmd_{args.action}"](args)
-    except errors as e:
-        print(f"labkit {args.action}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
-        print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"labkit {args.action}: interrupted; finished checkpoints and caches are kept", file=sys.stderr)
+        # Inside the try: this import loads torch, seconds in which a Ctrl-C must still end cleanly.
+        from .data import DataUnavailableError
+        from .lock import ProjectBusyError
+        errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError,
+                  ProjectBusyError)
+        try:
+            globals()[f"cmd_{args.action}"](args)
+        except errors as e:
+            print(f"labkit {args.action}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
+            print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt as e:
+        where = str(e) or "finished checkpoints and caches are kept"
+        print(f"labkit {args.action}: interrupted: {where}", file=sys.stderr)
         return 130
     return 0
 

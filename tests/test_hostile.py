@@ -157,6 +157,23 @@ def test_a_model_name_unfit_for_a_path_cannot_become_the_default_project(home):
     assert files_under(home) == {}
 
 
+def test_a_figure_name_is_a_file_name_not_a_path(home, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.plots import save_figure
+    monkeypatch.setenv("LABKIT_FIGURES_DIR", str(home / "figures"))
+    fig = plt.figure()
+    try:
+        with pytest.raises(ValueError, match=r"figure name '\.\./up'"):
+            save_figure(fig, "../up")
+        assert files_under(home) == {}
+        assert save_figure(fig, "ok-1").parent == home / "figures"
+    finally:
+        plt.close(fig)
+
+
 def test_an_explicit_path_object_is_the_api_way_to_write_elsewhere(home, tiny_data):
     """A Path (only from Python, never from a flag or a config) names a directory of the caller's choice."""
     from labkit.train import train

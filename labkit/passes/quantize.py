@@ -344,14 +344,25 @@ def compare_nodes(graph, original_graph) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize_quantization_analysis_pass(graph, pass_args: dict):
+def summarize_quantization_analysis_pass(graph, pass_args: dict = None, save_dir=None):
     """Count, per original layer type, how many nodes the quantisation changed (MASE's table).
 
     pass_args: ``{"original_graph": ori_mg, "save_dir": None or a folder, "verbose": True}``.
-    Prints the summary (a GitHub-style table); with ``save_dir`` also writes
-    ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}`` there. Returns
-    ``(graph, {"summary": DataFrame, "nodes": DataFrame})``.
+    Prints MASE's "Quantized graph histogram" (an org-mode table). With ``save_dir`` it writes
+    MASE's files, ``quantize_table.csv`` (one row per node: Ori name | New name | MASE_TYPE |
+    Mase_OP | Original type | Quantized type | Changed) and ``quantize_histogram.csv``, and
+    labkit's ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}``. Returns
+    ``(graph, {"summary": DataFrame, "nodes": DataFrame, "compare": DataFrame})``; ``compare``
+    is MASE's per-node table.
+
+    The lab handouts' older call ``summarize_quantization_analysis_pass(ori_mg, mg,
+    save_dir="quantize_summary")`` (original graph first) works too.
     """
+    if isinstance(getattr(pass_args, "model", None), fx.GraphModule):  # (ori_mg, mg, save_dir=...)
+        graph, pass_args = pass_args, {"original_graph": graph, "save_dir": save_dir}
+    elif save_dir is not None:
+        raise TypeError("summarize_quantization_analysis_pass: save_dir= goes with the handouts' call "
+                        "(ori_mg, mg, save_dir=...); otherwise put it in pass_args")
     args = check_pass_args(pass_args, {"original_graph": None, "save_dir": None, "verbose": True},
                            "summarize_quantization_analysis_pass")
     if args["original_graph"] is None:
@@ -363,17 +374,22 @@ def summarize_quantization_analysis_pass(graph, pass_args: dict):
                .reset_index())
     summary["Changed"] = summary["Changed"].astype(int)
     summary["Unchanged"] = summary["Total"] - summary["Changed"]
+    # MASE's per-node table names each node before and after (the pass keeps the names)
+    compare = nodes.rename(columns={"Name": "New name"})
+    compare.insert(0, "Ori name", nodes["Name"])
     table = tabulate(summary, headers="keys", tablefmt="github", showindex=False)
     if args["verbose"]:
-        print(f"A summary of quantisation:\n{table}")
+        print("Quantized graph histogram:\n" + tabulate(summary, headers="keys", tablefmt="orgtbl", showindex=False))
     if args["save_dir"]:
         save_dir = Path(args["save_dir"])
+        atomic_write_text(save_dir / "quantize_table.csv", compare.to_csv())
+        atomic_write_text(save_dir / "quantize_histogram.csv", summary.set_index("Original type").to_csv())
         atomic_write_text(save_dir / "quantize_summary.csv", summary.to_csv(index=False))
         atomic_write_text(save_dir / "quantize_summary.md", table + "\n")
         atomic_write_text(save_dir / "quantize_nodes.csv", nodes.to_csv(index=False))
         atomic_write_text(save_dir / "quantize_nodes.md",
                           tabulate(nodes, headers="keys", tablefmt="github", showindex=False) + "\n")
-    return graph, {"summary": summary, "nodes": nodes}
+    return graph, {"summary": summary, "nodes": nodes, "compare": compare}
 
 
 # --- automatic fractional widths --------------------------------------------------------------
