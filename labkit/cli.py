@@ -3,6 +3,7 @@
     labkit train jsc-tiny jsc-synthetic --max-epochs 10 --batch-size 256
     labkit test jsc-tiny jsc-synthetic --load outputs/.../best.ckpt --load-type pl
     labkit transform --config configs/lab2_transform_jsc_custom.toml
+    labkit search --config configs/lab3_search_jsc_custom.toml
     labkit ls                     # models and datasets
     labkit notebooks --quick      # execute every notebook with papermill
     labkit notebooks --student    # write the student copies (exercises without solutions)
@@ -67,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
 
     tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
     common(tf, load=True)
+
+    se = sub.add_parser("search", help="mixed-precision search ([search] in the --config TOML, MASE's schema)")
+    common(se, load=True)
+    se.add_argument("--n-trials", dest="n_trials", type=int, default=None, help="overrides search.strategy.setup")
+    se.add_argument("--n-jobs", dest="n_jobs", type=int, default=None, help="worker processes evaluating trials")
+    se.add_argument("--sampler", default=None, help="tpe, nsgaii, random or bruteforce")
+    se.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    se.add_argument("--no-progress", dest="progress", action="store_false")
 
     sub.add_parser("ls", help="list models and datasets")
 
@@ -170,8 +179,26 @@ def cmd_transform(args):
     s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed",
                          "accelerator"])
     _check(s, ["seed", "accelerator"])
+    from .paths import outputs_dir
+    outputs_dir()  # an unusable outputs folder is one line now, not after quantising
     from .transform import run_transform
     run_transform(s)
+
+
+def cmd_search(args):
+    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed"])
+    _check(s, ["seed"])
+    if not s.get("search"):
+        raise cfg.ConfigError("labkit search needs a --config TOML with a [search] section "
+                              "(see configs/lab3_search_jsc_custom.toml)")
+    from .search import search
+    setup = {k: getattr(args, k) for k in ("n_trials", "n_jobs", "sampler", "timeout") if getattr(args, k) is not None}
+    config = {k: v for k, v in s.items() if k in cfg.KEYS and v is not None}
+    result = search(config, overrides=setup, progress=args.progress)
+    cols = ["trial", *result.metrics]
+    print("Pareto front:" if len(result.metrics) > 1 else "Best trial:")
+    print(tabulate(result.pareto[cols], headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
+    print(f"best config: {result.files['best_config']}  (labkit transform --config {result.files['best_config']})")
 
 
 def cmd_ls(args):

@@ -268,10 +268,15 @@ def test_load_sweep_skips_wrong_shaped_entries(home):
 # -- environment faults: one line naming the path and what to do, exit status 1 ----------------
 
 
-def test_outputs_dir_under_a_regular_file(capsys, home, monkeypatch):
+def test_outputs_dir_under_a_regular_file(capsys, home, monkeypatch, trained):
     (home / "afile").write_text("x")
     monkeypatch.setenv("LABKIT_OUTPUT_DIR", str(home / "afile" / "outputs"))
     line = cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", *TINY], code=1)
+    assert str(home / "afile") in line and "LABKIT_OUTPUT_DIR" in line
+    toml = home / "cwd" / "t.toml"
+    toml.write_text(f'model = "jsc-tiny"\ndataset = "jsc-synthetic"\ndata_size = 1000\nload_name = "{trained}"\n'
+                    f'[passes.quantize]\nby = "type"\n[passes.quantize.default.config]\nname = "NA"\n')
+    line = cli(capsys, ["transform", "--config", toml], code=1)
     assert str(home / "afile") in line and "LABKIT_OUTPUT_DIR" in line
     from labkit.paths import outputs_dir
     with pytest.raises(OSError, match="LABKIT_OUTPUT_DIR"):
