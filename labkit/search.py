@@ -383,9 +383,11 @@ class Evaluator:
         self.trace_seconds = time.perf_counter() - t
 
     def __call__(self, pass_args: dict) -> dict:
+        from .graph import deepcopy_mase_graph
         from .passes.quantize import quantize_transform_pass
         t0 = time.perf_counter()
-        q, _ = quantize_transform_pass(self.graph, pass_args)
+        # the pass quantises the graph it is given (as MASE's): each trial gets a float copy
+        q, _ = quantize_transform_pass(deepcopy_mase_graph(self.graph), pass_args)
         t1 = time.perf_counter()
         out = {}
         if "sw_runner.basic_evaluation" in self.runners:
