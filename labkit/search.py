@@ -520,9 +520,28 @@ class SearchResult:
     directory: Path
     files: dict
     stats: dict
+    evaluator: "Evaluator | None" = dataclasses.field(default=None, repr=False)
 
     def _repr_html_(self):
         return self.trials._repr_html_()
+
+    def evaluate(self, pass_args: dict) -> dict:
+        """The search's metrics for any quantise config, on the same rows as the trials."""
+        return self.evaluator(pass_args)
+
+    def uniform(self, widths=(8, 6, 4, 3, 2)) -> pd.DataFrame:
+        """Every searched node at one width for all its operands (fractional width: half, as
+        "NA" means in the seeds), evaluated like a trial: the baseline mixed precision must beat."""
+        rows = []
+        for w in widths:
+            params = {}
+            for node, spec in self.space.nodes.items():
+                if len(spec["formats"]) > 1:
+                    params[f"{node}/name"] = "integer"
+                for operand in spec["pairs"]:
+                    params[f"{node}/{operand}"] = f"w{w}f{w // 2}"
+            rows.append({"width": w, **self.evaluate(self.space.to_pass_args(params))})
+        return pd.DataFrame(rows)
 
     def plot_pareto(self, x: str = "bitops", y: str = "accuracy", ax=None, label: str = "trials"):
         """Every trial as a dot, the Pareto front (of the search's objectives) as a line."""
@@ -666,6 +685,7 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
             raise RuntimeError(f"no trial finished within timeout = {setup['timeout']} s; allow more time")
         result = _results(trials, space, checked, directions, config, project, model_name, ckpt, data, out,
                           study_name, stats)
+        result.evaluator = local
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
@@ -800,6 +820,23 @@ def _results(trials, space, checked, directions, config, project, model_name, ck
                + ", ".join(f"{m} = {best[m]:.6g}" for m in metric_names))
     atomic_write_text(files["best_config"], comment + "\n" + to_toml(top, {"passes": {"quantize": best_args}}))
     return SearchResult(study_name, frame, pareto, best, best_args, checked["metrics"], space, out, files, stats)
+
+
+def compare_with_uniform(trials: pd.DataFrame, uniform: pd.DataFrame, cost: str = "bitops",
+                         quality: str = "accuracy") -> pd.DataFrame:
+    """For each uniform-width point: the best ``quality`` any trial reached at no more ``cost``,
+    and by how much it beats (> 0) or trails the uniform point."""
+    rows = []
+    for u in uniform.itertuples(index=False):
+        u = u._asdict()
+        cheaper = trials[trials[cost] <= u[cost]]
+        best = cheaper.loc[cheaper[quality].idxmax()] if len(cheaper) else None
+        rows.append({"width": u["width"], f"uniform {cost}": u[cost], f"uniform {quality}": u[quality],
+                     f"searched {quality}": None if best is None else best[quality],
+                     f"searched {cost}": None if best is None else best[cost],
+                     "trial": None if best is None else int(best["trial"]),
+                     "gain": None if best is None else best[quality] - u[quality]})
+    return pd.DataFrame(rows)
 
 
 # --- a small TOML writer (configs are plain data: strings, numbers, booleans, tables) ----------
