@@ -886,6 +886,7 @@ def finetune(result: SearchResult, data, model: nn.Module, *, epochs: int = 3, l
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": data.x_train[:8]}})
     q, _ = quantize_transform_pass(mg, result.best_config)
     before = evaluate(q.model, data, "val")["acc"]
+    q.model.train()  # the searched copy was in eval mode; QAT trains BatchNorm statistics too
     r = train(q.model, data, max_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
               project=project or f"{result.directory.parent.name}_qat", progress=False, verbose=False)
     after = evaluate(q.model, data, "val")["acc"]
