@@ -33,12 +33,15 @@ _EXPORTS_BY_MODULE = {
                  "LinearMinifloat", "Quantizer", "ReLUInteger", "compare_quantization", "model_size_bits",
                  "plot_accuracy_vs_bits", "quantize_module", "quantized_class", "register_quantizer"],
     "transform": ["load_transformed", "run_transform"],
+    "search": ["search", "SearchResult", "SearchConfigError", "check_search_config"],
     "plots": ["data_banner", "save_figure", "titled"],
+    "executor": ["map_unordered", "ClusterUnavailableError"],
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",
                "paths", "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform",
                "widgets")
+_SUBMODULES += ("executor", "search")  # issue 11
 
 __all__ = list(_EXPORTS)
 

@@ -3,6 +3,7 @@
     labkit train jsc-tiny jsc-synthetic --max-epochs 10 --batch-size 256
     labkit test jsc-tiny jsc-synthetic --load outputs/.../best.ckpt --load-type pl
     labkit transform --config configs/lab2_transform_jsc_custom.toml
+    labkit search --config configs/lab3_search_jsc_custom.toml
     labkit ls                     # models and datasets
     labkit notebooks --quick      # execute every notebook with papermill
     labkit notebooks --student    # write the student copies (exercises without solutions)
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
     common(tf, load=True)
 
+    se = sub.add_parser("search", help="mixed-precision search ([search] in the --config TOML, MASE's schema)")
+    common(se, load=True)
+    se.add_argument("--n-trials", dest="n_trials", type=int, default=None, help="overrides search.strategy.setup")
+    se.add_argument("--n-jobs", dest="n_jobs", type=int, default=None, help="worker processes evaluating trials")
+    se.add_argument("--sampler", default=None, help="tpe, nsgaii, random or bruteforce")
+    se.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    se.add_argument("--no-progress", dest="progress", action="store_false")
+
     sub.add_parser("ls", help="list models and datasets")
 
     nb = sub.add_parser("notebooks", help="execute the notebooks with papermill")
@@ -78,7 +87,27 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--student", action="store_true",
                     help="do not execute: write the student build (solutions replaced by stubs and hints) "
                          "to notebooks/student/ (or --output-dir)")
+    _cluster_flag(nb)
     return p
+
+
+def _cluster_flag(sp):
+    sp.add_argument("--cluster", default=None, metavar="ADDRESS",
+                    help="run sweeps and comparisons on this Dask scheduler (tcp://host:8786); "
+                         "default: $LABKIT_CLUSTER, else worker processes on this machine")
+
+
+def _use_cluster(args):
+    """--cluster: checked and reached now (one line naming the address if not), then handed to
+    everything this command runs (notebook kernels too) as $LABKIT_CLUSTER."""
+    if args.cluster is None:
+        return
+    import os
+    from .executor import CLUSTER_ENV, choose_cluster, connect
+    address = choose_cluster(args.cluster)
+    client, _ = connect(address)
+    client.close()
+    os.environ[CLUSTER_ENV] = address
 
 
 def mase_flags(sp):
@@ -176,6 +205,22 @@ def cmd_transform(args):
     run_transform(s)
 
 
+def cmd_search(args):
+    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed"])
+    _check(s, ["seed"])
+    if not s.get("search"):
+        raise cfg.ConfigError("labkit search needs a --config TOML with a [search] section "
+                              "(see configs/lab3_search_jsc_custom.toml)")
+    from .search import search
+    setup = {k: getattr(args, k) for k in ("n_trials", "n_jobs", "sampler", "timeout") if getattr(args, k) is not None}
+    config = {k: v for k, v in s.items() if k in cfg.KEYS and v is not None}
+    result = search(config, overrides=setup, progress=args.progress)
+    cols = ["trial", *result.metrics]
+    print("Pareto front:" if len(result.metrics) > 1 else "Best trial:")
+    print(tabulate(result.pareto[cols], headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
+    print(f"best config: {result.files['best_config']}  (labkit transform --config {result.files['best_config']})")
+
+
 def cmd_ls(args):
     from .data import DATASETS
     from .models import model_zoo
@@ -189,6 +234,7 @@ def cmd_notebooks(args):
         for path in write_student_build(args.output_dir, only=args.only):
             print(f"[labkit] student copy: {path}")
         return
+    _use_cluster(args)
     from .notebooks import run_notebooks
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
@@ -211,8 +257,8 @@ def main(argv=None) -> int:
         # Inside the try: this import loads torch, seconds in which a Ctrl-C must still end cleanly.
         from .data import DataUnavailableError
         from .lock import ProjectBusyError
-        errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError,
-                  ProjectBusyError)
+        errors = (ValueError, TypeError, FileNotFoundError, ConnectionError, cfg.ConfigError,
+                  DataUnavailableError, ProjectBusyError)
         try:
             globals()[f"cmd_{args.action}"](args)
         except errors as e:

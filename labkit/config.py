@@ -26,11 +26,11 @@ LOAD_TYPES = ("pl", "pt")
 TASKS = ("cls", "classification")
 
 # What MASE's `ch` reads from a config that labkit has no use for: MASE's other command-line
-# settings and config sections (a [search] for its search action, [transform] style, ...).
+# settings and config sections ([transform] style, ...). ([search] is read by `labkit search`.)
 # MASE drops *any* key it does not know, silently; labkit drops only these, with one warning
 # line naming them, and still rejects a key neither knows (a typo would otherwise be lost).
 MASE_ONLY_KEYS = (
-    "report", "transform", "search", "search_space", "strategy", "cf_args",
+    "report", "transform", "search_space", "strategy", "cf_args",
     "to_debug", "log_level", "training_optimizer", "trainer_precision", "max_steps",
     "accumulate_grad_batches", "num_nodes", "is_to_auto_requeue", "github_ci",
     "disable_dataset_cache", "target", "num_targets", "is_pretrained", "max_token_len", "project_dir",
@@ -66,7 +66,9 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
                                   "so any value >= 0 is accepted and changes nothing"),
     "num_devices": ((int,), None, "MASE's --gpu (devices); labkit trains on one device: 1"),
     "passes": ((dict,), None, "transform passes, e.g. [passes.quantize]"),
+    "search": ((dict,), None, "a [search] section: search space and strategy (labkit search)"),
 }
+TABLE_KEYS = ("passes", "search")  # tables, not settings: not in the settings table
 
 
 class ConfigError(ValueError):
@@ -81,7 +83,7 @@ def default_project(model: str, dataset: str) -> str:
 
 
 def defaults() -> dict:
-    return {k: v[1] for k, v in KEYS.items() if k != "passes"}
+    return {k: v[1] for k, v in KEYS.items() if k not in TABLE_KEYS}
 
 
 def drop_mase_only(config: dict, source: str = "config") -> dict:
@@ -208,7 +210,7 @@ def settings_table(file_config: dict | None, overrides: dict | None, keys=None, 
 
     base = defaults() if base is None else base
     effective = resolve(file_config, overrides, base) if effective is None else effective
-    keys = keys or [k for k in KEYS if k != "passes"]
+    keys = keys or [k for k in KEYS if k not in TABLE_KEYS]
     rows = []
     for k in keys:
         rows.append({

@@ -101,6 +101,12 @@ def test_lr_choice_wrong_answers(grid_table, args, phrases):
     fails(check_lr_choice(grid_table, *args), *phrases)
 
 
+def test_lr_choice_a_failed_run_is_not_evidence(grid_table):
+    grid_table.loc[(grid_table.batch_size == 512) & (grid_table.learning_rate == 1e-4), "final_val_acc"] = float("nan")
+    fails(check_lr_choice(grid_table, 512, 1e-4, float("nan")), "has no accuracy", "lr 0.01 reached 0.6800")
+    passes(check_lr_choice(grid_table, 512, 1e-2, 0.68))
+
+
 # --- 03: a network under a budget, trained ----------------------------------------------------
 
 

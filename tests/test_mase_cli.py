@@ -1,7 +1,7 @@
 """MASE's example configs and its handout commands, run with `ch` -> `labkit`.
 
 MASE's `ch` drops every config key it does not know; labkit drops the ones MASE itself uses
-but labkit does not ([transform], [search], `report`, ...) with one warning line, and still
+but labkit does not ([transform], `report`, ...) with one warning line, and still
 rejects a key neither knows."""
 
 import os
@@ -73,9 +73,10 @@ def test_mase_only_keys_are_dropped_with_one_warning_line(tmp_path, capsys):
     config = load_config(path)
     lines = _warnings(capsys.readouterr().err)
     assert len(lines) == 1
-    for name in ("is_pretrained", "transform", "search", "passes.quantize.report"):
+    for name in ("is_pretrained", "transform", "passes.quantize.report"):
         assert name in lines[0]
-    assert not {"transform", "search", "is_pretrained"} & set(config)
+    assert not {"transform", "is_pretrained"} & set(config)
+    assert config["search"] == {"strategy": {"name": "optuna"}}  # kept: `labkit search` reads it
     assert "report" not in config["passes"]["quantize"] and config["passes"]["quantize"]["by"] == "type"
     assert config["num_workers"] == 0 and config["task"] == "cls"
 
@@ -134,7 +135,7 @@ def test_the_handout_transform_command(lab):
                           "--task", "cls", "--cpu=0"], cwd=root, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert len(_warnings(out.stderr)) == 1 and "transform, search" in out.stderr
+    assert len(_warnings(out.stderr)) == 1 and "does not use: transform" in out.stderr  # [search]: labkit search
     assert "no load_name: transforming an untrained jsc-tiny" in out.stderr
     assert _row(out.stdout, "num_workers")[-2:] == ["0", "0"]  # flag, effective
     assert "| Linear          | linear       |       1 |         1 |           0 |" in out.stdout
@@ -189,3 +190,21 @@ def test_mases_gpu_accelerator_without_a_gpu_is_one_clear_line(tmp_path, capsys)
     assert code == 2
     assert err.strip().splitlines() == ["labkit transform: error: accelerator 'gpu' needs a CUDA GPU, "
                                         "and torch finds none here; use one of auto, cpu"]
+
+
+def test_the_handouts_train_test_and_search_commands(lab, monkeypatch, capsys):
+    """Lab 1/3: `ch train jsc-tiny jsc --max-epochs 1 --batch-size 256`, `ch test ... --load ...
+    --load-type pl`, `ch search --config configs/examples/jsc_toy_by_type.toml --load <ckpt>`."""
+    root, env = lab
+    monkeypatch.chdir(root)
+    for key in ("LABKIT_JSC_SOURCE", "LABKIT_DATA_DIR", "LABKIT_OUTPUT_DIR"):
+        monkeypatch.setenv(key, env[key])
+    assert main(["train", "jsc-tiny", "jsc", "--max-epochs", "1", "--batch-size", "256", "--no-progress"]) == 0
+    ckpt = root / "mase_output" / "jsc-tiny_jsc" / "software" / "training_ckpts" / "best.ckpt"
+    assert ckpt.is_file()
+    assert main(["test", "jsc-tiny", "jsc", "--load", str(ckpt), "--load-type", "pl"]) == 0
+    assert "test jsc-tiny" in capsys.readouterr().out
+    code = main(["search", "--config", "configs/examples/jsc_toy_by_type.toml", "--load", str(ckpt)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Pareto front:" in out and "5 trials" in out

@@ -105,6 +105,9 @@ def check_lr_choice(grid, batch_size, learning_rate, evidence, tolerance: float 
                      f"{', '.join(f'{r:g}' for r in rates)} (choose from what was measured).")
     column = table[batch_size]
     chosen, best = match[0], column.idxmax()
+    if pd.isna(column[chosen]):
+        raise NotYet(f"the run at batch {batch_size}, lr {chosen:g} has no accuracy (it diverged or failed); "
+                     f"lr {best:g} reached {column[best]:.4f}.")
     if column[chosen] < column[best] - tolerance:
         raise NotYet(f"at batch {batch_size}, lr {chosen:g} reached {column[chosen]:.4f}, but lr {best:g} reached "
                      f"{column[best]:.4f}: pick the rate the measurements favour.")
