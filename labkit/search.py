@@ -383,9 +383,11 @@ class Evaluator:
         self.trace_seconds = time.perf_counter() - t
 
     def __call__(self, pass_args: dict) -> dict:
+        from .graph import deepcopy_mase_graph
         from .passes.quantize import quantize_transform_pass
         t0 = time.perf_counter()
-        q, _ = quantize_transform_pass(self.graph, pass_args)
+        # the pass quantises the graph it is given (as MASE's): each trial gets a float copy
+        q, _ = quantize_transform_pass(deepcopy_mase_graph(self.graph), pass_args)
         t1 = time.perf_counter()
         out = {}
         if "sw_runner.basic_evaluation" in self.runners:
@@ -583,13 +585,15 @@ def _pareto_mask(values: list[list[float]], directions: list[str]) -> list[bool]
 
 
 def search(config, *, data=None, model=None, overrides: dict | None = None, workers: int | None = None,
-           progress: bool = True, verbose: bool = True) -> SearchResult:
+           progress: bool = True, verbose: bool = True, cluster=None) -> SearchResult:
     """Run (or resume) the search a TOML config (path or dict) describes.
 
     ``overrides`` replace top-level keys (``dataset``, ``load_name``, ``project``, ``data_size`` ...)
     and ``search.strategy.setup`` keys (``n_trials``, ``n_jobs``, ``sampler``, ``timeout``).
     ``data`` (a JSCData) replaces loading ``dataset``; ``model`` (an nn.Module, already loaded)
     replaces building ``model`` and loading ``load_name``. ``workers`` overrides ``n_jobs``.
+    ``cluster``: a Dask scheduler address or ``Client`` to evaluate trials on (default:
+    ``$LABKIT_CLUSTER`` when ``workers`` is not given); see :mod:`labkit.executor`.
     """
     import optuna
 
@@ -615,6 +619,8 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
     if workers is not None:
         checked["setup"]["n_jobs"] = _int(workers, "workers", 1, 256)
     setup = checked["setup"]
+    from .executor import choose_cluster
+    target = choose_cluster(cluster, workers)  # the address checked now, contacted when trials run
 
     # the model and the rows, then the space on the traced graph: all checked before any trial
     if data is None:
@@ -679,7 +685,8 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
         mem = optuna.create_study(directions=directions, sampler=_sampler(setup["sampler"], seed + len(done)))
         mem.add_trials(done)
         seen = {_key(t.params): (t.number, t.user_attrs["metrics"]) for t in done}
-        stats = _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose)
+        stats = _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
+                     target)
         trials = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not trials:
             raise RuntimeError(f"no trial finished within timeout = {setup['timeout']} s; allow more time")
@@ -702,7 +709,8 @@ def _key(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose) -> dict:
+def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
+         cluster=None) -> dict:
     """Ask, evaluate (in worker processes when n_jobs > 1), tell and store until n_trials are done.
 
     ``seen``: params key -> (stored trial number, metrics) of every finished trial."""
@@ -748,7 +756,7 @@ def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, p
                 yield (trial, key), space.to_pass_args(trial.params)
 
     workers = setup["n_jobs"]
-    if workers > 1 and not (_importable(type(model)) and _spawn_works()):
+    if cluster is None and workers > 1 and not (_importable(type(model)) and _spawn_works()):
         if verbose:
             print(f"[labkit] search: {type(model).__name__} cannot be rebuilt in a worker process "
                   "(defined in a notebook or script?); evaluating in this process")
@@ -761,7 +769,10 @@ def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, p
             pending[i] = tag
             yield i, args
     try:
-        if workers <= 1:
+        if cluster is not None:  # trials on a Dask cluster: the model and rows sent once per worker
+            results = map_unordered(_run_trial, work(), cluster=cluster, initializer=_init_worker,
+                                    initargs=(model, x, y, checked["runners"]))
+        elif workers <= 1:
             results = map_unordered(local_trial(local), work(), workers=0)
         else:
             results = map_unordered(_run_trial, work(), workers=workers, initializer=_init_worker,
