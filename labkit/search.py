@@ -439,7 +439,10 @@ _WORKER: Evaluator | None = None
 def _init_worker(model, x, y, runners):
     global _WORKER
     torch.set_num_threads(1)  # tiny ops: one thread per process is fastest
-    _WORKER = Evaluator(model, x, y, runners)
+    # private copies: tensors arrive in shared memory, which is slower to compute on
+    _WORKER = Evaluator(model, x.clone(), y.clone(), runners)
+    from .passes import flops  # noqa: F401  (imported now, not inside the first trial)
+    from .quantize import compare  # noqa: F401
 
 
 def _run_trial(task):
@@ -519,9 +522,28 @@ class SearchResult:
     directory: Path
     files: dict
     stats: dict
+    evaluator: "Evaluator | None" = dataclasses.field(default=None, repr=False)
 
     def _repr_html_(self):
         return self.trials._repr_html_()
+
+    def evaluate(self, pass_args: dict) -> dict:
+        """The search's metrics for any quantise config, on the same rows as the trials."""
+        return self.evaluator(pass_args)
+
+    def uniform(self, widths=(8, 6, 4, 3, 2)) -> pd.DataFrame:
+        """Every searched node at one width for all its operands (fractional width: half, as
+        "NA" means in the seeds), evaluated like a trial: the baseline mixed precision must beat."""
+        rows = []
+        for w in widths:
+            params = {}
+            for node, spec in self.space.nodes.items():
+                if len(spec["formats"]) > 1:
+                    params[f"{node}/name"] = "integer"
+                for operand in spec["pairs"]:
+                    params[f"{node}/{operand}"] = f"w{w}f{w // 2}"
+            rows.append({"width": w, **self.evaluate(self.space.to_pass_args(params))})
+        return pd.DataFrame(rows)
 
     def plot_pareto(self, x: str = "bitops", y: str = "accuracy", ax=None, label: str = "trials"):
         """Every trial as a dot, the Pareto front (of the search's objectives) as a line."""
@@ -670,6 +692,7 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
             raise RuntimeError(f"no trial finished within timeout = {setup['timeout']} s; allow more time")
         result = _results(trials, space, checked, directions, config, project, model_name, ckpt, data, out,
                           study_name, stats)
+        result.evaluator = local
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
@@ -810,6 +833,23 @@ def _results(trials, space, checked, directions, config, project, model_name, ck
     return SearchResult(study_name, frame, pareto, best, best_args, checked["metrics"], space, out, files, stats)
 
 
+def compare_with_uniform(trials: pd.DataFrame, uniform: pd.DataFrame, cost: str = "bitops",
+                         quality: str = "accuracy") -> pd.DataFrame:
+    """For each uniform-width point: the best ``quality`` any trial reached at no more ``cost``,
+    and by how much it beats (> 0) or trails the uniform point."""
+    rows = []
+    for u in uniform.itertuples(index=False):
+        u = u._asdict()
+        cheaper = trials[trials[cost] <= u[cost]]
+        best = cheaper.loc[cheaper[quality].idxmax()] if len(cheaper) else None
+        rows.append({"width": u["width"], f"uniform {cost}": u[cost], f"uniform {quality}": u[quality],
+                     f"searched {quality}": None if best is None else best[quality],
+                     f"searched {cost}": None if best is None else best[cost],
+                     "trial": None if best is None else int(best["trial"]),
+                     "gain": None if best is None else best[quality] - u[quality]})
+    return pd.DataFrame(rows)
+
+
 # --- a small TOML writer (configs are plain data: strings, numbers, booleans, tables) ----------
 
 def _toml_value(v) -> str:
@@ -857,6 +897,7 @@ def finetune(result: SearchResult, data, model: nn.Module, *, epochs: int = 3, l
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": data.x_train[:8]}})
     q, _ = quantize_transform_pass(mg, result.best_config)
     before = evaluate(q.model, data, "val")["acc"]
+    q.model.train()  # the searched copy was in eval mode; QAT trains BatchNorm statistics too
     r = train(q.model, data, max_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
               project=project or f"{result.directory.parent.name}_qat", progress=False, verbose=False)
     after = evaluate(q.model, data, "val")["acc"]
