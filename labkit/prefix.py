@@ -202,6 +202,9 @@ class Snapshots(Callback):
                     r["diverged"] = r["diverged"].replace(old, str(project_dir(Path(folder)) / "training_ckpts"))
                 elif r.get("best_ckpt"):
                     r["test_acc"] = test_acc(r["best_ckpt"])
+            # Provenance only (no table column reads it): this run's time was spent inside the
+            # longer run's, so summing wall_time_s over a sweep counts that prefix again.
+            r["prefix_of"] = self.lead_dir.parent.parent.name
             out.append((j, r))
         return {**lead, PREFIXES: out}
 

@@ -77,6 +77,7 @@ def _compare(shared, alone, shared_dir, alone_dir, epochs):
         rs, ra = s[k][1], a[k][1]
         assert {f: rs[f] for f in SAME} == {f: ra[f] for f in SAME}
         assert rs["history"] == ra["history"]
+        assert ("prefix_of" in rs) == (k != max(epochs)) and "prefix_of" not in ra  # where its time was spent
         for which in ("best_ckpt", "last_ckpt"):
             assert (rs[which] is None) == (ra[which] is None)
             if rs[which]:
