@@ -271,3 +271,18 @@ def test_validation_rows_are_not_training_rows():
     train, val, test = split_indices(1000, seed=0, test_fraction=0.2, val_fraction=0.2)
     assert (len(train), len(val), len(test)) == (640, 160, 200)
     assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+
+
+def test_search_trials_each_quantise_a_float_copy():
+    # quantize_transform_pass changes the graph it is given, so a caller that runs several
+    # configs (search trials, compare runs) must start each from a float copy
+    from labkit.search import Evaluator
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(256, 16, generator=g), torch.randint(0, 5, (256,), generator=g)
+    ev = Evaluator(get_model("jsc-tiny"), x, y, {"sw_runner.basic_evaluation": {}})
+    none = {"by": "type", "default": {"config": {"name": None}}}
+    float_loss = ev(none)["loss"]
+    two_bits = {**none, "linear": {"config": {**INT_4_1, "weight_width": 2, "weight_frac_width": 1}}}
+    assert ev(two_bits)["loss"] != float_loss
+    assert ev(none)["loss"] == float_loss  # the 2-bit trial left no quantised layer behind
+    assert not any(type(m).__name__.endswith("Integer") for m in ev.graph.modules.values())
