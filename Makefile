@@ -8,13 +8,14 @@ STAMP   := $(VENV)/.labkit-installed
 DATASET ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-quick test-browser lab bench clean help
+.PHONY: install run test test-quick test-browser lab bench clean help student
 
 help:
 	@echo "make run    - install, prepare data, execute every notebook (writes figures/ and notebooks/executed/)"
 	@echo "make test   - install, run the whole test suite (includes every notebook in quick mode)"
 	@echo "make test-browser - install chromium, chromium-driver and selenium, then drive JupyterLab in it"
 	@echo "make lab    - JupyterLab on notebooks/"
+	@echo "make student - write the student build (exercises without solutions) to notebooks/student/"
 	@echo "make bench  - the benchmarks in benchmarks/"
 	@echo "DATASET=jsc insists on the real JSC data; DATASET=jsc-synthetic asks for the stand-in"
 
@@ -59,6 +60,9 @@ test-browser: $(STAMP)
 	$(BIN)/python -m pip install -q -r requirements-browser.txt
 	$(BIN)/python -m pytest -q -rs -p no:xdist tests/test_browser.py
 
+student: $(STAMP)
+	$(BIN)/labkit notebooks --student
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
@@ -68,4 +72,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
-	rm -rf notebooks/executed outputs .pytest_cache
+	rm -rf notebooks/executed notebooks/student outputs .pytest_cache

@@ -26,16 +26,21 @@ _EXPORTS_BY_MODULE = {
         "report_node_type_analysis_pass", "report_node_shape_analysis_pass",
         "quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
         "auto_quantize_config", "analyse_flops_pass", "format_flops_table", "register_flop_calculator",
+        "verify_metadata_analysis_pass", "calculate_avg_bits_mg_analysis_pass",
+        "save_node_meta_param_interface_pass", "load_node_meta_param_interface_pass",
     ],
     "quantize": ["QUANTIZERS", "BatchNorm1dInteger", "Conv1dInteger", "Conv2dInteger", "LinearInteger",
                  "LinearMinifloat", "Quantizer", "ReLUInteger", "compare_quantization", "model_size_bits",
                  "plot_accuracy_vs_bits", "quantize_module", "quantized_class", "register_quantizer"],
     "transform": ["load_transformed", "run_transform"],
+    "search": ["search", "SearchResult", "SearchConfigError", "check_search_config"],
     "plots": ["data_banner", "save_figure", "titled"],
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
-_SUBMODULES = ("cache", "cli", "config", "data", "findings", "graph", "models", "notebooks", "passes", "paths",
-               "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform", "widgets")
+_SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",
+               "paths", "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform",
+               "widgets")
+_SUBMODULES += ("executor", "search")  # issue 11
 
 __all__ = list(_EXPORTS)
 

@@ -3,8 +3,10 @@
     labkit train jsc-tiny jsc-synthetic --max-epochs 10 --batch-size 256
     labkit test jsc-tiny jsc-synthetic --load outputs/.../best.ckpt --load-type pl
     labkit transform --config configs/lab2_transform_jsc_custom.toml
+    labkit search --config configs/lab3_search_jsc_custom.toml
     labkit ls                     # models and datasets
     labkit notebooks --quick      # execute every notebook with papermill
+    labkit notebooks --student    # write the student copies (exercises without solutions)
 
 Every error ends the program with exit status 2 and one line that names the bad value and
 what is allowed; nothing already computed (data caches, checkpoints) is touched.
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=None, help=cfg.KEYS["seed"][2])
         sp.add_argument("--project", default=None,
                         help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
+        mase_flags(sp)
         if load:
             sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
                             help="checkpoint to load (relative paths may also be relative to the project root)")
@@ -47,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="pl: Lightning .ckpt, pt: torch state dict")
 
     tr = sub.add_parser("train", help="train a model")
-    common(tr)
+    common(tr, load=True)
     tr.add_argument("--max-epochs", dest="max_epochs", type=int, default=None)
     tr.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
     tr.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
@@ -66,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
     common(tf, load=True)
 
+    se = sub.add_parser("search", help="mixed-precision search ([search] in the --config TOML, MASE's schema)")
+    common(se, load=True)
+    se.add_argument("--n-trials", dest="n_trials", type=int, default=None, help="overrides search.strategy.setup")
+    se.add_argument("--n-jobs", dest="n_jobs", type=int, default=None, help="worker processes evaluating trials")
+    se.add_argument("--sampler", default=None, help="tpe, nsgaii, random or bruteforce")
+    se.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    se.add_argument("--no-progress", dest="progress", action="store_false")
+
     sub.add_parser("ls", help="list models and datasets")
 
     nb = sub.add_parser("notebooks", help="execute the notebooks with papermill")
@@ -73,11 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--dataset", default="auto", help="auto (real if available, else synthetic), jsc, jsc-synthetic")
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     nb.add_argument("--output-dir", default=None, help="where executed notebooks go (default notebooks/executed)")
+    nb.add_argument("--student", action="store_true",
+                    help="do not execute: write the student build (solutions replaced by stubs and hints) "
+                         "to notebooks/student/ (or --output-dir)")
     return p
 
 
+def mase_flags(sp):
+    """MASE's own `ch` flags, so its commands run as written (``--task cls --cpu=0``)."""
+    sp.add_argument("--task", default=None, help="cls (classification); the only task of the JSC labs")
+    sp.add_argument("--cpu", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",
+                    help=cfg.KEYS["num_workers"][2])
+    sp.add_argument("--gpu", "--num-devices", dest="num_devices", type=int, default=None, metavar="N",
+                    help=cfg.KEYS["num_devices"][2])
+
+
+MASE_FLAGS = ("task", "num_workers", "num_devices")
+
+
 def _overrides(args) -> dict:
-    names = TRAIN_FLAGS + ("model", "dataset", "data_size", "load_name", "load_type")
+    names = TRAIN_FLAGS + MASE_FLAGS + ("model", "dataset", "data_size", "load_name", "load_type")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -87,6 +113,7 @@ def _settings(args, keys, defaults: dict | None = None) -> dict:
     file_config = cfg.load_config(args.config) if args.config else None
     overrides = cfg.validate(_overrides(args), source="command line")
     base = {**cfg.defaults(), **(defaults or {})}
+    keys = [*keys, *(k for k in MASE_FLAGS if k not in keys)]
     effective = cfg.resolve(file_config, overrides, base)
     if not effective.get("project") and effective.get("model") and effective.get("dataset"):
         effective["project"] = cfg.default_project(effective["model"], effective["dataset"])
@@ -122,8 +149,15 @@ def cmd_train(args):
     _check(s, settings)
     from .paths import outputs_dir
     outputs_dir()  # an unusable outputs folder is one line now, not after loading the data
-    from .train import train
-    result = train(s["model"], _load_data(s), project=s["project"], progress=args.progress,
+    from .train import load_model, read_checkpoint, train
+    from .transform import resolve_checkpoint
+    ckpt = resolve_checkpoint(s["load_name"]) if s.get("load_name") else None
+    if ckpt:
+        read_checkpoint(ckpt, s["load_type"])  # a missing or unreadable file stops before the data load
+    data = _load_data(s)
+    # MASE's `ch train --load`: training starts from the checkpoint's weights
+    model = load_model(s["model"], ckpt, s["load_type"], info=data.info) if ckpt else s["model"]
+    result = train(model, data, project=s["project"], progress=args.progress,
                    **{k: s[k] for k in settings})
     print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"best.ckpt: {result['best_ckpt']}\nlast.ckpt: {result['last_ckpt']}")
@@ -145,8 +179,26 @@ def cmd_transform(args):
     s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed",
                          "accelerator"])
     _check(s, ["seed", "accelerator"])
+    from .paths import outputs_dir
+    outputs_dir()  # an unusable outputs folder is one line now, not after quantising
     from .transform import run_transform
     run_transform(s)
+
+
+def cmd_search(args):
+    s = _settings(args, ["model", "dataset", "data_size", "load_name", "load_type", "project", "seed"])
+    _check(s, ["seed"])
+    if not s.get("search"):
+        raise cfg.ConfigError("labkit search needs a --config TOML with a [search] section "
+                              "(see configs/lab3_search_jsc_custom.toml)")
+    from .search import search
+    setup = {k: getattr(args, k) for k in ("n_trials", "n_jobs", "sampler", "timeout") if getattr(args, k) is not None}
+    config = {k: v for k, v in s.items() if k in cfg.KEYS and v is not None}
+    result = search(config, overrides=setup, progress=args.progress)
+    cols = ["trial", *result.metrics]
+    print("Pareto front:" if len(result.metrics) > 1 else "Best trial:")
+    print(tabulate(result.pareto[cols], headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
+    print(f"best config: {result.files['best_config']}  (labkit transform --config {result.files['best_config']})")
 
 
 def cmd_ls(args):
@@ -157,6 +209,11 @@ def cmd_ls(args):
 
 
 def cmd_notebooks(args):
+    if args.student:
+        from .exercises.student import write_student_build
+        for path in write_student_build(args.output_dir, only=args.only):
+            print(f"[labkit] student copy: {path}")
+        return
     from .notebooks import run_notebooks
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
@@ -175,18 +232,23 @@ def main(argv=None) -> int:
     if not args.action:
         parser.print_help()
         return 0
-    from .data import DataUnavailableError
-    errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError)
     try:
-        globals()[f"cmd_{args.action}"](args)
-    except errors as e:
-        print(f"labkit {args.action}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
-        print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"labkit {args.action}: interrupted; finished checkpoints and caches are kept", file=sys.stderr)
+        # Inside the try: this import loads torch, seconds in which a Ctrl-C must still end cleanly.
+        from .data import DataUnavailableError
+        from .lock import ProjectBusyError
+        errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError,
+                  ProjectBusyError)
+        try:
+            globals()[f"cmd_{args.action}"](args)
+        except errors as e:
+            print(f"labkit {args.action}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # the environment (a folder not writable, a file in the way): status 1
+            print(f"labkit {args.action}: error: {_describe_os_error(e)}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt as e:
+        where = str(e) or "finished checkpoints and caches are kept"
+        print(f"labkit {args.action}: interrupted: {where}", file=sys.stderr)
         return 130
     return 0
 

@@ -9,6 +9,7 @@ each value was decided, like MASE's "Name | Default | Manual Override | Effectiv
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 from pathlib import Path
 
@@ -23,6 +24,19 @@ SCHEDULERS = (None, "none", "cosine")  # None and "none": a constant learning ra
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 LOAD_TYPES = ("pl", "pt")
 TASKS = ("cls", "classification")
+
+# What MASE's `ch` reads from a config that labkit has no use for: MASE's other command-line
+# settings and config sections ([transform] style, ...). ([search] is read by `labkit search`.)
+# MASE drops *any* key it does not know, silently; labkit drops only these, with one warning
+# line naming them, and still rejects a key neither knows (a typo would otherwise be lost).
+MASE_ONLY_KEYS = (
+    "report", "transform", "search_space", "strategy", "cf_args",
+    "to_debug", "log_level", "training_optimizer", "trainer_precision", "max_steps",
+    "accumulate_grad_batches", "num_nodes", "is_to_auto_requeue", "github_ci",
+    "disable_dataset_cache", "target", "num_targets", "is_pretrained", "max_token_len", "project_dir",
+)
+# [passes.<name>] keys MASE's passes never read (its example configs set `report = true`)
+MASE_ONLY_PASS_KEYS = {"quantize": ("report",)}
 MIN_DATA_SIZE = 100  # the data layer's smallest dataset
 MAX_DATA_SIZE = 830_000  # the whole JSC table; the synthetic stand-in is capped at the same size
 
@@ -46,8 +60,15 @@ KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "early_stopping": ((int,), DEFAULTS["early_stopping"], "early-stopping patience in epochs (val accuracy)"),
     "max_time": ((float, int), DEFAULTS["max_time"], "training time limit in seconds"),
     "num_threads": ((int,), DEFAULTS["num_threads"], "CPU threads for torch"),
+    # MASE's --cpu and --gpu: data-loader workers and devices. labkit's data are tensors in
+    # memory (no loader workers to start) and it trains on one device.
+    "num_workers": ((int,), None, "MASE's --cpu (data-loader workers); labkit loads no worker processes, "
+                                  "so any value >= 0 is accepted and changes nothing"),
+    "num_devices": ((int,), None, "MASE's --gpu (devices); labkit trains on one device: 1"),
     "passes": ((dict,), None, "transform passes, e.g. [passes.quantize]"),
+    "search": ((dict,), None, "a [search] section: search space and strategy (labkit search)"),
 }
+TABLE_KEYS = ("passes", "search")  # tables, not settings: not in the settings table
 
 
 class ConfigError(ValueError):
@@ -62,11 +83,31 @@ def default_project(model: str, dataset: str) -> str:
 
 
 def defaults() -> dict:
-    return {k: v[1] for k, v in KEYS.items() if k != "passes"}
+    return {k: v[1] for k, v in KEYS.items() if k not in TABLE_KEYS}
+
+
+def drop_mase_only(config: dict, source: str = "config") -> dict:
+    """``config`` without the settings only MASE uses (:data:`MASE_ONLY_KEYS`), after one
+    warning line on stderr naming them; the caller's dict is not changed."""
+    dropped = [k for k in config if k in MASE_ONLY_KEYS]
+    kept = {k: v for k, v in config.items() if k not in MASE_ONLY_KEYS}
+    passes = kept.get("passes")
+    if isinstance(passes, dict):
+        for name, keys in MASE_ONLY_PASS_KEYS.items():
+            table = passes.get(name)
+            if isinstance(table, dict) and any(k in table for k in keys):
+                dropped += [f"passes.{name}.{k}" for k in keys if k in table]
+                kept["passes"] = passes = {**passes, name: {k: v for k, v in table.items() if k not in keys}}
+    if dropped:
+        print(f"labkit: warning: {source}: ignoring MASE settings labkit does not use: {', '.join(dropped)}",
+              file=sys.stderr)
+    return kept
 
 
 def validate(config: dict, source: str = "config") -> dict:
-    """Check every key is known and typed right; returns the config unchanged."""
+    """Check every key is known and typed right; returns the config, less the MASE-only
+    settings (see :func:`drop_mase_only`)."""
+    config = drop_mase_only(config, source)
     for key, value in config.items():
         if key not in KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(KEYS)}")
@@ -84,6 +125,11 @@ def validate(config: dict, source: str = "config") -> dict:
     for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads"):
         if config.get(key) is not None and config[key] < 1:
             raise ConfigError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
+    if config.get("num_workers") is not None and config["num_workers"] < 0:
+        raise ConfigError(f"{source}: num_workers (--cpu) must be an integer >= 0, got {config['num_workers']!r}")
+    if config.get("num_devices") is not None and config["num_devices"] != 1:
+        raise ConfigError(f"{source}: num_devices (--gpu) must be 1 (labkit trains on one device), "
+                          f"got {config['num_devices']!r}")
     if config.get("data_size") is not None and config["data_size"] < MIN_DATA_SIZE:
         raise ConfigError(f"{source}: data_size must be at least {MIN_DATA_SIZE} rows, got {config['data_size']!r}")
     if config.get("data_size") is not None and config["data_size"] > MAX_DATA_SIZE:
@@ -164,7 +210,7 @@ def settings_table(file_config: dict | None, overrides: dict | None, keys=None, 
 
     base = defaults() if base is None else base
     effective = resolve(file_config, overrides, base) if effective is None else effective
-    keys = keys or [k for k in KEYS if k != "passes"]
+    keys = keys or [k for k in KEYS if k not in TABLE_KEYS]
     rows = []
     for k in keys:
         rows.append({

@@ -135,7 +135,10 @@ class JSC_Custom(nn.Module):
 
 @register_model("jsc-s")
 class JSC_S(nn.Module):
-    """The hls4ml-sized model, hidden layers 64-32-32-32 (MASE's ``jsc-s``)."""
+    """The hls4ml-sized model, hidden layers 64-32-32-32 (MASE's ``jsc-s``).
+
+    The layers sit in a flat ``module_list`` as in MASE, so MASE's checkpoints
+    (``module_list.2.weight`` ...) and by-name configs (``module_list_2``) fit."""
 
     def __init__(self, info, hidden=(64, 32, 32, 32)):
         super().__init__()
@@ -143,10 +146,32 @@ class JSC_S(nn.Module):
         layers = [nn.BatchNorm1d(widths[0]), nn.ReLU()]
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(n_in, n_out))
-            if i == 0 or i == len(widths) - 2:
+            if i == 0 or i == len(widths) - 2:  # BatchNorm after the first and the last Linear only
                 layers.append(nn.BatchNorm1d(n_out))
             layers.append(nn.ReLU())
-        self.seq_blocks = nn.Sequential(*layers)
+        self.module_list = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.module_list:
+            x = layer(x)
+        return x
+
+
+@register_model("jsc-trt")
+class JSC_TRT(nn.Module):
+    """MASE's ``jsc-trt``: 16 -> 32 -> 48 -> 16 -> 5, BatchNorm and ReLU after every Linear,
+    Dropout(0.5) before the third Linear; 3,231 parameters."""
+
+    def __init__(self, info):
+        super().__init__()
+        f, c = info.num_features, info.num_classes
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(f), nn.ReLU(),
+            nn.Linear(f, 32), nn.BatchNorm1d(32), nn.ReLU(),
+            nn.Linear(32, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(48, 16), nn.BatchNorm1d(16), nn.ReLU(),
+            nn.Linear(16, c), nn.BatchNorm1d(c), nn.ReLU(),
+        )
 
     def forward(self, x):
         return self.seq_blocks(x)

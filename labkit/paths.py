@@ -8,6 +8,7 @@ found from this file, so notebooks (which run inside ``notebooks/``) and the CLI
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -58,12 +59,14 @@ def project_root() -> Path:
     return Path.cwd()
 
 
-def _dir(env: str, default: str) -> Path:
+def _dir(env: str, default: str, writable: bool = False) -> Path:
     path = Path(os.environ[env]).expanduser() if os.environ.get(env) else project_root() / default
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise unusable(path, e, env) from None
+    if writable and not os.access(path, os.W_OK | os.X_OK):  # say so now, not from inside Lightning
+        raise unusable(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path)), env)
     return path
 
 
@@ -82,9 +85,10 @@ def data_dir() -> Path:
     return _dir("LABKIT_DATA_DIR", "data")
 
 
-def outputs_dir() -> Path:
-    return _dir("LABKIT_OUTPUT_DIR", "outputs")
+def outputs_dir(write: bool = True) -> Path:
+    """``outputs/``; ``write=False`` for browsing what is there (a shared, read-only copy is fine)."""
+    return _dir("LABKIT_OUTPUT_DIR", "outputs", writable=write)
 
 
 def figures_dir() -> Path:
-    return _dir("LABKIT_FIGURES_DIR", "figures")
+    return _dir("LABKIT_FIGURES_DIR", "figures", writable=True)

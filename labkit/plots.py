@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from .paths import figures_dir
+from .paths import check_name, figures_dir
 
 
 def _info(data_or_info):
@@ -37,7 +37,9 @@ def titled(title: str, data_or_info=None) -> str:
 
 
 def save_figure(fig, name: str, data_or_info=None, directory=None) -> Path:
-    """Save ``fig`` as ``figures/<name>.png`` (watermarked when the data is synthetic)."""
+    """Save ``fig`` as ``figures/<name>.png`` (watermarked when the data is synthetic); ``name``
+    is a file name, never a path (see :func:`labkit.paths.check_name`)."""
+    check_name(name, "figure name")
     if data_or_info is not None and is_synthetic(data_or_info):
         fig.text(0.99, 0.01, "SYNTHETIC DATA", ha="right", va="bottom", fontsize=9, color="crimson",
                  alpha=0.8, weight="bold")

@@ -62,3 +62,30 @@ def torch_flags_restored():
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+def exit_with_parent(parent_pid: int | None = None, interval: float = 0.5) -> None:
+    """Make this (worker) process exit within ``interval`` seconds once its parent is gone.
+
+    A sweep's worker processes must not outlive a sweep killed with ``kill -9`` (or a crashed
+    kernel): they would go on training, holding CPU cores and writing into the outputs. A
+    daemon thread polls the parent PID: when the parent dies the worker is re-parented
+    (``getppid()`` changes) and exits at once. (Linux's ``prctl(PR_SET_PDEATHSIG)`` is not used:
+    it fires when the parent *thread* that started the worker ends, and pool executors may
+    start workers from short-lived threads.) ``parent_pid`` defaults to the parent this
+    process was started by (``multiprocessing``), else its current parent.
+    """
+    import multiprocessing
+    import threading
+    import time
+
+    if parent_pid is None:
+        parent = multiprocessing.parent_process()
+        parent_pid = parent.pid if parent is not None else os.getppid()
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)  # nothing to clean up that the OS does not: checkpoints are written atomically
+
+    threading.Thread(target=watch, name="labkit-exit-with-parent", daemon=True).start()

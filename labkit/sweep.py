@@ -47,7 +47,9 @@ from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import check_name, outputs_dir
 from .progress import EpochCounter, epoch_callback, install as install_progress
-from .train import DEFAULTS, check_settings, evaluate, load_model, read_checkpoint, torch_threads, train
+from .runtime import exit_with_parent
+from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
+                    torch_threads, train)
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
 RECIPE_VERSION = 1
@@ -155,8 +157,11 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)  # every run starts from the same weights
     kwargs = {k: settings[k] for k in SETTINGS if k != "model"}
-    r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
-              progress=False, verbose=False, callbacks=[epoch_callback()], **kwargs)  # epochs -> EpochCounter
+    try:
+        r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
+                  progress=False, verbose=False, callbacks=[epoch_callback()], **kwargs)  # epochs -> EpochCounter
+    except TrainingDiverged as e:  # a result of these settings like any other: recorded, not raised
+        return _diverged_result(e)
     test_acc = float("nan")
     if r["best_ckpt"]:
         if isinstance(model, nn.Module):
@@ -169,7 +174,18 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
                              "wall_time_s", "stopped_early", "best_ckpt", "last_ckpt")}
     out["test_acc"] = test_acc
     out["history"] = r["history"].to_dict(orient="records")
+    out["diverged"] = None
     return out
+
+
+def _diverged_result(e) -> dict:
+    """A run whose loss became non-finite: its finite epochs' history, no accuracies, and why."""
+    hist = e.result["history"]
+    nan = float("nan")
+    return {"best_val_acc": nan, "final_val_acc": nan, "final_train_acc": nan, "test_acc": nan,
+            "epochs": e.result["epochs"], "steps": None, "wall_time_s": nan, "stopped_early": True,
+            "best_ckpt": None, "last_ckpt": None, "history": hist.to_dict(orient="records"),
+            "diverged": str(e)}
 
 
 _WORKER_DATA: JSCData | None = None
@@ -197,6 +213,7 @@ def _load_source(source) -> JSCData:
 
 def _init_worker(source, threads: int, builders: dict, progress_sink=None):
     global _WORKER_DATA
+    exit_with_parent()  # a sweep killed with kill -9 takes its workers with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
     torch.set_num_threads(threads)
     install_progress(progress_sink)  # every finished epoch goes to the parent's EpochCounter
@@ -399,6 +416,7 @@ def _row(setting: dict, result: dict, cached: bool) -> dict:
     row = {k: _jsonable(v) for k, v in setting.items()}
     row.update({k: result.get(k) for k in RESULT_COLUMNS if k != "cached"})
     row["cached"] = cached
+    row["diverged"] = bool(result.get("diverged"))  # its loss became NaN/inf: accuracies are NaN
     row["label"] = label_of(setting)
     return row
 
@@ -569,7 +587,7 @@ def sweep(model, dataset, param: str, values, *, data: JSCData | None = None, wo
 
 
 def sweeps_root() -> Path:
-    return outputs_dir() / "sweeps"
+    return outputs_dir(write=False) / "sweeps"  # browsing only: a read-only outputs/ is fine
 
 
 def list_sweeps(root=None) -> list[str]:

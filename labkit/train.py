@@ -40,6 +40,7 @@ from .config import (  # the defaults and allowed values, kept in one place
 from .data import JSCData, JSCDataModule, load_dataset
 from .data.prepare import check_seed
 from .checks import instance_of, path_like, positive_int
+from .lock import project_lock
 from .models import get_model
 from .paths import check_name, outputs_dir
 from .runtime import eval_mode, torch_flags_restored, torch_threads  # noqa: F401  (re-exported)
@@ -98,15 +99,24 @@ class LitClassifier(pl.LightningModule):
         opt = self.optimizers().optimizer  # the raw torch optimiser: no per-step wrappers
         loss_sum = torch.zeros((), device=self.device)
         preds, targets = [], []
+        first_loss = None
         for x, y in chunk:
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
+            if first_loss is None:
+                first_loss = loss.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach() * len(y)
             preds.append(logits.detach().argmax(1))
             targets.append(y)
+        # One check per chunk (a host sync per mini-batch would cost more than the step): a
+        # non-finite loss anywhere in the chunk makes the sum non-finite. Stop before Lightning
+        # can checkpoint the ruined weights, so the files on disk stay those of a finite epoch.
+        if not torch.isfinite(loss_sum):
+            raise _NonFiniteLoss(float(loss_sum), self.current_epoch + 1,
+                                 before_any_update=self.global_step == 0 and not torch.isfinite(first_loss))
         self._count_optimizer_steps(len(chunk))
         preds, targets = torch.cat(preds), torch.cat(targets)
         self.train_acc.update(preds, targets)
@@ -380,6 +390,120 @@ def interruptible():
         raise KeyboardInterrupt("training interrupted") from None
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became non-finite (NaN or infinite): training stopped there.
+
+    ``result`` holds what was finished: the per-epoch ``history`` (finite epochs only) and
+    the checkpoints, which are those of the last finite epoch."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+class _NonFiniteLoss(Exception):
+    def __init__(self, value: float, epoch: int, before_any_update: bool):
+        super().__init__(f"training loss {value} in epoch {epoch}")
+        self.value, self.epoch, self.before_any_update = value, epoch, before_any_update
+
+
+class _Interrupted(Exception):
+    """Raised at a step boundary after a Ctrl-C (see :class:`_StopOnInterrupt`)."""
+
+
+class _StopOnInterrupt(Callback):
+    """Ctrl-C during a fit: finish the current step, save ``last.ckpt``, then stop.
+
+    A KeyboardInterrupt raised wherever the signal lands can hit Lightning's set-up or
+    tear-down, a logger's background-thread lock or a checkpoint write, and leave a process
+    that never exits or a half-written file. So while fitting, SIGINT only sets a flag, and
+    the flag is acted on between steps, where stopping is safe. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self, last_ckpt: Path):
+        self.last_ckpt = last_ckpt
+        self.requested = False
+        self.where = ""
+
+    @contextlib.contextmanager
+    def catching_sigint(self):
+        # Only the main thread can set handlers; leave a handler someone chose (a sweep worker
+        # ignores SIGINT, its parent stops it) and replace only Python's default one.
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield self
+            return
+
+        def on_sigint(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt("interrupted twice: stopped at once")
+            self.requested = True
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _stop(self, trainer, stage: str, save: bool):
+        if not self.requested:
+            return
+        self.where = f"in epoch {trainer.current_epoch + 1} ({stage}, after {trainer.global_step} steps)"
+        if save and trainer.global_step > 0:
+            trainer.save_checkpoint(self.last_ckpt)  # written to a temp file, then renamed
+            self.where += f"; last.ckpt: {self.last_ckpt}"
+        else:
+            self.where += "; no checkpoint written yet"
+        raise _Interrupted(self.where)
+
+    def on_train_start(self, trainer, pl_module):
+        self._stop(trainer, "starting", save=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._stop(trainer, "training", save=True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.state.fn == "fit":
+            self._stop(trainer, "validating", save=True)
+
+
+@contextlib.contextmanager
+def _fit_outcome(lit: LitClassifier, stop: _StopOnInterrupt, ckpt_dir: Path, learning_rate: float,
+                 archived: Path | None):
+    """Turn how a fit ended into what the caller sees: a one-line KeyboardInterrupt saying
+    where it stopped, or :class:`TrainingDiverged` naming the setting to change. A run that
+    stopped before writing any checkpoint puts the previous run's back where they were."""
+    try:
+        try:
+            yield
+        except (_Interrupted, _NonFiniteLoss):
+            if archived is not None and not any(ckpt_dir.glob("*.ckpt")):
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+                shutil.move(str(archived), str(ckpt_dir))
+            raise
+    except _Interrupted as e:
+        raise KeyboardInterrupt(f"training interrupted {e}") from None
+    except _NonFiniteLoss as e:
+        done = len(lit.history)
+        on_disk = any(ckpt_dir.glob("*.ckpt"))
+        kept = (f"the checkpoints of epoch {done}, the last finite one, are kept in {ckpt_dir}" if done and on_disk
+                else f"no epoch had finished; the previous run's checkpoints stay in {ckpt_dir}" if on_disk
+                else "no epoch had finished, so no checkpoint was written")
+        if e.before_any_update:
+            why = (f"the loss was already non-finite before any update, so the data or the model produce "
+                   f"non-finite values (learning_rate={learning_rate:g} is not the cause)")
+        else:
+            why = f"learning_rate={learning_rate:g} is probably too large; try a smaller one"
+        last = ckpt_dir / "last.ckpt"
+        best = next(iter(ckpt_dir.glob("best*.ckpt")), None) if done else None
+        raise TrainingDiverged(
+            f"training diverged: the training loss became {e.value} in epoch {e.epoch}; {why}; {kept}",
+            {"history": pd.DataFrame(lit.history), "epochs": done, "best_ckpt": str(best) if best else None,
+             "last_ckpt": str(last) if done and last.is_file() else None}) from None
+    if stop.requested:  # Ctrl-C after the last step: the run is complete, but stop here as asked
+        raise KeyboardInterrupt(f"interrupted after training finished; its checkpoints are complete in {ckpt_dir}")
+
+
 def project_dir(project) -> Path:
     """``outputs/<project>/software`` for a project name; ``<project>/software`` for a Path."""
     if isinstance(project, Path):
@@ -457,12 +581,15 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
                        chunk=chunk or default_chunk(batch_size))
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max",
                                  save_last=True, save_top_k=1, enable_version_counter=False)
-    all_callbacks = [checkpoint, *all_callbacks]
+    stop = _StopOnInterrupt(ckpt_dir / "last.ckpt")
+    all_callbacks = [checkpoint, stop, *all_callbacks]
     if s["early_stopping"]:
         all_callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=s["early_stopping"]))
     loggers = [CSVLogger(out / "logs", name="csv"), TensorBoardLogger(out / "logs", name="tensorboard")]
     accel = _accelerator(accelerator)
-    with torch_flags_restored():  # Lightning's deterministic=True would stay on for the whole process
+    # Lightning's deterministic=True would stay on for the whole process; one run at a time
+    # per project (see labkit.lock); Ctrl-C stops between steps.
+    with torch_flags_restored(), project_lock(out.parent), stop.catching_sigint():
         trainer = pl.Trainer(
             max_epochs=max_epochs, accelerator=accel, devices=1, logger=loggers, callbacks=all_callbacks,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
@@ -472,7 +599,8 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
         # Only now that the run is set up: a failure above leaves the old checkpoints in place.
         archived = _archive_previous(ckpt_dir)
         start = time.perf_counter()
-        with interruptible(), torch_threads(_threads(accel, s["num_threads"])):
+        with (interruptible(), torch_threads(_threads(accel, s["num_threads"])),
+              _fit_outcome(lit, stop, ckpt_dir, learning_rate, archived)):
             trainer.fit(lit, datamodule=dm)
         wall = time.perf_counter() - start
 

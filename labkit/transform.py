@@ -27,16 +27,21 @@ shape), the config used (``config.json``), the summary tables and ``results.json
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import datetime as dt
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from .cache import atomic_write_text
+from .cache import atomic_write, atomic_write_text
 from .checks import path_like
 from .config import default_project
+from .lock import project_lock
 from .paths import check_name, outputs_dir, project_root
 
 PASSES = ("quantize",)
@@ -86,7 +91,7 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     the summary DataFrames, both graphs and the paths written.
     """
     from .data import load_dataset
-    from .graph import MaseGraph
+    from .graph import MaseGraph, deepcopy_mase_graph
     from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from .passes.quantize import quantize_transform_pass, summarize_quantization_analysis_pass
     from .train import evaluate, load_model
@@ -97,54 +102,79 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
             raise ValueError(f"the transform config needs {key} = \"...\"")
     quant_args = check_passes(config.get("passes"))["quantize"]
     model_name = config["model"]
-    ckpt = resolve_checkpoint(config.get("load_name"))
+    # no load_name: MASE's transform quantises the freshly initialised (seeded) model
+    ckpt = resolve_checkpoint(config["load_name"]) if config.get("load_name") else None
     load_type = config.get("load_type") or "pl"
 
     if data is None:
         kwargs = {"size": config["data_size"]} if config.get("data_size") else {}
         data = load_dataset(config["dataset"], **kwargs)
     torch.manual_seed(int(config.get("seed") or 0))
-    model = load_model(model_name, ckpt, load_type, info=data.info)
+    if ckpt is None:
+        from .models import get_model
+        print(f"labkit: warning: no load_name: transforming an untrained {model_name} "
+              f"(initialised with seed {int(config.get('seed') or 0)}), as MASE does", file=sys.stderr)
+        model = get_model(model_name, data.info)
+    else:
+        model = load_model(model_name, ckpt, load_type, info=data.info)
     model.eval()
 
     batch = data.split("train")[0][: int(config.get("batch_size") or 128)]
     mg = MaseGraph(model=model)
     mg, _ = init_metadata_analysis_pass(mg, None)
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": batch}})
-    ori_mg = mg
-    mg, qinfo = quantize_transform_pass(ori_mg, quant_args)  # a quantised copy: ori_mg stays float
+    ori_mg = deepcopy_mase_graph(mg)  # the pass quantises mg itself (as MASE's does): keep a float copy
+    mg, qinfo = quantize_transform_pass(mg, quant_args)
 
     project = check_name(config["project"], "project") if config.get("project") else \
         default_project(model_name, data.info.name)
     out = outputs_dir() / project / "transform"
-    if save:
-        out.mkdir(parents=True, exist_ok=True)
-    _, summary = summarize_quantization_analysis_pass(
-        mg, {"original_graph": ori_mg, "save_dir": out if save else None, "verbose": verbose})
+    # One transform or training at a time per project; a re-run archives the previous outputs.
+    with project_lock(out.parent) if save else contextlib.nullcontext():
+        archived = _archive_previous_outputs(out) if save else None
+        if save:
+            out.mkdir(parents=True, exist_ok=True)
+        _, summary = summarize_quantization_analysis_pass(
+            mg, {"original_graph": ori_mg, "save_dir": out if save else None, "verbose": verbose})
 
-    before, after = evaluate(ori_mg.model, data, "test"), evaluate(mg.model, data, "test")
-    result = {
-        "model": model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
-        "checkpoint": str(ckpt), "project": project,
-        "test_acc_before": before["acc"], "test_acc_after": after["acc"],
-        "test_loss_before": before["loss"], "test_loss_after": after["loss"], "n_test": after["n"],
-        "changed": qinfo["changed"],
-    }
-    if verbose:
-        print(f"[labkit] transform {model_name} on {data.info.label}: test acc {before['acc']:.4f} -> "
-              f"{after['acc']:.4f} after quantisation ({len(qinfo['changed'])} nodes changed)")
-    if save:
-        state_path, config_path = out / "transformed.pt", out / "config.json"
-        torch.save({"state_dict": mg.model.state_dict(), "model_name": model_name,
-                    "dataset_name": data.info.name, "dataset_info": _info_dict(data.info),
-                    "quantize": copy.deepcopy(quant_args)}, state_path)
-        atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
-        atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
-        result.update(output_dir=str(out), state_dict_path=str(state_path), config_path=str(config_path))
+        before, after = evaluate(ori_mg.model, data, "test"), evaluate(mg.model, data, "test")
+        result = {
+            "model": model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
+            "checkpoint": str(ckpt) if ckpt else None, "project": project,
+            "test_acc_before": before["acc"], "test_acc_after": after["acc"],
+            "test_loss_before": before["loss"], "test_loss_after": after["loss"], "n_test": after["n"],
+            "changed": qinfo["changed"],
+        }
         if verbose:
-            print(f"[labkit] outputs: {out}")
-    result.update(summary=summary["summary"], nodes=summary["nodes"], graph=mg, original_graph=ori_mg)
+            print(f"[labkit] transform {model_name} on {data.info.label}: test acc {before['acc']:.4f} -> "
+                  f"{after['acc']:.4f} after quantisation ({len(qinfo['changed'])} nodes changed)")
+        if save:
+            state_path, config_path = out / "transformed.pt", out / "config.json"
+            saved = {"state_dict": mg.model.state_dict(), "model_name": model_name,
+                     "dataset_name": data.info.name, "dataset_info": _info_dict(data.info),
+                     "quantize": copy.deepcopy(quant_args)}
+            atomic_write(state_path, lambda tmp: torch.save(saved, tmp))
+            atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
+            atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+            result.update(output_dir=str(out), state_dict_path=str(state_path), config_path=str(config_path))
+            if verbose:
+                print(f"[labkit] outputs: {out}")
+    result.update(summary=summary["summary"], nodes=summary["nodes"], graph=mg, original_graph=ori_mg,
+                  archived_previous=str(archived) if archived else None)
     return result
+
+
+def _archive_previous_outputs(out: Path) -> Path | None:
+    """Move an earlier transform's files to ``out/archive/<timestamp>/``, as
+    training does with its checkpoints: a re-run never replaces a result without a copy."""
+    old = [p for p in out.iterdir() if p.is_file()] if out.is_dir() else []
+    if not old:
+        return None
+    dest = out / "archive" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    dest.mkdir(parents=True)
+    for p in old:
+        shutil.move(str(p), str(dest / p.name))
+    return dest
 
 
 def _info_dict(info) -> dict:
@@ -204,6 +234,6 @@ def load_transformed(path, info=None):
         detail = " ".join(str(e).split())[:300]
         raise ValueError(f"transformed model {path} does not fit model {name!r}: {detail}") from None
     mg = MaseGraph(model=model.eval())
-    # the model was just built: quantise this graph in place (quantize_transform_pass would copy it)
+    # the model was just built: quantise this graph in place
     apply_quantize_plan(mg, validate_quantize_args(mg, saved["quantize"]))
     return mg

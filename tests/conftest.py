@@ -21,3 +21,13 @@ def small_data():
     """20k rows of jsc-synthetic: enough for training tests to learn something, fast to load."""
     from labkit.data import load_dataset
     return load_dataset("jsc-synthetic", size=20_000, progress=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` tests run only with LABKIT_SLOW=1 (as pyproject.toml says)."""
+    if os.environ.get("LABKIT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with LABKIT_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

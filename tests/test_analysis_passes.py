@@ -169,18 +169,18 @@ def test_variance_online_matches_numpy_over_batches():
 def test_variance_precise_matches_numpy():
     xs = batches_of(1)
     allx = torch.cat(xs).double().numpy()
-    out = feed(VariancePrecise(dims="all"), xs)
-    assert out["variance"] == pytest.approx(np.var(allx), rel=1e-12)
+    out = feed(VariancePrecise(dims="all"), xs)  # unbiased, as torch.var and MASE's variance_precise
+    assert out["variance"] == pytest.approx(np.var(allx, ddof=1), rel=1e-12)
     per_col = feed(VariancePrecise(dims=[-1]), xs)
-    np.testing.assert_allclose(per_col["variance"], np.var(allx, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(per_col["variance"], np.var(allx, axis=0, ddof=1), rtol=1e-12)
 
 
 def test_online_equals_precise_on_a_3d_tensor_keeping_two_dims():
     g = torch.Generator().manual_seed(2)
     xs = [torch.randn(b, 3, 5, generator=g) for b in (2, 6, 1)]
-    a = feed(VarianceOnline(dims=[1, 2]), xs)
-    b = feed(VariancePrecise(dims=[1, 2]), xs)
-    np.testing.assert_allclose(a["variance"], b["variance"], rtol=1e-10)
+    a = feed(VarianceOnline(dims=[1, 2]), xs)  # population variance
+    b = feed(VariancePrecise(dims=[1, 2]), xs)  # unbiased: n / (n - 1) times as large, n = 9 rows
+    np.testing.assert_allclose(np.array(a["variance"]) * 9 / 8, b["variance"], rtol=1e-10)
     assert np.array(a["variance"]).shape == (3, 5)
     np.testing.assert_allclose(a["variance"], torch.cat(xs).double().var(0, correction=0).numpy(), rtol=1e-10)
 
@@ -235,7 +235,7 @@ def test_statistic_config_errors():
 
 # --- profile_statistics_analysis_pass ----------------------------------------------------------------
 
-def spec_pass_args(input_generator, num_samples=3, **extra):
+def spec_pass_args(input_generator, num_samples=96, **extra):
     return {
         "by": "type",
         "target_weight_nodes": ["linear"],
@@ -254,12 +254,14 @@ def test_profile_jsc_tiny_weights_and_activations_against_numpy():
     mg = build(model)
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(32, 16, generator=g), torch.zeros(32, dtype=torch.long)) for _ in range(5)]
-    mg, info = profile_statistics_analysis_pass(mg, spec_pass_args(data, num_samples=3))
-    assert info["num_batches"] == 3
+    mg, info = profile_statistics_analysis_pass(mg, spec_pass_args(data, num_samples=96))
+    assert info["num_batches"] == 3  # num_samples counts samples: 96 / 32 per batch
     # weights: the linear layer's weight, exactly
     w = model.seq_blocks[2].weight.detach().double().numpy()
     sw = mg.node("seq_blocks_2").meta["mase"].parameters["software"]
-    assert sw["args"]["weight"]["stat"]["variance_precise"]["variance"] == pytest.approx(np.var(w), rel=1e-12)
+    assert sw["args"]["weight"]["stat"]["variance_precise"]["variance"] == pytest.approx(np.var(w, ddof=1), rel=1e-12)
+    b = model.seq_blocks[2].bias.detach().double().numpy()  # the bias too, as MASE profiles it
+    assert sw["args"]["bias"]["stat"]["variance_precise"]["variance"] == pytest.approx(np.var(b, ddof=1), rel=1e-12)
     # activations: the first ReLU sees BatchNorm's output; in eval mode with fresh running
     # stats that is x / sqrt(1 + eps), over the first 3 batches only
     x = torch.cat([b[0] for b in data[:3]]).double().numpy() / np.sqrt(1 + 1e-5)
@@ -271,8 +273,8 @@ def test_profile_jsc_tiny_weights_and_activations_against_numpy():
     t = info["table"]
     assert set(t["node"]) == {"seq_blocks_1", "seq_blocks_2", "seq_blocks_3"}
     assert set(t["mase_op"]) == {"relu", "linear"}
-    row = t[(t.node == "seq_blocks_2") & (t.statistic == "variance_precise") & (t.key == "variance")]
-    assert row["value"].item() == pytest.approx(np.var(w), rel=1e-12)
+    row = t[(t.node == "seq_blocks_2") & (t.tensor == "weight") & (t.statistic == "variance_precise") & (t.key == "variance")]
+    assert row["value"].item() == pytest.approx(np.var(w, ddof=1), rel=1e-12)
 
 
 def test_profile_with_a_datamodule_and_by_name():
@@ -285,7 +287,7 @@ def test_profile_with_a_datamodule_and_by_name():
     mg = build(model)
     state = {k: v.clone() for k, v in mg.model.state_dict().items()}
     mg.model.train()
-    args = spec_pass_args(dm, num_samples=10, by="name", target_weight_nodes=["seq_blocks_6"],
+    args = spec_pass_args(dm, num_samples=1000, by="name", target_weight_nodes=["seq_blocks_6"],
                           target_activation_nodes=["seq_blocks_2"],
                           activation_statistics={"variance_online": {"dims": [1]}, "abs_mean": {}})
     mg, info = profile_statistics_analysis_pass(mg, args)
@@ -310,7 +312,7 @@ def test_profile_accepts_dict_and_tensor_batches():
     mg = build(get_model("jsc-tiny"))
     g = torch.Generator().manual_seed(5)
     xs = [torch.randn(8, 16, generator=g) for _ in range(2)]
-    args = spec_pass_args([{"x": x} for x in xs], num_samples=2, target_weight_nodes=[])
+    args = spec_pass_args([{"x": x} for x in xs], num_samples=16, target_weight_nodes=[])
     _, a = profile_statistics_analysis_pass(mg, args)
     _, b = profile_statistics_analysis_pass(mg, {**args, "input_generator": iter(xs)})
     assert a["stats"] == b["stats"] and a["num_batches"] == 2
@@ -319,7 +321,7 @@ def test_profile_accepts_dict_and_tensor_batches():
 def test_profile_extra_models():
     for kind, targets in (("conv2d", ["conv2d", "linear"]), ("conv1d", ["conv1d"]), ("residual", ["linear"])):
         mg = build(EXTRA_MODELS[kind]())
-        args = spec_pass_args([dummy_input(8, s) for s in range(2)], num_samples=2, target_weight_nodes=targets,
+        args = spec_pass_args([dummy_input(8, s) for s in range(2)], num_samples=16, target_weight_nodes=targets,
                               target_activation_nodes=targets)
         _, info = profile_statistics_analysis_pass(mg, args)
         assert info["num_batches"] == 2

@@ -124,10 +124,12 @@ def test_ls_lists_models_with_parameter_counts(capsys):
     assert "jsc-tiny" in out and "117" in out and "jsc-synthetic" in out
 
 
-def test_load_is_a_test_and_transform_flag_only(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["train", "jsc-tiny", "jsc-synthetic", "--load", "best.ckpt"])
-    assert e.value.code == 2 and "unrecognized arguments: --load" in capsys.readouterr().err
+def test_train_load_of_a_missing_checkpoint_is_one_line(capsys):
+    # `train --load` starts from the checkpoint (MASE's `ch train --load`), so it must exist
+    code, _, err = _run(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--load", "best.ckpt"])
+    assert code == 2 and err.strip().splitlines() == [
+        "labkit train: error: checkpoint not found: best.ckpt (train first, e.g. `labkit train ...`, "
+        "which prints where best.ckpt is written)"]
 
 
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])

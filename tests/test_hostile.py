@@ -157,6 +157,23 @@ def test_a_model_name_unfit_for_a_path_cannot_become_the_default_project(home):
     assert files_under(home) == {}
 
 
+def test_a_figure_name_is_a_file_name_not_a_path(home, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.plots import save_figure
+    monkeypatch.setenv("LABKIT_FIGURES_DIR", str(home / "figures"))
+    fig = plt.figure()
+    try:
+        with pytest.raises(ValueError, match=r"figure name '\.\./up'"):
+            save_figure(fig, "../up")
+        assert files_under(home) == {}
+        assert save_figure(fig, "ok-1").parent == home / "figures"
+    finally:
+        plt.close(fig)
+
+
 def test_an_explicit_path_object_is_the_api_way_to_write_elsewhere(home, tiny_data):
     """A Path (only from Python, never from a flag or a config) names a directory of the caller's choice."""
     from labkit.train import train
@@ -251,10 +268,15 @@ def test_load_sweep_skips_wrong_shaped_entries(home):
 # -- environment faults: one line naming the path and what to do, exit status 1 ----------------
 
 
-def test_outputs_dir_under_a_regular_file(capsys, home, monkeypatch):
+def test_outputs_dir_under_a_regular_file(capsys, home, monkeypatch, trained):
     (home / "afile").write_text("x")
     monkeypatch.setenv("LABKIT_OUTPUT_DIR", str(home / "afile" / "outputs"))
     line = cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", *TINY], code=1)
+    assert str(home / "afile") in line and "LABKIT_OUTPUT_DIR" in line
+    toml = home / "cwd" / "t.toml"
+    toml.write_text(f'model = "jsc-tiny"\ndataset = "jsc-synthetic"\ndata_size = 1000\nload_name = "{trained}"\n'
+                    f'[passes.quantize]\nby = "type"\n[passes.quantize.default.config]\nname = "NA"\n')
+    line = cli(capsys, ["transform", "--config", toml], code=1)
     assert str(home / "afile") in line and "LABKIT_OUTPUT_DIR" in line
     from labkit.paths import outputs_dir
     with pytest.raises(OSError, match="LABKIT_OUTPUT_DIR"):
@@ -305,6 +327,17 @@ def test_a_failed_run_leaves_the_projects_checkpoints_as_they_were(capsys, home,
     for argv in (["--learning-rate", "-1"], ["--batch-size", "0"], ["--data-size", str(10**9)]):
         cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--project", "keep", *argv])
     assert files_under(home / "outputs") == before
+
+
+def test_outputs_not_writable_is_said_before_anything_runs(capsys, home, monkeypatch):
+    """As another user (simulated: root may write anywhere, so os.access is asked to say no)."""
+    (home / "outputs").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == home / "outputs"
+                        else real_access(p, mode, **kw))
+    line = cli(capsys, ["train", "jsc-tiny", "jsc-synthetic", *TINY], code=1)
+    assert str(home / "outputs") in line and "permission denied" in line and "LABKIT_OUTPUT_DIR" in line
+    assert files_under(home) == {}
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")

@@ -61,6 +61,11 @@ def test_notebook_runs_in_quick_mode(path, tmp_path):
     injected = [c for c in cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert injected and "quick = True" in "".join(injected[0]["source"])
     outputs = json.dumps([c.get("outputs", []) for c in code])
+    # the committed notebooks are the solution build: every exercise check passes
+    checks = ["".join("".join(o.get("data", {}).get("text/plain", o.get("text", ""))) for o in c.get("outputs", []))
+              for c in code if "check" in c.get("metadata", {}).get("tags", [])]
+    assert checks, "every notebook has exercises with check cells"
+    assert all(text.startswith("✓") for text in checks), checks
     assert "SYNTHETIC" in outputs, "the notebook must say its results come from synthetic data"
     # every figure it saves under a literal name is written (to figures/, here a temp folder)
     sources = "\n".join("".join(c["source"]) for c in code)

@@ -108,43 +108,45 @@ def test_jsc_custom_linear_and_relu(custom, tmp_path):
 
 
 def test_weights_really_are_quantised(custom):
+    ori_mg = copy.deepcopy(custom)
     mg, _ = quantize_transform_pass(custom, CUSTOM_ARGS)
     layer = mg.modules["seq_blocks.2"]
     assert isinstance(layer, LinearInteger)
     quantised = layer.w_quantizer(layer.weight)
     assert set(quantised.unique().tolist()) <= {-0.5, -0.25, 0.0, 0.25}  # 2 bits, step 1/4
-    assert torch.equal(layer.weight, custom.modules["seq_blocks.2"].weight)  # float weights kept
+    assert torch.equal(layer.weight, ori_mg.modules["seq_blocks.2"].weight)  # float weights kept
     x = torch.randn(64, 16)
-    mg.model.eval(), custom.model.eval()
-    assert not torch.allclose(mg.model(x), custom.model(x))
+    mg.model.eval(), ori_mg.model.eval()
+    assert not torch.allclose(mg.model(x), ori_mg.model(x))
 
 
-# --- the original graph is untouched; the new one is independent -----------------------------
+# --- the graph given is quantised (MASE); a deepcopy made first and the traced model are not ----
 
-def test_original_graph_untouched(custom):
-    before_modules = {k: type(v) for k, v in custom.modules.items()}
-    before_code = custom.model.code
-    before_meta = {n.name: copy.deepcopy(n.meta["mase"].parameters["common"]["args"]) for n in custom.nodes}
-    before_state = {k: v.clone() for k, v in custom.model.state_dict().items()}
+def test_deepcopy_made_before_is_untouched(custom):
+    ori_mg = copy.deepcopy(custom)
+    before_modules = {k: type(v) for k, v in ori_mg.modules.items()}
+    before_code = ori_mg.model.code
+    before_meta = {n.name: copy.deepcopy(n.meta["mase"].parameters["common"]["args"]) for n in ori_mg.nodes}
+    before_state = {k: v.clone() for k, v in ori_mg.model.state_dict().items()}
     args = copy.deepcopy(CUSTOM_ARGS)
 
     mg, _ = quantize_transform_pass(custom, args)
 
+    assert mg is custom  # MASE's semantics: the graph given is changed and returned
     assert args == CUSTOM_ARGS  # pass_args not mutated (MASE pops "by")
-    assert {k: type(v) for k, v in custom.modules.items()} == before_modules
-    assert custom.model.code == before_code
-    for n in custom.nodes:
+    assert {k: type(v) for k, v in ori_mg.modules.items()} == before_modules
+    assert ori_mg.model.code == before_code
+    for n in ori_mg.nodes:
         assert n.meta["mase"].parameters["common"]["args"].keys() == before_meta[n.name].keys()
         for key, info in n.meta["mase"].parameters["common"]["args"].items():
             assert info.get("type") == before_meta[n.name][key].get("type")
             assert info.get("precision") == before_meta[n.name][key].get("precision")
-    # parameters are copies: training the quantised graph leaves the original's weights alone
+    # parameters are copies: training the quantised graph leaves the copy's weights alone
     with torch.no_grad():
         for p in mg.model.parameters():
             p.add_(1.0)
-    for k, v in custom.model.state_dict().items():
+    for k, v in ori_mg.model.state_dict().items():
         assert torch.equal(v, before_state[k])
-    assert mg is not custom and mg.model is not custom.model
 
 
 def test_metadata_precision_is_updated(custom):
@@ -174,7 +176,7 @@ def test_by_name_and_default(custom):
     args = {"by": "name", "default": {"config": {"name": None}},
             "seq_blocks_6": {"config": INT8_LINEAR},
             "seq_blocks_8": {"config": {"name": "minifloat", "data_in_width": 8, "data_in_exponent_width": 4}}}
-    mg, info = quantize_transform_pass(custom, args)
+    mg, info = quantize_transform_pass(copy.deepcopy(custom), args)
     assert info["changed"] == ["seq_blocks_6", "seq_blocks_8"]
     assert type(mg.modules["seq_blocks.6"]).__name__ == "LinearInteger"
     assert type(mg.modules["seq_blocks.8"]).__name__ == "ReLUMinifloat"
@@ -212,9 +214,8 @@ def test_functional_relu_becomes_a_quantised_layer():
     assert all(n.op == "call_module" and isinstance(get_node_actual_target(n), ReLUInteger) for n in relus)
     assert [n.op for n in ori.fx_graph.nodes if n.name.startswith("relu")] == ["call_function"] * 2 + ["call_method"]
     x = torch.randn(32, 16)
-    expected = F.relu(IntegerQuantizer(width=4, frac_width=1)(ori.model.fc3(
-        F.relu(IntegerQuantizer(width=4, frac_width=1)(ori.model.fc2(
-            F.relu(IntegerQuantizer(width=4, frac_width=1)(ori.model.fc1(x)))))))))
+    q = IntegerQuantizer(width=4, frac_width=1, is_signed=False)  # a ReLU's input: unsigned, as in MASE
+    expected = F.relu(q(ori.model.fc3(F.relu(q(ori.model.fc2(F.relu(q(ori.model.fc1(x)))))))))
     assert torch.equal(new.model(x), expected)
     _, s = summarize_quantization_analysis_pass(new, {"original_graph": ori, "verbose": False})
     assert table(s["summary"])["relu"] == ("relu", 3, 3, 0)  # F.relu, torch.relu, x.relu() share a name
@@ -224,15 +225,15 @@ def test_functional_relu_becomes_a_quantised_layer():
 # --- bad configurations -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, match", [
-    ({**TINY_ARGS, "by": "layer"}, "pass_args\\['by'\\] must be 'type' .* or 'name' .*, got 'layer'"),
+    ({**TINY_ARGS, "by": "layer"}, "pass_args\\['by'\\] must be 'type' .*, 'name' .* or 'regex_name' .*, got 'layer'"),
     ({k: v for k, v in TINY_ARGS.items() if k != "by"}, "pass_args\\['by'\\] must be"),
     ({**TINY_ARGS, "linear": {"config": {**INT8_LINEAR, "weight_widht": 8}}},
      "pass_args\\['linear'\\] \\(op linear\\): unknown key 'weight_widht' \\(value 8\\)"),
     ({**TINY_ARGS, "linear": {"config": {**INT8_LINEAR, "name": "integr"}}}, "unknown quantiser 'integr'"),
     ({**TINY_ARGS, "linear": {"config": {**INT8_LINEAR, "weight_width": 0}}},
-     "\\(op linear\\): weight_width must be an integer in \\[1, 32\\], got 0"),
-    ({**TINY_ARGS, "linear": {"config": {**INT8_LINEAR, "bias_frac_width": 64}}},
-     "bias_frac_width must be an integer in \\[-32, 32\\], got 64"),
+     "\\(op linear\\): weight_width must be an integer >= 1, got 0"),
+    ({**TINY_ARGS, "linear": {"config": {**INT8_LINEAR, "bias_frac_width": 200}}},
+     "bias_frac_width=200.* the scale 2\\^200, outside float32"),
     ({**TINY_ARGS, "linear": {"config": {"name": "integer", "data_in_width": 8}}},
      "missing key 'data_in_frac_width'"),
     ({**TINY_ARGS, "lienar": {"config": INT8_LINEAR}}, "unknown op 'lienar'.*quantisable ops: linear"),
@@ -385,7 +386,7 @@ class Twice(nn.Module):
 
 def test_a_module_called_twice_is_quantised_at_both_nodes():
     mg = mase_graph(Twice())
-    new, info = quantize_transform_pass(mg, {"by": "type", "linear": {"config": INT8_LINEAR}})
+    new, info = quantize_transform_pass(copy.deepcopy(mg), {"by": "type", "linear": {"config": INT8_LINEAR}})
     assert info["changed"] == ["fc", "fc_1", "out"] and set(info["configs"]) == {"fc", "fc_1", "out"}
     for name in ("fc", "fc_1"):
         assert isinstance(get_node_actual_target(new.node(name)), LinearInteger)
@@ -436,7 +437,7 @@ def test_quantize_transform_pass_needs_a_mase_graph(tiny):
     class Holder:  # has a traced .model, but is not a MaseGraph: its metadata could not be copied
         model = tiny.model
 
-    with pytest.raises(TypeError, match="needs a MaseGraph .*got Holder; build one with MaseGraph\\(model=model\\)"):
+    with pytest.raises(TypeError, match="needs a MaseGraph, got Holder; build one with MaseGraph\\(model=model\\)"):
         quantize_transform_pass(Holder(), TINY_ARGS)
 
 

@@ -19,12 +19,15 @@ from .quantize import (
     quantize_transform_pass,
     summarize_quantization_analysis_pass,
 )
+from .interface import load_node_meta_param_interface_pass, save_node_meta_param_interface_pass
 from .report import (
+    calculate_avg_bits_mg_analysis_pass,
     report_graph_analysis_pass,
     report_node_meta_param_analysis_pass,
     report_node_shape_analysis_pass,
     report_node_type_analysis_pass,
 )
+from .verify import verify_metadata_analysis_pass
 
 __all__ = [
     "MaseMetadata", "init_metadata_analysis_pass", "add_common_metadata_analysis_pass",
@@ -33,4 +36,7 @@ __all__ = [
     "report_node_type_analysis_pass", "report_node_shape_analysis_pass",
     "quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
     "auto_quantize_config", "analyse_flops_pass", "format_flops_table", "register_flop_calculator",
+    # MASE's interface/verify/bits passes that the lab notebooks use
+    "verify_metadata_analysis_pass", "calculate_avg_bits_mg_analysis_pass",
+    "save_node_meta_param_interface_pass", "load_node_meta_param_interface_pass",
 ]

@@ -353,16 +353,19 @@ def _positional_inputs(gm: fx.GraphModule, dummy_in) -> list:
 def add_common_metadata_analysis_pass(graph, pass_args=None):
     """Run ``pass_args["dummy_in"]`` through the graph and fill ``meta["mase"]["common"]``.
 
-    pass_args: ``{"dummy_in": {"x": tensor}}`` (or a bare tensor / tuple), and optionally
-    ``"add_value": True`` to also keep each tensor's value. The model runs in eval mode
-    under ``torch.no_grad()`` (BatchNorm statistics are not touched) and every layer's
-    training flag is restored afterwards. Nodes without metadata get it initialised first.
+    pass_args: ``{"dummy_in": {"x": tensor}}`` (or a bare tensor / tuple), and
+    ``"add_value"`` (default True, as in MASE): keep a copy of each tensor's value, so
+    ``meta["mase"].parameters["common"]["args"]["data_in_0"]["value"]`` is the dummy batch
+    as that node saw it; ``False`` stores shapes and types only. The model runs in eval
+    mode under ``torch.no_grad()``: unlike MASE's pass, which runs a train-mode model as it
+    is, BatchNorm running statistics are not touched; every layer's training flag is
+    restored afterwards. Nodes without metadata get it initialised first.
     """
 
     gm = graph_module(graph, "add_common_metadata_analysis_pass")
     if isinstance(pass_args, torch.Tensor):
         pass_args = {"dummy_in": pass_args}
-    args = check_pass_args(pass_args, {"dummy_in": None, "add_value": False}, "add_common_metadata_analysis_pass")
+    args = check_pass_args(pass_args, {"dummy_in": None, "add_value": True}, "add_common_metadata_analysis_pass")
     if args["dummy_in"] is None:
         raise ValueError("add_common_metadata_analysis_pass needs pass_args={'dummy_in': {'x': tensor}} "
                          f"(a batch of example inputs), got {pass_args!r}")

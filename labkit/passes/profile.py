@@ -7,16 +7,24 @@
         "weight_statistics": {"variance_precise": {"device": "cpu", "dims": "all"}},
         "activation_statistics": {"range_quantile": {"device": "cpu", "dims": "all", "quantile": 0.97}},
         "input_generator": data_module,              # a LightningDataModule or any iterable of batches
-        "num_samples": 32,                           # how many batches to run
+        "num_samples": 32,                           # how many samples (rows) to run, in whole batches
     }
     mg, info = profile_statistics_analysis_pass(mg, pass_args)
 
-Results land where MASE puts them, as plain floats (or nested lists when dims are kept):
-``meta["mase"].parameters["software"]["args"]["weight"]["stat"]["variance_precise"]`` and
-``...["args"]["data_in_0"]["stat"]["range_quantile"]``; ``info["table"]`` has them all.
+As in MASE, ``num_samples`` counts samples: batches run until that many rows have been
+seen (batch size 8 and num_samples 32: 4 batches), and a target weight node has every
+parameter profiled (``weight`` and ``bias``). Results land where MASE puts them, as plain
+floats (or nested lists when dims are kept):
+``meta["mase"].parameters["software"]["args"]["weight"]["stat"]["variance_precise"]``,
+``...["args"]["bias"]["stat"]...`` and ``...["args"]["data_in_0"]["stat"]["range_quantile"]``;
+``info["table"]`` has them all.
 
-Each statistic reduces over every dimension except the ``dims`` it keeps: ``"all"`` gives
-one number per tensor, ``[1]`` one per channel (feature) of a ``[batch, channel]`` input.
+Statistics (MASE's names and options): ``record`` (every value seen), ``variance_precise``
+(unbiased, like ``torch.var``), ``variance_online`` (population variance in O(1) memory),
+``range_min_max``, ``range_quantile`` (default quantile 0.975), ``range_n_sigma`` (mean
++- num_sigma standard deviations) and ``abs_mean``. Each reduces over every dimension
+except the ``dims`` it keeps: ``"all"`` gives one number per tensor, ``[1]`` one per
+channel (feature) of a ``[batch, channel]`` input.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from .utils import check_pass_args, graph_module, node_common
 
 __all__ = [
     "profile_statistics_analysis_pass", "profile_activations", "STATISTICS", "Statistic", "VariancePrecise",
-    "VarianceOnline", "RangeMinMax", "RangeQuantile", "AbsMean", "make_statistic",
+    "VarianceOnline", "RangeMinMax", "RangeQuantile", "RangeNSigma", "AbsMean", "Record", "make_statistic",
 ]
 
 STATISTICS = Registry("statistic")
@@ -125,9 +133,47 @@ class Statistic:
             raise ValueError(f"statistic {self.name!r} has seen no data")
 
 
+@STATISTICS.register("record")
+class Record(Statistic):
+    """Every value seen, kept (MASE's ``record``): ``data`` (float32, as nested lists), ``count``
+    (samples: the rows of each activation batch; a weight is one sample) and ``size_in_bytes``.
+
+    Samples are concatenated along dim 0; ``add_new_dim_before_concat=True`` first gives
+    each sample a new leading dim of size 1, as MASE does.
+    """
+
+    name = "record"
+    options = {"add_new_dim_before_concat": False}
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        if not isinstance(self.add_new_dim_before_concat, bool):
+            raise ValueError(f"record: add_new_dim_before_concat must be true or false, "
+                             f"got {self.add_new_dim_before_concat!r}")
+        self.chunks, self.count = [], 0
+
+    def update(self, x, samples: int | None = None):
+        """``samples``: x is a batch of that many samples along dim 0 (None: x is one sample)."""
+        x = x.detach().to(self.device, torch.float32).clone()
+        if self.add_new_dim_before_concat:
+            x = x.unsqueeze(1) if samples is not None else x.unsqueeze(0)
+        self.chunks.append(x)
+        self.count += 1 if samples is None else samples
+        self.kept_shape = list(x.shape[1:])
+
+    def compute(self):
+        self._check_seen()
+        data = torch.cat(self.chunks, dim=0)
+        return {"data": data.tolist(), "count": self.count, "size_in_bytes": float(data.element_size() * data.nelement())}
+
+
 @STATISTICS.register("variance_precise")
 class VariancePrecise(Statistic):
-    """Mean and (population) variance of every value seen, computed in one go at the end."""
+    """Mean and variance of every value seen, computed in one go at the end.
+
+    The variance is the unbiased estimator (divides by N - 1), as ``torch.var`` and MASE's
+    ``variance_precise``; it is NaN for a single value.
+    """
 
     name = "variance_precise"
 
@@ -141,16 +187,21 @@ class VariancePrecise(Statistic):
     def compute(self):
         self._check_seen()
         allx = torch.cat(self.chunks, dim=1)
-        return {"mean": self._out(allx.mean(1)), "variance": self._out(allx.var(1, correction=0)),
-                "count": allx.shape[1]}
+        n = allx.shape[1]
+        mean = allx.mean(1)
+        var = ((allx - mean[:, None]) ** 2).sum(1) / (n - 1) if n > 1 else torch.full_like(mean, math.nan)
+        return {"mean": self._out(mean), "variance": self._out(var), "count": n}
 
 
 @STATISTICS.register("variance_online")
 class VarianceOnline(Statistic):
-    """Mean and (population) variance in O(1) memory: Welford's update, batch by batch.
+    """Mean and population variance (M2 / N) in O(1) memory: Welford's update, batch by batch.
 
     Each batch contributes its own count n_b, mean m_b and sum of squared deviations M2_b;
     Chan et al.'s rule merges them: d = m_b - m, m += d n_b / n, M2 += M2_b + d^2 n n_b / (n + n_b).
+    The result is exact (the same as ``variance_precise`` times (N - 1) / N). MASE's version
+    adds the batch's *unbiased* variance times n_b as M2_b but divides by N at the end, so
+    its answer depends on how the data was split into batches; ours does not.
     """
 
     name = "variance_online"
@@ -202,15 +253,47 @@ class RangeMinMax(Statistic):
         return {"min": self._out(self.min), "max": self._out(self.max), "range": self._out(self.max - self.min)}
 
 
+@STATISTICS.register("range_n_sigma")
+class RangeNSigma(Statistic):
+    """A range from the spread, assuming roughly normal data: mean +- ``num_sigma`` standard
+    deviations (MASE's ``range_n_sigma``). ``var_mode``: "online" (population variance,
+    O(1) memory, the default as in MASE) or "precise" (unbiased); ``abs``: of |x|."""
+
+    name = "range_n_sigma"
+    options = {"abs": False, "var_mode": "online", "num_sigma": 3}
+
+    def __init__(self, dims="all", device="cpu", **options):
+        super().__init__(dims=dims, device=device, **options)
+        if self.var_mode not in ("online", "precise"):
+            raise ValueError(f"range_n_sigma: var_mode must be 'online' or 'precise', got {self.var_mode!r}")
+        n = self.num_sigma
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+            raise ValueError(f"range_n_sigma: num_sigma must be a positive number, got {n!r}")
+        cls = VarianceOnline if self.var_mode == "online" else VariancePrecise
+        self.variance = cls(dims=dims, device=device)
+
+    def update(self, x):
+        self.variance.update(x.abs() if self.abs else x)
+        self.kept_shape = self.variance.kept_shape
+
+    def compute(self):
+        self._check_seen()
+        v = self.variance.compute()
+        mean, sigma = torch.tensor(v["mean"], dtype=torch.float64), torch.tensor(v["variance"], dtype=torch.float64).sqrt()
+        lo, hi = mean - self.num_sigma * sigma, mean + self.num_sigma * sigma
+        return {"min": _tolist(lo), "max": _tolist(hi), "range": _tolist(hi - lo), "count": v["count"]}
+
+
 @STATISTICS.register("range_quantile")
 class RangeQuantile(Statistic):
     """A range that ignores outliers: ``max`` = the q-quantile, ``min`` = the (1 - q)-quantile.
 
-    Exact (linear interpolation, like ``np.quantile``) over every value seen.
+    Exact (linear interpolation, like ``np.quantile``) over every value seen. The default
+    quantile is MASE's, 0.975.
     """
 
     name = "range_quantile"
-    options = {"quantile": 0.97, "abs": False}
+    options = {"quantile": 0.975, "abs": False}
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -342,14 +425,25 @@ class _ActivationProfiler(fx.Interpreter):
             if x is None:
                 raise ValueError(f"node {n.name!r} has no tensor input to profile")
             for s in stats.values():  # before the node runs: ReLU(inplace=True) rewrites its input
-                s.update(x)
+                if isinstance(s, Record):
+                    s.update(x, samples=x.shape[0] if x.dim() else None)
+                else:
+                    s.update(x)
         return super().run_node(n)
+
+
+def _num_rows(inputs) -> int:
+    """The samples in one batch of model inputs: the first dim of its first tensor."""
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else \
+        inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
 
 
 def profile_activations(gm: fx.GraphModule, nodes, statistics: dict, batches, num_samples: int = 1,
                         progress: bool = False) -> tuple[dict, int]:
-    """Run up to ``num_samples`` batches through ``gm`` (eval mode, no grad) and compute
-    ``statistics`` (``{stat name: config}``) of each node's first tensor input.
+    """Run whole batches through ``gm`` (eval mode, no grad) until ``num_samples`` samples
+    (rows) have been seen, and compute ``statistics`` (``{stat name: config}``) of each
+    node's first tensor input. As MASE: batch size 8 and num_samples 32 run 4 batches.
 
     ``batches`` is an iterator of batches (a tensor, ``(x, y)`` or ``{"x": x}``). Returns
     ``({node name: {stat name: values}}, batches run)``; nothing is written to the graph.
@@ -360,13 +454,15 @@ def profile_activations(gm: fx.GraphModule, nodes, statistics: dict, batches, nu
     stats_by_node = {n: {name: make_statistic(name, cfg) for name, cfg in statistics.items()} for n in nodes}
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     profiler = _ActivationProfiler(gm, stats_by_node)
-    num_batches = 0
+    num_batches = seen = 0
     with eval_mode(gm), torch.no_grad(), tqdm(total=num_samples, desc="profiling", disable=not progress) as bar:
         for batch in batches:
-            profiler.run(*_positional_inputs(gm, _batch_inputs(batch, names)))
-            num_batches += 1
-            bar.update(1)
-            if num_batches >= num_samples:
+            inputs = _batch_inputs(batch, names)
+            profiler.run(*_positional_inputs(gm, inputs))
+            rows = _num_rows(inputs)
+            num_batches, seen = num_batches + 1, seen + rows
+            bar.update(rows)
+            if seen >= num_samples:
                 break
     if num_batches == 0:
         return {}, 0
@@ -375,14 +471,16 @@ def profile_activations(gm: fx.GraphModule, nodes, statistics: dict, batches, nu
 
 
 def profile_statistics_analysis_pass(graph, pass_args=None):
-    """Profile weights (once) and activations (over ``num_samples`` batches) of the target nodes.
+    """Profile weights (once) and activations (over ``num_samples`` samples) of the target nodes.
 
-    Weights: the ``weight`` of each targeted call_module node. Activations: each targeted
-    node's first tensor input (``data_in_0``), gathered while batches from
-    ``input_generator`` run through the graph (eval mode, no grad; every layer's training
-    flag is restored afterwards). For a DataModule the ``"split"`` loader is used ("train"
-    by default). info: ``table`` (one row per node, tensor, statistic and value), ``stats``
-    (the same, nested) and ``num_batches``.
+    Weights: every parameter (``weight``, ``bias``, ...) of each targeted call_module node,
+    as MASE does. Activations: each targeted node's first tensor input (``data_in_0``),
+    gathered while whole batches from ``input_generator`` run through the graph until
+    ``num_samples`` samples (rows) have been seen. The graph runs in eval mode with no grad
+    and every layer's training flag is restored afterwards: unlike MASE's pass, profiling a
+    train-mode model does not update its BatchNorm running statistics. For a DataModule the
+    ``"split"`` loader is used ("train" by default). info: ``table`` (one row per node,
+    tensor, statistic and value), ``stats`` (the same, nested) and ``num_batches``.
     """
     args = check_pass_args(pass_args, _DEFAULTS, "profile_statistics_analysis_pass")
     if args["by"] not in ("type", "name"):
@@ -402,18 +500,19 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
     if weight_nodes and not args["weight_statistics"]:
         raise ValueError("profile_statistics_analysis_pass: target_weight_nodes given but no weight_statistics")
     no_weight = [n.name for n in weight_nodes if n.op != "call_module"
-                 or not isinstance(getattr(get_node_actual_target(n), "weight", None), torch.Tensor)]
+                 or not any(True for _ in get_node_actual_target(n).parameters())]
     if no_weight:
         raise ValueError(f"profile_statistics_analysis_pass: target_weight_nodes matched nodes without a "
-                         f"weight: {no_weight}")
+                         f"weight: {no_weight} (they have no parameters)")
     for n in weight_nodes:
-        weight = get_node_actual_target(n).weight
-        for name, cfg in args["weight_statistics"].items():
-            stat = make_statistic(name, cfg)
-            stat.update(weight)
-            value = stat.compute()
-            _stat_slot(n, "weight")[name] = value
-            results.setdefault(n.name, {}).setdefault("weight", {})[name] = value
+        for pname, param in get_node_actual_target(n).named_parameters():  # weight and bias, as MASE
+            arg = pname.replace(".", "_")  # the name add_common_metadata_analysis_pass gives it
+            for name, cfg in args["weight_statistics"].items():
+                stat = make_statistic(name, cfg)
+                stat.update(param)
+                value = stat.compute()
+                _stat_slot(n, arg)[name] = value
+                results.setdefault(n.name, {}).setdefault(arg, {})[name] = value
 
     # activations: run batches through the graph
     act_nodes = _match(nodes, args["target_activation_nodes"], args["by"], "target_activation_nodes")
@@ -427,7 +526,8 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
                              "input_generator (a LightningDataModule or an iterable of batches)")
         num_samples = args["num_samples"]
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int (batches to profile), got {num_samples!r}")
+            raise ValueError(f"num_samples must be a positive int (samples to profile, in whole batches), "
+                             f"got {num_samples!r}")
         for name, cfg in args["activation_statistics"].items():
             make_statistic(name, cfg)  # a bad config fails here, before any batch runs
         stats, num_batches = profile_activations(

@@ -8,17 +8,30 @@
                               "weight_width": 8, "weight_frac_width": 4,
                               "bias_width": 8, "bias_frac_width": 4}},
     }
-    ori_mg = mg
-    mg, _ = quantize_transform_pass(mg, pass_args)     # a NEW graph; ori_mg and its model are untouched
+    ori_mg = copy.deepcopy(mg)                         # the pass changes mg itself, as MASE's does
+    mg, _ = quantize_transform_pass(mg, pass_args)     # returns the same (now quantised) graph
     summarize_quantization_analysis_pass(mg, {"original_graph": ori_mg, "save_dir": None})
+
+As in MASE, the graph given is quantised in place and returned, so a bare
+``quantize_transform_pass(mg, pass_args)`` quantises ``mg``. Unlike MASE, ``pass_args`` is
+never changed (MASE pops ``"by"`` out of it, so running the same dict twice fails), and the
+model the graph was traced from keeps its float layers: each quantised layer gets its own
+copy of the weights, as MASE's new modules do.
+
+``by``: ``"type"`` (keys are mase ops), ``"name"`` (keys are node names) or
+``"regex_name"`` (keys are regular expressions that must match a whole node name; the
+first matching key in pass_args order wins, else ``default``).
 
 What gets swapped: exact float layers that have a quantised twin (``nn.Linear`` ->
 ``LinearInteger``, ``nn.ReLU``, ``nn.BatchNorm1d``, ``nn.Conv1d/2d``), already quantised
-layers (re-configured), and functional ReLUs (``F.relu(x)``, ``x.relu()``, which become a
-``ReLUInteger`` layer). Under the ``default`` config anything else is left as it is; naming
-it explicitly (by type or by name) is an error that says why. That covers ops without a
-quantised twin (dropout, ``F.linear``) and subclasses of a float layer
-(``class MyLinear(nn.Linear)``), whose own ``forward`` the quantised twin would drop.
+layers (re-configured), functional ReLUs (``F.relu(x)``, ``x.relu()``, which become a
+``ReLUInteger`` layer) and, as in MASE's QUANTIZEABLE_OP, functional ``add``/``mul``/``sub``
+(both inputs quantised with ``data_in_*``) and ``matmul``/``bmm`` (second input with
+``weight_*``), which become an ``AddInteger``-style layer. Under the ``default`` config
+anything else is left as it is; naming it explicitly (by type or by name) is an error that
+says why. That covers ops without a quantised twin (dropout, ``F.linear``) and subclasses
+of a float layer (``class MyLinear(nn.Linear)``), whose own ``forward`` the quantised twin
+would drop.
 
 A layer called at several nodes (``self.fc(self.fc(x))`` -> nodes ``fc`` and ``fc_1``) is
 one module: it is quantised at all of its call sites with one config, or at none, so
@@ -31,7 +44,10 @@ so that nothing saturates.
 
 from __future__ import annotations
 
+import copy
 import math
+import operator
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -42,9 +58,10 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from ..cache import atomic_write_text
-from ..graph import MaseGraph, deepcopy_mase_graph, get_node_actual_target, node_target_name
-from ..quantize.modules import OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module, quantized_class
 from ..checks import boolean
+from ..graph import MaseGraph, get_node_actual_target, node_target_name
+from ..quantize.modules import (FUNCTIONAL_OPS, OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module,
+                                quantized_class)
 from ..quantize.quantizers import OPERANDS, is_no_quantization, max_minifloat_bias, parse_config
 from .metadata import node_op_and_type
 from .profile import profile_activations
@@ -53,10 +70,33 @@ from .utils import check_pass_args, graph_module
 __all__ = ["quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
            "auto_quantize_config", "validate_quantize_args", "apply_quantize_plan", "QUANTIZABLE_OPS"]
 
-QUANTIZABLE_OPS = tuple(QUANTIZED_OPS)  # linear, relu, batch_norm1d, conv1d, conv2d
-BY = ("type", "name")
-# functional forms we can turn into a quantised layer: F.relu(x), torch.relu(x), x.relu()
-_FUNCTIONAL_RELU = {F.relu, torch.relu, "relu"}
+QUANTIZABLE_OPS = tuple(QUANTIZED_OPS)  # linear, relu, batch_norm1d, conv1d, conv2d, add, mul, sub, matmul, bmm
+BY = ("type", "name", "regex_name")
+# functional forms we can turn into a quantised layer: F.relu(x), torch.relu(x), x.relu(), x + y, x @ w, ...
+# (in-place forms such as ``x += y`` are left alone: the new layer would not write into x)
+_FUNCTIONAL = {
+    "relu": {F.relu, torch.relu, "relu"},
+    "add": {operator.add, torch.add, "add"},
+    "mul": {operator.mul, torch.mul, "mul"},
+    "sub": {operator.sub, torch.sub, "sub"},
+    "matmul": {operator.matmul, torch.matmul, "matmul"},
+    "bmm": {torch.bmm, "bmm"},
+}
+
+
+def _is_functional(node: fx.Node, op: str) -> bool:
+    """A call of a function we can swap for a quantised layer (``F.relu(x)``, ``x + y`` ...)."""
+    if node.op not in ("call_function", "call_method") or op not in _FUNCTIONAL:
+        return False
+    try:
+        if node.target not in _FUNCTIONAL[op]:
+            return False
+    except TypeError:  # an unhashable target
+        return False
+    if op == "relu":
+        return True
+    # two operands, at least one of them a tensor (a graph value), and no extra options (alpha=...)
+    return len(node.args) == 2 and not node.kwargs and any(isinstance(a, fx.Node) for a in node.args)
 
 
 # --- reading the graph ------------------------------------------------------------------------
@@ -97,9 +137,11 @@ def validate_quantize_args(graph, pass_args: dict) -> dict:
         raise ValueError(f"quantize pass_args must be a dict, got {type(pass_args).__name__}")
     by = pass_args.get("by")
     if by not in BY:
-        raise ValueError(f"pass_args['by'] must be 'type' (match mase_op) or 'name' (match node name), got {by!r}")
+        raise ValueError(f"pass_args['by'] must be 'type' (match mase_op), 'name' (match node name) or "
+                         f"'regex_name' (match node names by regular expression), got {by!r}")
     nodes = {n.name: (n, node_mase_op(n, gm)[0]) for n in gm.graph.nodes}
     ops_here = sorted({op for _, op in nodes.values()})
+    patterns = {}
 
     # 1) every entry, parsed once: a known op / node, and a valid config for it (None: leave alone)
     configs = {}
@@ -110,6 +152,16 @@ def validate_quantize_args(graph, pass_args: dict) -> dict:
                 raise ValueError(f"pass_args: unknown op {key!r} (by='type'); quantisable ops: "
                                  f"{', '.join(QUANTIZABLE_OPS)}; ops in this graph: {', '.join(ops_here)}")
             op, where = key, f"pass_args[{key!r}] (op {key})"
+        elif by == "regex_name":
+            try:
+                patterns[key] = re.compile(key)
+            except re.error as exc:
+                raise ValueError(f"pass_args: key {key!r} is not a valid regular expression (by='regex_name'): "
+                                 f"{exc}") from None
+            configs[key] = None if is_no_quantization(config) else config
+            if configs[key] is not None:  # a format check for every operand: the op is known per node
+                parse_config(config, OPERANDS, f"pass_args[{key!r}] (regex)")
+            continue
         else:
             if key not in nodes:
                 raise ValueError(f"pass_args: no node named {key!r} (by='name'); nodes: {', '.join(nodes)}")
@@ -131,19 +183,25 @@ def validate_quantize_args(graph, pass_args: dict) -> dict:
     # 2) which nodes get which config
     plan = {}
     for name, (node, op) in nodes.items():
-        lookup = op if by == "type" else name
-        explicit = lookup in configs
-        config = configs[lookup] if explicit else default
+        if by == "regex_name":  # like MASE: the first pattern that matches the whole name, else default
+            lookup = next((k for k, pattern in patterns.items() if pattern.fullmatch(name)), None)
+        else:
+            lookup = op if by == "type" else name
+        explicit = lookup in configs and by != "regex_name"  # a pattern may match any op: not an error
+        config = configs[lookup] if lookup in configs else default
         if config is None or op not in QUANTIZABLE_OPS:  # (an explicit one was rejected above)
             continue
         where = f"node {name!r} ({op})"
-        functional_relu = node.op in ("call_function", "call_method") and node.target in _FUNCTIONAL_RELU
-        if node.op != "call_module" and not functional_relu:
+        if by == "regex_name":  # the pattern's config was only checked in general; check it for this op
+            parse_config(config, QUANTIZED_OPS[op].operands, f"{where}, matched by pass_args[{lookup!r}]")
+        if node.op != "call_module" and not _is_functional(node, op):
             if not explicit:
                 continue  # e.g. F.linear under a default config: nothing we can swap
-            raise ValueError(f"{where}: only layers (call_module) and functional relu can be quantised; "
-                             f"this node is a {node.op} of {getattr(node.target, '__name__', node.target)!r}. "
-                             "Use the nn.Module layer instead")
+            raise ValueError(f"{where}: only layers (call_module), functional relu and two-operand "
+                             f"{'/'.join(FUNCTIONAL_OPS)} can be quantised; this node is a {node.op} of "
+                             f"{getattr(node.target, '__name__', node.target)!r}"
+                             f"{' with options ' + str(dict(node.kwargs)) if node.kwargs else ''}. "
+                             "Use the nn.Module layer or the plain two-operand form instead")
         if node.op == "call_module" and not can_quantize(get_node_actual_target(node)):
             if not explicit:
                 continue  # a subclass of a float layer, under a default config: left alone
@@ -203,20 +261,27 @@ def _unique_attr(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
-def _quantize_functional_relu(gm: fx.GraphModule, node: fx.Node, config: dict) -> nn.Module:
-    """Turn ``F.relu(x)`` / ``torch.relu(x)`` / ``x.relu()`` into a call of a new ReLU layer."""
-    inplace = bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
-    module = quantized_class("relu", config["name"])(inplace=inplace, config=config)
+def _quantize_functional(gm: fx.GraphModule, node: fx.Node, op: str, config: dict) -> nn.Module:
+    """Turn ``F.relu(x)`` / ``x.relu()`` / ``x + y`` / ``x @ w`` ... into a call of a new quantised layer."""
+    if op == "relu":
+        inplace = bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+        module = quantized_class("relu", config["name"])(inplace=inplace, config=config)
+        args = (node.args[0],)
+    else:
+        module = quantized_class(op, config["name"])(config=config)
+        args = tuple(node.args)
     target = _unique_attr(gm, f"{node.name}_q")
     gm.add_submodule(target, module)
     node.op, node.target = "call_module", target
-    node.args, node.kwargs = (node.args[0],), {}
+    node.args, node.kwargs = args, {}
     return module
 
 
 def apply_quantize_plan(graph, plan: dict) -> list[str]:
     """Quantise ``graph`` *in place* as ``plan`` (from :func:`validate_quantize_args`) says;
-    returns the names of the changed nodes. :func:`quantize_transform_pass` runs it on a copy."""
+    returns the names of the changed nodes. Each quantised layer gets its own copy of the
+    float layer's weights (as MASE's new modules do), so the model the graph was traced
+    from keeps its float layers and weights."""
     gm = graph_module(graph, "apply_quantize_plan")
     swapped = {}  # module path -> its quantised layer, made once however many nodes call it
     for node in list(gm.graph.nodes):
@@ -225,13 +290,14 @@ def apply_quantize_plan(graph, plan: dict) -> list[str]:
         config, op = plan[node.name]
         if node.op == "call_module":
             if node.target not in swapped:
-                module = quantize_module(get_node_actual_target(node), config, f"node {node.name!r} ({op})")
+                own = copy.deepcopy(get_node_actual_target(node))
+                module = quantize_module(own, config, f"node {node.name!r} ({op})")
                 parent, _, leaf = node.target.rpartition(".")
                 setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
                 swapped[node.target] = module
             module = swapped[node.target]
         else:
-            module = _quantize_functional_relu(gm, node, config)
+            module = _quantize_functional(gm, node, op, config)
         _update_metadata(node, module)
     gm.graph.lint()
     gm.recompile()
@@ -239,20 +305,21 @@ def apply_quantize_plan(graph, plan: dict) -> list[str]:
 
 
 def quantize_transform_pass(graph, pass_args: dict):
-    """Replace the layers ``pass_args`` selects by quantised ones, in a copy of ``graph``.
+    """Replace the layers ``pass_args`` selects by quantised ones, in ``graph`` itself (MASE).
 
-    Returns ``(new_graph, info)``: a new :class:`MaseGraph` (the input graph, its model and
-    metadata are left as they were) and ``info = {"changed": [node names], "configs":
-    {node name: config}}``. Changed nodes' metadata (``args.data_in_0/weight/bias`` ``type``
-    and ``precision``) describe the new number formats, for later passes such as BitOPs.
+    Returns ``(graph, info)``: the same :class:`MaseGraph`, now quantised, and ``info =
+    {"changed": [node names], "configs": {node name: config}}``. ``pass_args`` is left as
+    it was. Changed nodes' metadata (``args.data_in_0/weight/bias`` ``type`` and
+    ``precision``) describe the new number formats, for later passes such as BitOPs.
+    Keep a float copy first (``ori_mg = copy.deepcopy(mg)``) to compare against; the
+    model ``mg`` was traced from is not changed either.
     """
     if not isinstance(graph, MaseGraph):
-        raise TypeError(f"quantize_transform_pass needs a MaseGraph (it returns a quantised copy), got "
-                        f"{type(graph).__name__}; build one with MaseGraph(model=model)")
-    plan = validate_quantize_args(graph, pass_args)
-    new = deepcopy_mase_graph(graph)
-    changed = apply_quantize_plan(new, plan)
-    return new, {"changed": changed, "configs": {name: dict(plan[name][0]) for name in changed}}
+        raise TypeError(f"quantize_transform_pass needs a MaseGraph, got {type(graph).__name__}; "
+                        "build one with MaseGraph(model=model)")
+    plan = validate_quantize_args(graph, pass_args)  # checks everything before the graph changes
+    changed = apply_quantize_plan(graph, plan)
+    return graph, {"changed": changed, "configs": {name: dict(plan[name][0]) for name in changed}}
 
 
 # --- the summary ------------------------------------------------------------------------------
@@ -277,14 +344,25 @@ def compare_nodes(graph, original_graph) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize_quantization_analysis_pass(graph, pass_args: dict):
+def summarize_quantization_analysis_pass(graph, pass_args: dict = None, save_dir=None):
     """Count, per original layer type, how many nodes the quantisation changed (MASE's table).
 
     pass_args: ``{"original_graph": ori_mg, "save_dir": None or a folder, "verbose": True}``.
-    Prints the summary (a GitHub-style table); with ``save_dir`` also writes
-    ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}`` there. Returns
-    ``(graph, {"summary": DataFrame, "nodes": DataFrame})``.
+    Prints MASE's "Quantized graph histogram" (an org-mode table). With ``save_dir`` it writes
+    MASE's files, ``quantize_table.csv`` (one row per node: Ori name | New name | MASE_TYPE |
+    Mase_OP | Original type | Quantized type | Changed) and ``quantize_histogram.csv``, and
+    labkit's ``quantize_summary.{csv,md}`` and ``quantize_nodes.{csv,md}``. Returns
+    ``(graph, {"summary": DataFrame, "nodes": DataFrame, "compare": DataFrame})``; ``compare``
+    is MASE's per-node table.
+
+    The lab handouts' older call ``summarize_quantization_analysis_pass(ori_mg, mg,
+    save_dir="quantize_summary")`` (original graph first) works too.
     """
+    if isinstance(getattr(pass_args, "model", None), fx.GraphModule):  # (ori_mg, mg, save_dir=...)
+        graph, pass_args = pass_args, {"original_graph": graph, "save_dir": save_dir}
+    elif save_dir is not None:
+        raise TypeError("summarize_quantization_analysis_pass: save_dir= goes with the handouts' call "
+                        "(ori_mg, mg, save_dir=...); otherwise put it in pass_args")
     args = check_pass_args(pass_args, {"original_graph": None, "save_dir": None, "verbose": True},
                            "summarize_quantization_analysis_pass")
     if args["original_graph"] is None:
@@ -296,17 +374,22 @@ def summarize_quantization_analysis_pass(graph, pass_args: dict):
                .reset_index())
     summary["Changed"] = summary["Changed"].astype(int)
     summary["Unchanged"] = summary["Total"] - summary["Changed"]
+    # MASE's per-node table names each node before and after (the pass keeps the names)
+    compare = nodes.rename(columns={"Name": "New name"})
+    compare.insert(0, "Ori name", nodes["Name"])
     table = tabulate(summary, headers="keys", tablefmt="github", showindex=False)
     if args["verbose"]:
-        print(f"A summary of quantisation:\n{table}")
+        print("Quantized graph histogram:\n" + tabulate(summary, headers="keys", tablefmt="orgtbl", showindex=False))
     if args["save_dir"]:
         save_dir = Path(args["save_dir"])
+        atomic_write_text(save_dir / "quantize_table.csv", compare.to_csv())
+        atomic_write_text(save_dir / "quantize_histogram.csv", summary.set_index("Original type").to_csv())
         atomic_write_text(save_dir / "quantize_summary.csv", summary.to_csv(index=False))
         atomic_write_text(save_dir / "quantize_summary.md", table + "\n")
         atomic_write_text(save_dir / "quantize_nodes.csv", nodes.to_csv(index=False))
         atomic_write_text(save_dir / "quantize_nodes.md",
                           tabulate(nodes, headers="keys", tablefmt="github", showindex=False) + "\n")
-    return graph, {"summary": summary, "nodes": nodes}
+    return graph, {"summary": summary, "nodes": nodes, "compare": compare}
 
 
 # --- automatic fractional widths --------------------------------------------------------------
@@ -448,7 +531,7 @@ def auto_frac_width_pass(graph, pass_args: dict):
     fmt, by, ops, widths = args["format"], args["by"], args["ops"], args["width"]
 
     targets = [n for n in gm.graph.nodes if node_mase_op(n, gm)[0] in ops
-               and (n.op == "call_module" or n.target in _FUNCTIONAL_RELU)]
+               and (n.op == "call_module" or _is_functional(n, node_mase_op(n, gm)[0]))]
     ranges = {n.name: _ranges_from_stats(n) for n in targets}
     missing = [n for n in targets if "data_in_0" not in ranges[n.name]]
     if missing:

@@ -9,9 +9,10 @@ layers (``LinearName``, ``ReLUName``, ...) and the transform pass pick it up by 
 
 from .quantizers import (
     QUANTIZERS,
-    BinaryQuantizer,
+    FixedQuantizer,
     IntegerQuantizer,
     LogQuantizer,
+    MinifloatIEEEQuantizer,
     MinifloatQuantizer,
     Quantizer,
     config_keys,
@@ -19,6 +20,15 @@ from .quantizers import (
     is_no_quantization,
     parse_config,
     register_quantizer,
+)
+from .formats import (  # MASE's other formats; imported before .modules, which makes their layer classes
+    BinaryQuantizer,
+    BinaryResidualQuantizer,
+    BlockFPQuantizer,
+    BlockLogQuantizer,
+    BlockMinifloatQuantizer,
+    MinifloatDenormQuantizer,
+    TernaryQuantizer,
 )
 from .modules import (
     QUANTIZED_OPS,
@@ -43,7 +53,9 @@ from .modules import (
 
 __all__ = [
     "QUANTIZERS", "Quantizer", "register_quantizer", "get_quantizer", "config_keys", "parse_config",
-    "is_no_quantization", "IntegerQuantizer", "MinifloatQuantizer", "LogQuantizer", "BinaryQuantizer",
+    "is_no_quantization", "IntegerQuantizer", "FixedQuantizer", "MinifloatQuantizer", "MinifloatIEEEQuantizer",
+    "MinifloatDenormQuantizer", "LogQuantizer", "BinaryQuantizer", "BinaryResidualQuantizer", "TernaryQuantizer",
+    "BlockFPQuantizer", "BlockMinifloatQuantizer", "BlockLogQuantizer",
     "QUANTIZED_OPS", "quantize_module", "quantized_class", "QuantizedLinear", "QuantizedReLU",
     "QuantizedBatchNorm1d", "QuantizedConv1d", "QuantizedConv2d", "LinearInteger", "ReLUInteger",
     "BatchNorm1dInteger", "Conv1dInteger", "Conv2dInteger", "LinearMinifloat", "ReLUMinifloat",

@@ -99,12 +99,13 @@ def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
 
 
 def _one_run(mg, data, fmt, width, mode, ops, qat, project) -> dict:
+    from ..graph import deepcopy_mase_graph
     from ..passes.quantize import auto_quantize_config, quantize_transform_pass
     from ..train import evaluate, load_model, train
 
     start = time.perf_counter()
     pass_args = auto_quantize_config(mg, width, format=fmt, ops=ops)  # ranges: profiled in _float_graph
-    qmg, _ = quantize_transform_pass(mg, pass_args)
+    qmg, _ = quantize_transform_pass(deepcopy_mase_graph(mg), pass_args)  # mg stays float for the next run
     model = qmg.model
     extra = {}
     if mode == "qat":

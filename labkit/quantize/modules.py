@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import sys
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -113,6 +114,10 @@ class QuantizedLinear(QuantizedMixin, nn.Linear):
 class QuantizedReLU(QuantizedMixin, nn.ReLU):
     """ReLU of the quantised input (MASE's ReLUInteger): only ``data_in_*`` keys apply.
 
+    As in MASE, a fixed-point input is quantised as *unsigned* (``is_signed=False``): the
+    ReLU zeroes negatives anyway, so all ``width`` bits go to the magnitude and 8-bit/frac 4
+    holds 0 .. 15.9375. ``data_in_is_signed: true`` in the config asks for the signed range.
+
     ``inplace=True`` is kept from the float layer (its repr, ``ReLUInteger(inplace=True)``,
     is what the lab report prints), but what it overwrites changes: the quantiser returns
     a new tensor, and the ReLU runs in place on *that*. The caller's ``x`` is left as it
@@ -126,6 +131,13 @@ class QuantizedReLU(QuantizedMixin, nn.ReLU):
     def __init__(self, inplace: bool = False, config=None):
         super().__init__(inplace)
         self.set_quantization(config or {})
+
+    def set_quantization(self, config: dict, where: str | None = None):
+        super().set_quantization(config, where)
+        q = self.x_quantizer
+        if "is_signed" in type(q).params and "data_in_is_signed" not in config:
+            q.is_signed = False  # MASE's ReLUInteger: negatives become 0 anyway, keep the top bit
+            q.check()
 
     def forward(self, x):
         return F.relu(self._q(self.x_quantizer, x), inplace=self.inplace)
@@ -178,6 +190,64 @@ class QuantizedConv2d(_QuantizedConv, nn.Conv2d):
     float_class = nn.Conv2d
 
 
+class _QuantizedFunction(QuantizedMixin, nn.Module):
+    """A functional op of two tensors (``x + y``, ``x @ w``) as a layer that quantises them.
+
+    MASE quantises these nodes too (its QUANTIZEABLE_OP). add/mul/sub quantise both inputs
+    with the ``data_in_*`` keys; matmul/bmm quantise the first with ``data_in_*`` and the
+    second with ``weight_*``, as MASE's matmul does. A Python number operand (``x * 2``) is
+    left as it is. There is no float layer behind it (``float_class`` is None).
+    """
+
+    float_class = None
+    function = None  # the torch function computed
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.set_quantization(config or {})
+
+    def _second(self):
+        return self.w_quantizer if "weight" in self.operands else self.x_quantizer
+
+    def forward(self, a, b):
+        qa = self._q(self.x_quantizer, a) if isinstance(a, torch.Tensor) else a
+        qb = self._q(self._second(), b) if isinstance(b, torch.Tensor) else b
+        return type(self).function(qa, qb)
+
+    def arg_metadata(self) -> dict:
+        if self.bypass:
+            return {}
+        return {"data_in_0": self.x_quantizer.metadata(), "data_in_1": self._second().metadata()}
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class QuantizedAdd(_QuantizedFunction):
+    operands = ("data_in",)
+    function = staticmethod(torch.add)
+
+
+class QuantizedMul(_QuantizedFunction):
+    operands = ("data_in",)
+    function = staticmethod(torch.mul)
+
+
+class QuantizedSub(_QuantizedFunction):
+    operands = ("data_in",)
+    function = staticmethod(torch.sub)
+
+
+class QuantizedMatmul(_QuantizedFunction):
+    operands = ("data_in", "weight")
+    function = staticmethod(torch.matmul)
+
+
+class QuantizedBmm(_QuantizedFunction):
+    operands = ("data_in", "weight")
+    function = staticmethod(torch.bmm)
+
+
 # The MASE op each generic class quantises.
 QUANTIZED_OPS = {
     "linear": QuantizedLinear,
@@ -185,9 +255,17 @@ QUANTIZED_OPS = {
     "batch_norm1d": QuantizedBatchNorm1d,
     "conv1d": QuantizedConv1d,
     "conv2d": QuantizedConv2d,
+    "add": QuantizedAdd,
+    "mul": QuantizedMul,
+    "sub": QuantizedSub,
+    "matmul": QuantizedMatmul,
+    "bmm": QuantizedBmm,
 }
+# the ops that are functions, not layers: the transform turns their nodes into calls of a new layer
+FUNCTIONAL_OPS = ("add", "mul", "sub", "matmul", "bmm")
 
-_FORMAT_NAMES = {"integer": "Integer", "minifloat": "Minifloat", "log": "Log", "binary": "Binary"}
+_FORMAT_NAMES = {"integer": "Integer", "minifloat": "Minifloat", "log": "Log", "binary": "Binary",
+                 "minifloat_ieee": "MinifloatIEEE", "block_fp": "BlockFP"}  # MASE's spellings
 
 
 def format_class_suffix(fmt: str) -> str:
@@ -204,7 +282,7 @@ def can_quantize(module: nn.Module) -> bool:
     """
     cls = type(module)
     for generic in QUANTIZED_OPS.values():
-        if cls is generic.float_class:
+        if generic.float_class is not None and cls is generic.float_class:
             return True
         if issubclass(cls, generic):
             return cls.forward is generic.forward
@@ -221,20 +299,22 @@ def quantized_class(float_class_or_op, fmt: str) -> type:
                              f"{', '.join(QUANTIZED_OPS)}")
         generic = QUANTIZED_OPS[float_class_or_op]
     else:
-        matches = [g for g in QUANTIZED_OPS.values()
+        layers = [g for g in QUANTIZED_OPS.values() if g.float_class is not None]
+        matches = [g for g in layers
                    if isinstance(float_class_or_op, type) and issubclass(float_class_or_op, g.float_class)]
         if not matches:
             raise ValueError(f"no quantised version of {getattr(float_class_or_op, '__name__', float_class_or_op)}; "
-                             f"quantisable layers: {', '.join(g.float_class.__name__ for g in QUANTIZED_OPS.values())}")
+                             f"quantisable layers: {', '.join(g.float_class.__name__ for g in layers)}")
         generic = matches[0]
     if fmt not in QUANTIZERS:
         raise ValueError(QUANTIZERS.unknown_message(fmt))
-    name = generic.float_class.__name__ + format_class_suffix(fmt)
+    base = generic.__name__[len("Quantized"):]  # Linear, ReLU, ..., Add, Matmul
+    name = base + format_class_suffix(fmt)
     module = sys.modules[__name__]
     cls = getattr(module, name, None)
     if cls is None or getattr(cls, "format", None) != fmt:
         cls = type(name, (generic,), {"format": fmt, "__module__": __name__,
-                                      "__doc__": f"{generic.float_class.__name__} with {fmt} quantisation."})
+                                      "__doc__": f"{base} with {fmt} quantisation."})
         setattr(module, name, cls)
     return cls
 
@@ -252,7 +332,7 @@ def quantize_module(module: nn.Module, config: dict, where: str | None = None) -
 
 
 # Make the classes for the built-in formats, so `from labkit.quantize.modules import LinearInteger` works.
-for _fmt in ("integer", "minifloat", "log", "binary"):
+for _fmt in QUANTIZERS.names():
     for _op in QUANTIZED_OPS:
         quantized_class(_op, _fmt)
 

@@ -13,11 +13,13 @@ which config keys it takes (``params``), how to round (``quantize``), the range 
 and ``precision``, where ``precision[0]`` is always the total bit width).
 
 Gradients: rounding has zero gradient almost everywhere, so training through it needs a
-straight-through estimator (STE). We use the *clipped* STE: the backward pass treats the
-quantiser as the identity for inputs inside the representable range and as a constant
-(gradient 0) outside it, exactly like ``clamp``. Inside the forward pass the value is
-exactly the quantised one (the STE is written as ``q - (xc.detach() - xc)``, which adds
-an exact zero, so even the sign of ``-0.0`` survives).
+straight-through estimator (STE). By default we use MASE's: the backward pass treats the
+quantiser as the identity everywhere (``"ste": "identity"``). A config may ask for the
+*clipped* STE instead (``"ste": "clipped"``): identity inside the representable range and
+gradient 0 outside it, exactly like ``clamp`` (formats without a fixed range, such as the
+block formats, pass everything). Either way the forward value is exactly the quantised
+one: the STE is written as ``q - (x.detach() - x)``, which adds an exact zero, so even the
+sign of ``-0.0`` survives.
 """
 
 from __future__ import annotations
@@ -39,6 +41,28 @@ NO_QUANTIZATION = (None, "NA", "na", "none", "None")
 OPERANDS = ("data_in", "weight", "bias")
 
 _REQUIRED = object()
+
+# straight-through estimators: "identity" passes every gradient (MASE), "clipped" only inside limits()
+STE_MODES = ("identity", "clipped")
+
+# float32, the dtype values are fake-quantised in: the exponents of its largest finite power of
+# two and of its smallest (subnormal) number
+FLOAT32_MAX_EXPONENT = 127
+FLOAT32_MIN_EXPONENT = -149  # float32's smallest subnormal is 2^-149
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantiser's values, exactly (also for inf/NaN inputs). Backward: the
+    upstream gradient, passed to ``x`` everywhere, or only where lo <= x <= hi (like clamp)."""
+
+    @staticmethod
+    def forward(ctx, x, quantizer, limits):
+        ctx.mask = None if limits is None else (x >= limits[0]) & (x <= limits[1])
+        return quantizer.quantize(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad if ctx.mask is None else grad * ctx.mask), None, None
 
 
 def register_quantizer(name: str):
@@ -67,39 +91,65 @@ class Quantizer:
     type = "?"  # the metadata "type" (MASE: "integer", "minifloat", ...)
     # config key (without the data_in_/weight_/bias_ prefix) -> default (_REQUIRED if none)
     params: dict = {}
+    # config keys without a prefix that apply to every operand (MASE's "floor") -> default
+    shared: dict = {}
 
-    def __init__(self, **params):
-        self._build(params, where=f"{self.name} quantiser", prefix="")
+    def __init__(self, ste: str = "identity", **params):
+        self._build(params, where=f"{self.name} quantiser", prefix="", ste=ste)
 
     @classmethod
     def from_config(cls, config: dict, operand: str, where: str = "config") -> "Quantizer":
-        """Build from the ``{operand}_*`` keys of a node config (``weight_width`` -> width);
-        errors name the full key and ``where``."""
+        """Build from the ``{operand}_*`` keys of a node config (``weight_width`` -> width),
+        its shared keys (``floor``) and ``ste``; errors name the full key and ``where``."""
         prefix = f"{operand}_"
         params = {k[len(prefix):]: v for k, v in config.items()
                   if k.startswith(prefix) and k[len(prefix):] in cls.params}
+        params.update({k: config[k] for k in cls.shared if k in config})
         q = cls.__new__(cls)
-        q._build(params, where=where, prefix=prefix)
+        q._build(params, where=where, prefix=prefix, ste=config.get("ste", "identity"))
         return q
 
-    def _build(self, params: dict, where: str, prefix: str):
+    def _build(self, params: dict, where: str, prefix: str, ste: str = "identity"):
         self._where, self._prefix = where, prefix
-        unknown = sorted(set(params) - set(self.params))
+        allowed = {**self.params, **self.shared}
+        unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ValueError(f"{where}: unknown parameter {prefix}{unknown[0]!r}; "
-                             f"allowed: {', '.join(prefix + k for k in self.params)}")
-        for key, default in self.params.items():
+                             f"allowed: {', '.join([prefix + k for k in self.params] + list(self.shared))}")
+        if ste not in STE_MODES:
+            raise ValueError(f"{where}: ste must be one of {', '.join(map(repr, STE_MODES))} "
+                             f"(the straight-through gradient), got {ste!r}")
+        self.ste = ste
+        for key, default in allowed.items():
             if key not in params and default is _REQUIRED:
                 raise ValueError(f"{where}: missing key {prefix + key!r} for the {self.name!r} quantiser")
             setattr(self, key, params.get(key, default))
         self.check()
 
-    def _int_param(self, key: str, lo: int, hi: int) -> int:
+    def _key(self, key: str) -> str:
+        """A parameter's config key as the user wrote it: ``weight_width``, or ``floor`` (shared)."""
+        return key if key in self.shared else self._prefix + key
+
+    def _int_param(self, key: str, lo: int | None = None, hi: int | None = None) -> int:
         value = getattr(self, key)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{self._where}: {self._prefix + key} must be an integer in "
-                             f"[{lo}, {hi}], got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) \
+                or (hi is not None and value > hi):
+            span = (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
+                    f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+            raise ValueError(f"{self._where}: {self._key(key)} must be an integer{span}, got {value!r}")
         return value
+
+    def _bool_param(self, key: str) -> bool:
+        value = getattr(self, key)
+        if not isinstance(value, bool):
+            raise ValueError(f"{self._where}: {self._key(key)} must be true or false, got {value!r}")
+        return value
+
+    def _float32_error(self, what: str, exponent: int, fix: str):
+        """Values are fake-quantised in float32: a format reaching past it is an error, not a cap."""
+        keys = ", ".join(f"{self._key(k)}={getattr(self, k)!r}" for k in self.params if getattr(self, k, None) is not None)
+        raise ValueError(f"{self._where}: {keys} make {what} 2^{exponent}, outside float32 (2^-149 .. 2^127, "
+                         f"the dtype values are fake-quantised in); {fix}")
 
     # --- what a format implements -------------------------------------------------------
     def check(self):
@@ -109,8 +159,9 @@ class Quantizer:
         """The forward values (no gradient handling needed here)."""
         raise NotImplementedError
 
-    def limits(self) -> tuple[float, float]:
-        """The smallest and largest representable values (the STE passes gradients between)."""
+    def limits(self) -> tuple[float, float] | None:
+        """The smallest and largest representable values (the clipped STE passes gradients
+        between them), or None for a format without a fixed range (block formats)."""
         raise NotImplementedError
 
     @property
@@ -127,15 +178,18 @@ class Quantizer:
         return {"type": self.type, "precision": list(self.precision)}
 
     def config(self) -> dict:
-        return {key: getattr(self, key) for key in self.params}
+        out = {key: getattr(self, key) for key in self.params}
+        out.update({key: getattr(self, key) for key in self.shared if getattr(self, key) != self.shared[key]})
+        if self.ste != "identity":
+            out["ste"] = self.ste
+        return out
 
     def __call__(self, x):
         if x is None:
             return None
-        q = self.quantize(x.detach())
-        lo, hi = self.limits()
-        xc = x.clamp(lo, hi)
-        return q - (xc.detach() - xc)  # value q, gradient of clamp: the clipped STE
+        if not x.requires_grad:
+            return self.quantize(x.detach())
+        return _StraightThrough.apply(x, self, self.limits() if self.ste == "clipped" else None)
 
     def __eq__(self, other):
         return type(self) is type(other) and self.config() == other.config()
@@ -155,34 +209,64 @@ class Quantizer:
 
 @register_quantizer("integer")
 class IntegerQuantizer(Quantizer):
-    """Signed fixed point with ``width`` bits, ``frac_width`` of them after the binary point.
+    """Fixed point with ``width`` bits, ``frac_width`` of them after the binary point.
 
-    x -> clamp(round(x * 2^frac), -2^(width-1), 2^(width-1) - 1) / 2^frac
-
-    Rounding is round-half-to-even (``torch.round``): 0.125 at frac 2 -> 0.0, 0.375 -> 0.5.
-    ``frac_width`` may be negative (a step larger than 1) or above ``width`` (all values
-    below 1/2 in magnitude); it must lie in [-32, 32].
+    Signed (default): x -> clamp(round(x * 2^frac), -2^(width-1), 2^(width-1) - 1) / 2^frac.
+    ``is_signed=False`` (MASE's ReLUInteger input): the integer range is 0 .. 2^width - 1,
+    so 8-bit/frac 4 holds 0 .. 15.9375. Rounding is round-half-to-even (``torch.round``:
+    0.125 at frac 2 -> 0.0, 0.375 -> 0.5); ``floor=True`` (a config key without prefix, as
+    in MASE) rounds down instead. ``frac_width`` may be negative (a step larger than 1) or
+    above ``width`` (all values below 1/2 in magnitude); the only limit is float32's range.
     """
 
     type = "integer"
-    params = {"width": _REQUIRED, "frac_width": _REQUIRED}
+    params = {"width": _REQUIRED, "frac_width": _REQUIRED, "is_signed": True}
+    shared = {"floor": False}
 
     def check(self):
-        self._int_param("width", 1, 32)
-        self._int_param("frac_width", -32, 32)
+        self._int_param("width", 1)
+        self._int_param("frac_width")
+        self._bool_param("is_signed")
+        self._bool_param("floor")
+        # the scale 2^frac and the step 2^-frac are float32 numbers, and so is the largest value
+        if not -FLOAT32_MAX_EXPONENT <= self.frac_width <= FLOAT32_MAX_EXPONENT:
+            self._float32_error("the scale", self.frac_width, "use a frac_width in [-127, 127]")
+        top = self.width - (1 if self.is_signed else 0) - self.frac_width
+        if top > FLOAT32_MAX_EXPONENT:
+            self._float32_error("the largest value about", top, "use fewer integer bits (width - frac_width)")
+
+    def _int_range(self):
+        if self.is_signed:
+            return -(2.0 ** (self.width - 1)), 2.0 ** (self.width - 1) - 1
+        return 0.0, 2.0 ** self.width - 1
 
     def limits(self):
         step = 2.0 ** -self.frac_width
-        return -(2 ** (self.width - 1)) * step, (2 ** (self.width - 1) - 1) * step
+        lo, hi = self._int_range()
+        return lo * step, hi * step
 
     def quantize(self, x):
         scale = 2.0 ** self.frac_width
-        top = 2 ** (self.width - 1)
-        return torch.clamp(torch.round(x * scale), -top, top - 1) / scale
+        lo, hi = self._int_range()
+        rounded = torch.floor(x * scale) if self.floor else torch.round(x * scale)
+        return torch.clamp(rounded, lo, hi) / scale
 
     @property
     def precision(self):
         return [self.width, self.frac_width]
+
+    def config(self):
+        out = super().config()
+        if self.is_signed:  # the default: keep configs (and reprs) as short as MASE's
+            out.pop("is_signed")
+        return out
+
+
+@register_quantizer("fixed")
+class FixedQuantizer(IntegerQuantizer):
+    """MASE's other name for ``integer``: the same fixed point (metadata type "fixed")."""
+
+    type = "fixed"
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,7 +274,6 @@ class IntegerQuantizer(Quantizer):
 # ---------------------------------------------------------------------------------------
 
 
-FLOAT32_MIN_EXPONENT = -149  # float32's smallest subnormal is 2^-149
 
 
 def max_minifloat_bias(width: int, exponent_width: int) -> int:
@@ -216,8 +299,8 @@ class MinifloatQuantizer(Quantizer):
     params = {"width": _REQUIRED, "exponent_width": _REQUIRED, "exponent_bias": None}
 
     def check(self):
-        self._int_param("width", 2, 32)
-        self._int_param("exponent_width", 1, min(8, self.width - 1))
+        self._int_param("width", 2)
+        self._int_param("exponent_width", 1, min(8, self.width - 1))  # 9+ bits: past float32's exponents
         # every exponent code is a normal number (no inf/NaN codes), so the largest value,
         # 2^(2^E - 1 - bias) * (2 - 2^-M), must stay a float32 number: bias >= 2^E - 128
         lowest = max(-126, 2 ** self.exponent_width - 128)
@@ -267,79 +350,74 @@ class MinifloatQuantizer(Quantizer):
         return [self.width, self.exponent_width, self.exponent_bias]
 
 
+@register_quantizer("minifloat_ieee")
+class MinifloatIEEEQuantizer(MinifloatQuantizer):
+    """MASE's name for ``minifloat`` (implicit leading bit, subnormals at exponent code 0).
+    Values just below a power of two round up to it here; MASE's rounds them down (see
+    docs/differences_from_mase.md)."""
+
+    type = "minifloat_ieee"
+
+
 # ---------------------------------------------------------------------------------------
 # log: powers of two (multiplication becomes a shift)
 # ---------------------------------------------------------------------------------------
 
 
+def log_round(x: torch.Tensor, e_min, e_max) -> torch.Tensor:
+    """x to the signed power of two nearest in the log domain (ties to even exponents),
+    exponents clamped to [e_min, e_max] (numbers, or tensors broadcasting with x). There
+    is no zero: 0 (and -0.0) becomes +2^e_min, as in MASE."""
+    a = x.abs().double()
+    exponent = torch.round(torch.log2(a))  # log2(0) = -inf: clamped to e_min below
+    exponent = torch.minimum(torch.maximum(exponent, torch.as_tensor(e_min, dtype=a.dtype)),
+                             torch.as_tensor(e_max, dtype=a.dtype))
+    sign = torch.where(torch.signbit(x) & (x != 0), -1.0, 1.0).double()
+    return (sign * torch.exp2(exponent)).to(x.dtype)
+
+
 @register_quantizer("log")
 class LogQuantizer(Quantizer):
-    """Signed powers of two: 1 sign bit and a (``width`` - 1)-bit code.
+    """Signed powers of two, MASE's ``log``: 1 sign bit and a (``width`` - 1)-bit exponent code.
 
-    Code 0 is zero; codes c = 1 .. 2^(width-1) - 1 are 2^(c - exponent_bias). The bias
-    defaults to 2^(width-2), which centres the exponents around 2^0 (width 4: 0, 2^-3 ..
-    2^3). A magnitude rounds to the nearest power in the log domain (ties to even
-    exponents), flushes to 0 below half the smallest power, and saturates at the largest.
+    Code c = 0 .. 2^(width-1) - 1 is 2^(c - exponent_bias); the bias defaults to
+    2^(width-2) - 1 (width 4: 2^-3 .. 2^4). There is no zero: a magnitude rounds to the
+    nearest power in the log domain (ties to even exponents) and clamps to the range, so 0
+    becomes +2^-bias, as in MASE. MASE adds 0.1 * 2^-bias to |x| before the log (so values
+    within that of a rounding boundary round up) and gives a tiny negative x > -0.1 * 2^-bias
+    the sign +; labkit rounds |x| itself and keeps the sign. The only limit on width and
+    bias is float32's range.
     """
 
     type = "log"
     params = {"width": _REQUIRED, "exponent_bias": None}
 
     def check(self):
-        self._int_param("width", 2, 9)
+        self._int_param("width", 2)
+        if self.exponent_bias in ("none", "None"):
+            self.exponent_bias = None
         if self.exponent_bias is None:
-            self.exponent_bias = 2 ** (self.width - 2)
-        self._int_param("exponent_bias", -120, 120)
+            self.exponent_bias = 2 ** (self.width - 2) - 1
+        self._int_param("exponent_bias")
+        e_min, e_max = self._exponent_range()
+        if e_max > FLOAT32_MAX_EXPONENT:
+            self._float32_error("the largest power", e_max, "use a larger exponent_bias or a smaller width")
+        if e_min < FLOAT32_MIN_EXPONENT:
+            self._float32_error("the smallest power", e_min, "use a smaller exponent_bias")
 
     def _exponent_range(self):
-        return 1 - self.exponent_bias, 2 ** (self.width - 1) - 1 - self.exponent_bias
+        return -self.exponent_bias, 2 ** (self.width - 1) - 1 - self.exponent_bias
 
     def limits(self):
-        top = 2.0 ** self._exponent_range()[1]
-        return -top, top
+        e_min, e_max = self._exponent_range()
+        return -(2.0 ** e_max), 2.0 ** e_max
 
     def quantize(self, x):
-        e_min, e_max = self._exponent_range()
-        a = x.abs()
-        exponent = torch.clamp(torch.round(torch.log2(a)), e_min, e_max)
-        q = torch.where(a < 2.0 ** (e_min - 1), torch.zeros_like(a), torch.exp2(exponent))
-        return torch.copysign(q, x)
+        return log_round(x, *self._exponent_range())
 
     @property
     def precision(self):
         return [self.width, self.exponent_bias]
-
-
-# ---------------------------------------------------------------------------------------
-# binary: one bit, the sign
-# ---------------------------------------------------------------------------------------
-
-
-@register_quantizer("binary")
-class BinaryQuantizer(Quantizer):
-    """One bit: x -> +scale if x >= 0 else -scale (BinaryConnect). The STE passes gradients
-    for |x| <= scale (the "hardtanh" STE of BinaryNet). Best for weights; after a ReLU every
-    activation is >= 0 and becomes +scale."""
-
-    type = "binary"
-    params = {"scale": 1.0}
-
-    def check(self):
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
-                or not math.isfinite(self.scale) or self.scale <= 0:
-            raise ValueError(f"{self._where}: {self._prefix}scale must be a positive number, "
-                             f"got {self.scale!r}")
-        self.scale = float(self.scale)
-
-    def limits(self):
-        return -self.scale, self.scale
-
-    def quantize(self, x):
-        return torch.where(x >= 0, self.scale, -self.scale).to(x.dtype)
-
-    @property
-    def precision(self):
-        return [1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,7 +439,8 @@ def is_no_quantization(config) -> bool:
 def config_keys(name: str) -> list[str]:
     """Every key a config of format ``name`` may hold."""
     cls = get_quantizer(name)
-    return ["name", "bypass"] + [f"{op}_{key}" for op in OPERANDS for key in cls.params]
+    return (["name", "bypass", "ste"] + list(cls.shared)
+            + [f"{op}_{key}" for op in OPERANDS for key in cls.params])
 
 
 def parse_config(config: dict, operands=OPERANDS, where: str = "config") -> dict:
