@@ -35,6 +35,7 @@ _EXPORTS_BY_MODULE = {
     "transform": ["load_transformed", "run_transform"],
     "search": ["search", "SearchResult", "SearchConfigError", "check_search_config"],
     "plots": ["data_banner", "save_figure", "titled"],
+    "executor": ["map_unordered", "ClusterUnavailableError"],
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",

@@ -87,7 +87,27 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--student", action="store_true",
                     help="do not execute: write the student build (solutions replaced by stubs and hints) "
                          "to notebooks/student/ (or --output-dir)")
+    _cluster_flag(nb)
     return p
+
+
+def _cluster_flag(sp):
+    sp.add_argument("--cluster", default=None, metavar="ADDRESS",
+                    help="run sweeps and comparisons on this Dask scheduler (tcp://host:8786); "
+                         "default: $LABKIT_CLUSTER, else worker processes on this machine")
+
+
+def _use_cluster(args):
+    """--cluster: checked and reached now (one line naming the address if not), then handed to
+    everything this command runs (notebook kernels too) as $LABKIT_CLUSTER."""
+    if args.cluster is None:
+        return
+    import os
+    from .executor import CLUSTER_ENV, choose_cluster, connect
+    address = choose_cluster(args.cluster)
+    client, _ = connect(address)
+    client.close()
+    os.environ[CLUSTER_ENV] = address
 
 
 def mase_flags(sp):
@@ -214,6 +234,7 @@ def cmd_notebooks(args):
         for path in write_student_build(args.output_dir, only=args.only):
             print(f"[labkit] student copy: {path}")
         return
+    _use_cluster(args)
     from .notebooks import run_notebooks
     run_notebooks(quick=args.quick, dataset=args.dataset, only=args.only, output_dir=args.output_dir)
 
@@ -236,8 +257,8 @@ def main(argv=None) -> int:
         # Inside the try: this import loads torch, seconds in which a Ctrl-C must still end cleanly.
         from .data import DataUnavailableError
         from .lock import ProjectBusyError
-        errors = (ValueError, TypeError, FileNotFoundError, cfg.ConfigError, DataUnavailableError,
-                  ProjectBusyError)
+        errors = (ValueError, TypeError, FileNotFoundError, ConnectionError, cfg.ConfigError,
+                  DataUnavailableError, ProjectBusyError)
         try:
             globals()[f"cmd_{args.action}"](args)
         except errors as e:

@@ -18,19 +18,22 @@ Runs are spread over CPU cores with worker processes (one thread each; each work
 the dataset once from the processed cache and imports the modules that define the swept
 models), or run one after another in this process with ``workers=1``, on a GPU
 (``accelerator="gpu"``), or when a model was defined where a fresh process cannot import
-it (a notebook cell, inside a function).
+it (a notebook cell, inside a function). With ``cluster="tcp://host:8786"`` (or a
+``distributed.Client``, or ``$LABKIT_CLUSTER``) they run on a Dask cluster instead: the data
+are scattered once to each worker, notebook-defined models travel by value, and each result
+is stored here as it arrives, in the same cache entries a local run uses
+(:mod:`labkit.executor`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import copy
 import hashlib
 import itertools
 import json
 import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,13 +44,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import executor
 from .cache import ResultCache, settings_hash
 from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import check_name, outputs_dir
 from .progress import EpochCounter, epoch_callback, install as install_progress
-from .runtime import exit_with_parent
 from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
                     torch_threads, train)
 
@@ -191,30 +194,42 @@ def _diverged_result(e) -> dict:
 _WORKER_DATA: JSCData | None = None
 
 
-def _data_source(data: JSCData):
-    """How a worker gets the data: the processed cache file when there is one, else the tensors."""
+def data_fingerprint(ident: dict) -> str:
+    """A short name for a data identity (``JSCData.identity()``), for messages."""
+    return settings_hash(ident)
+
+
+def _data_source(data: JSCData, scatter: bool = False):
+    """How a worker gets the data: the processed cache file when there is one (a path this
+    machine's worker processes share), else (or with ``scatter``: a cluster) the tensors.
+    Either way with the identity the sweep expects, checked by the worker."""
     path = (data.manifest or {}).get("cache_path")
-    if path and Path(path).is_file():
+    if not scatter and path and Path(path).is_file():
         return ("cache", str(path), data.info, data.identity())
-    return ("tensors", data)
+    return ("tensors", data, data.identity())
 
 
 def _load_source(source) -> JSCData:
     if source[0] == "tensors":
-        return source[1]
-    from .data.prepare import read_processed, to_jscdata
-    _, path, info, ident = source
-    payload = read_processed(Path(path))
-    data = to_jscdata(payload, info) if payload is not None else None
-    if data is None or data.identity() != ident:
-        raise RuntimeError(f"the processed data cache {path} changed under the sweep; rerun it")
+        _, data, ident = source
+        where = "the data sent to this worker"
+    else:
+        from .data.prepare import read_processed, to_jscdata
+        _, path, info, ident = source
+        payload = read_processed(Path(path))
+        data = to_jscdata(payload, info) if payload is not None else None
+        where = f"the processed data cache {path}"
+        if data is None:
+            raise RuntimeError(f"{where} cannot be read on this worker; rerun the sweep")
+    got = data.identity()
+    if got != ident:
+        raise RuntimeError(f"{where} has fingerprint {data_fingerprint(got)}, but the sweep's data has "
+                           f"{data_fingerprint(ident)}; the data changed under the sweep: rerun it")
     return data
 
 
 def _init_worker(source, threads: int, builders: dict, progress_sink=None):
     global _WORKER_DATA
-    exit_with_parent()  # a sweep killed with kill -9 takes its workers with it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it stops us
     torch.set_num_threads(threads)
     install_progress(progress_sink)  # every finished epoch goes to the parent's EpochCounter
     for name, build in builders.items():  # unpickling each one imported the module defining it
@@ -222,7 +237,16 @@ def _init_worker(source, threads: int, builders: dict, progress_sink=None):
     _WORKER_DATA = _load_source(source)  # once per process, not per run
 
 
-def _run_in_worker(settings, project, accelerator):
+class _Task(tuple):
+    """One run for the executor: ``(index, settings, project, accelerator, label)``; named by
+    its label in messages."""
+
+    def __repr__(self):
+        return self[4]
+
+
+def _run_in_worker(task):
+    _, settings, project, accelerator, _ = task
     return _run_one(settings, _WORKER_DATA, project, accelerator)
 
 
@@ -252,15 +276,16 @@ def _importable(obj) -> bool:
     return False
 
 
-def worker_builders(models) -> dict | None:
+def worker_builders(models, by_value: bool = False) -> dict | None:
     """What spawned workers need to build ``models`` (registry names or modules): the
     registered builder of every name, each importable by name (unpickling it in a worker
     imports the user's module that defines it). ``None`` when a model cannot be rebuilt in
-    a fresh process; the sweep then runs in this process instead."""
+    a fresh process; the sweep then runs in this process instead. ``by_value``: for a Dask
+    cluster, whose cloudpickle sends what cannot be imported (a notebook's classes) by value."""
     builders = {}
     for model in models:
         target = type(model) if isinstance(model, nn.Module) else MODELS.get(model)
-        if not _importable(target):
+        if not by_value and not _importable(target):
             return None
         if isinstance(model, str):
             builders[model] = target
@@ -317,12 +342,7 @@ def _unguarded_script() -> bool:
     return False
 
 
-def _cpu_count() -> int:
-    """CPU cores this process may use (a container or ``taskset`` may allow fewer than exist)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1
+_cpu_count = executor.cpu_count
 
 
 def _run_cost(settings: dict) -> float:
@@ -457,13 +477,15 @@ def _default_name(model, params) -> str:
 
 def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, workers: int | None = None,
                accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
-               **fixed) -> SweepResult:
+               cluster=None, **fixed) -> SweepResult:
     """Train once for every combination in ``grid`` (``{"batch_size": [64, 128], ...}``).
 
     ``fixed`` sets the other settings (``max_epochs``, ``learning_rate``, ``seed``, ...;
     defaults as in :func:`labkit.train.train`). Finished runs live in
     ``cache_dir`` (default ``outputs/sweeps/<name>``) and are reused. ``workers``: processes
     to use (default: one per CPU core, at most one per missing run; 1 = in this process).
+    ``cluster``: a Dask scheduler address or ``Client`` to run on (default: ``$LABKIT_CLUSTER``
+    when ``workers`` is not given); see :mod:`labkit.executor`.
     """
     start = time.perf_counter()
     grid = _check_grid(grid)
@@ -517,27 +539,12 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         results[i] = result
         epochs.run_finished(runs[i][1]["max_epochs"], int(result.get("epochs") or 0))
 
+    target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
-        n_workers = workers or min(len(missing), _cpu_count())
-        builders = worker_builders({_model_key(runs[i][1]["model"]): runs[i][1]["model"] for i in missing}.values())
-        in_process = (n_workers <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works()
-                      or builders is None)
-        if not in_process and _unguarded_script():
-            in_process = True
-            print(f"[labkit] sweep {name}: this script calls sweep() outside `if __name__ == \"__main__\":`, "
-                  f"which worker processes would re-run; running the {len(missing)} runs in this process "
-                  f"instead (put the call under that guard to use {n_workers} workers)", file=sys.stderr)
-        if in_process:
-            install_progress(epochs.sink())
-            with torch_threads(1 if device == "cpu" else None):  # train() and evaluate() alike
-                for i in missing:
-                    bar.set_postfix_str(label_of(runs[i][0]))
-                    store(i, _run_one(runs[i][1], data, project(i), accelerator))
-                    bar.update()
-        elif missing:
-            _run_pool(missing, runs, data, project, accelerator, min(n_workers, len(missing)), builders,
-                      store, bar, epochs)
+        if missing:
+            _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar, epochs,
+                         name)
     finally:
         install_progress(None)
         epochs.close()
@@ -549,38 +556,52 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                        time.perf_counter() - start)
 
 
-def _run_pool(missing, runs, data, project, accelerator, n_workers, builders, store, bar, epochs=None):
-    ctx = mp.get_context("spawn")  # safe with threads, notebooks and CUDA; workers import labkit
-    sink = epochs.worker_sink(ctx) if epochs is not None else None
-    pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(_data_source(data), 1, builders, sink))
-    try:
-        futures = {pool.submit(_run_in_worker, runs[i][1], project(i), accelerator): i for i in missing}
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            store(i, fut.result())  # each run is on disk as soon as it finishes
+def _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar, epochs, name):
+    """Run the ``missing`` runs here, in local worker processes or on a Dask cluster
+    (:func:`labkit.executor.map_unordered`), storing each result as soon as it arrives."""
+    models = {_model_key(runs[i][1]["model"]): runs[i][1]["model"] for i in missing}.values()
+    tasks = [_Task((i, runs[i][1], project(i), accelerator, label_of(runs[i][0]))) for i in missing]
+    fn, init, initargs, n = _run_in_worker, _init_worker, (), 1
+    if target is not None:  # a cluster: the data scattered once per worker, models by value
+        # (epoch progress stays local: a multiprocessing queue cannot reach other machines)
+        initargs = (_data_source(data, scatter=True), 1, worker_builders(models, by_value=True), None)
+    else:
+        n = workers or min(len(missing), _cpu_count())
+        builders = worker_builders(models)
+        in_process = n <= 1 or device != "cpu" or len(missing) <= 1 or not _spawn_works() or builders is None
+        if not in_process and _unguarded_script():
+            in_process = True
+            print(f"[labkit] sweep {name}: this script calls sweep() outside `if __name__ == \"__main__\":`, "
+                  f"which worker processes would re-run; running the {len(missing)} runs in this process "
+                  f"instead (put the call under that guard to use {n} workers)", file=sys.stderr)
+        if in_process:
+            n, init = 1, None
+            install_progress(epochs.sink())
+            fn = lambda task: _run_one(task[1], data, task[2], task[3])  # noqa: E731 (never pickled)
+        else:
+            initargs = (_data_source(data), 1, builders, epochs.worker_sink(mp.get_context("spawn")))
+    # Ctrl-C or a failed run stops the workers at once (closing the iterator); finished runs
+    # are already stored, so the next call resumes with the missing ones.
+    with torch_threads(1 if device == "cpu" else None), contextlib.closing(executor.map_unordered(
+            fn, tasks, workers=n, cluster=target or False, initializer=init, initargs=initargs)) as done:
+        for (i, *_), result in done:
+            store(i, result)  # each run is on disk as soon as it finishes
+            if target is not None:  # no epoch reports from a cluster: count a run's epochs when it arrives
+                epochs.add(int(result.get("epochs") or 0))
             bar.set_postfix_str(label_of(runs[i][0]))
             bar.update()
-    except BaseException:
-        # Ctrl-C or a failed run: drop queued runs and stop the busy workers now. Finished
-        # runs are already stored, so the next call resumes with the missing ones.
-        for p in list(getattr(pool, "_processes", {}).values()):
-            p.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 def sweep(model, dataset, param: str, values, *, data: JSCData | None = None, workers: int | None = None,
           accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
-          **fixed) -> SweepResult:
+          cluster=None, **fixed) -> SweepResult:
     """Train ``model`` once per value of one setting, e.g. ``sweep("jsc-tiny", data,
     "batch_size", [64, 128, 256], max_epochs=10)``. See :func:`grid_sweep` for the options."""
     if not isinstance(param, str):
         raise TypeError(f"param must be a setting name (str), got {param!r}")
     return grid_sweep(model, dataset, {param: values}, data=data, workers=workers, accelerator=accelerator,
                       cache_dir=cache_dir, name=name or _default_name(model, [param]), progress=progress,
-                      **fixed)
+                      cluster=cluster, **fixed)
 
 
 # -- browsing what is on disk ----------------------------------------------------------------

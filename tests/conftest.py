@@ -14,6 +14,9 @@ torch.set_num_threads(1)
 _TMP = tempfile.mkdtemp(prefix=f"labkit-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
 os.environ["LABKIT_OUTPUT_DIR"] = os.path.join(_TMP, "outputs")
 os.environ["LABKIT_FIGURES_DIR"] = os.path.join(_TMP, "figures")
+# Tests run on this machine even where a Dask cluster is named for the notebooks
+# (tests/test_dask.py starts its own LocalCluster on 127.0.0.1).
+os.environ.pop("LABKIT_CLUSTER", None)
 
 
 @pytest.fixture(scope="session")

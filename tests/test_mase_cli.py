@@ -190,3 +190,21 @@ def test_mases_gpu_accelerator_without_a_gpu_is_one_clear_line(tmp_path, capsys)
     assert code == 2
     assert err.strip().splitlines() == ["labkit transform: error: accelerator 'gpu' needs a CUDA GPU, "
                                         "and torch finds none here; use one of auto, cpu"]
+
+
+def test_the_handouts_train_test_and_search_commands(lab, monkeypatch, capsys):
+    """Lab 1/3: `ch train jsc-tiny jsc --max-epochs 1 --batch-size 256`, `ch test ... --load ...
+    --load-type pl`, `ch search --config configs/examples/jsc_toy_by_type.toml --load <ckpt>`."""
+    root, env = lab
+    monkeypatch.chdir(root)
+    for key in ("LABKIT_JSC_SOURCE", "LABKIT_DATA_DIR", "LABKIT_OUTPUT_DIR"):
+        monkeypatch.setenv(key, env[key])
+    assert main(["train", "jsc-tiny", "jsc", "--max-epochs", "1", "--batch-size", "256", "--no-progress"]) == 0
+    ckpt = root / "mase_output" / "jsc-tiny_jsc" / "software" / "training_ckpts" / "best.ckpt"
+    assert ckpt.is_file()
+    assert main(["test", "jsc-tiny", "jsc", "--load", str(ckpt), "--load-type", "pl"]) == 0
+    assert "test jsc-tiny" in capsys.readouterr().out
+    code = main(["search", "--config", "configs/examples/jsc_toy_by_type.toml", "--load", str(ckpt)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Pareto front:" in out and "5 trials" in out

@@ -7,12 +7,13 @@ asserts that every check there passes.)
 
 import ast
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from labkit.exercises.student import (SolutionMarkerError, count_regions, has_solution, student_notebook,
+from labkit.exercises.student import (SolutionMarkerError, count_regions, has_solution, relink, student_notebook,
                                       student_source, write_student_build)
 from labkit.notebooks import list_notebooks, run_notebook
 
@@ -114,7 +115,27 @@ def test_cli_writes_the_student_build(tmp_path):
 
 def test_written_build_matches_student_notebook(tmp_path):
     (path,) = write_student_build(tmp_path, only=["01"])
-    assert json.loads(path.read_text()) == student_notebook(json.loads(NOTEBOOKS[0].read_text()))
+    expected = relink(student_notebook(json.loads(NOTEBOOKS[0].read_text())), NOTEBOOKS[0].parent, tmp_path)
+    assert json.loads(path.read_text()) == expected
+
+
+def test_relative_links_still_reach_their_files(tmp_path):
+    source, out = tmp_path / "notebooks", tmp_path / "notebooks" / "student"
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": [
+        "See [the data](../data/README.md), [train.py](../labkit/train.py#L10), [05](05_quantisation.ipynb),\n",
+        "[MASE](https://github.com/DeepWok/mase) and [above](#top).\n"]}]}
+    text = "".join(relink(nb, source, out)["cells"][0]["source"])
+    assert text == ("See [the data](../../data/README.md), [train.py](../../labkit/train.py#L10), "
+                    "[05](05_quantisation.ipynb),\n[MASE](https://github.com/DeepWok/mase) and [above](#top).\n")
+
+
+def test_written_copies_link_to_real_files(tmp_path):
+    for path in write_student_build(tmp_path / "a" / "b"):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                for target in re.findall(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s#]+)", "".join(cell["source"])):
+                    assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
 
 
 def check_outputs(nb) -> list[str]:

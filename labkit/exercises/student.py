@@ -12,12 +12,14 @@ committed notebook runs as the solution build)::
 The student build replaces each region by its hints (kept as ``# HINT:`` comments) and its
 stub lines (uncommented), at the indentation of the ``# BEGIN SOLUTION`` line. Every region
 needs at least one STUB and one HINT line, so no student copy is left without a starting
-point. Cells are otherwise unchanged; outputs are cleared.
+point. Cells are otherwise unchanged; outputs are cleared, and relative links in the markdown
+are rewritten to point at the same files from wherever the copies are written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -83,6 +85,25 @@ def student_notebook(nb: dict, name: str = "notebook") -> dict:
     return nb
 
 
+_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)\)")
+
+
+def relink(nb: dict, source_dir: Path, out_dir: Path) -> dict:
+    """Point the markdown cells' relative links (``[data](../data/README.md)``) at the same files
+    from ``out_dir``, so a student copy written elsewhere keeps working links. Links to a sibling
+    numbered notebook stay as they are: they reach its student copy."""
+    def fix(m):
+        if re.fullmatch(r"[0-9][0-9]_[^/]*\.ipynb(#.*)?", m.group(1)):
+            return m.group(0)  # a sibling notebook: its student copy sits next to this one
+        target = os.path.relpath(Path(source_dir).resolve() / m.group(1), Path(out_dir).resolve())
+        return f"]({Path(target).as_posix()})"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = _LINK.sub(fix, text).splitlines(keepends=True)
+    return nb
+
+
 def count_regions(nb: dict) -> int:
     return sum(has_solution("".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "code")
 
@@ -94,7 +115,7 @@ def write_student_build(output_dir=None, only=None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for book in list_notebooks(only):
-        nb = student_notebook(json.loads(book.read_text()), book.name)
+        nb = relink(student_notebook(json.loads(book.read_text()), book.name), book.parent, out_dir)
         target = out_dir / book.name
         target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         written.append(target)

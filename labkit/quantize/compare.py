@@ -19,12 +19,17 @@ calibration batch (profiled once on the float graph), so nothing saturates. Then
 
 Each finished run is stored in a :class:`labkit.cache.ResultCache`, keyed by all of its
 settings plus checksums of the checkpoint and the data, so re-running is instant and an
-interrupted comparison resumes where it stopped.
+interrupted comparison resumes where it stopped. The runs go one after another in this
+process by default; ``workers=n`` spreads them over local worker processes and ``cluster=``
+(or ``$LABKIT_CLUSTER``) over a Dask cluster (:mod:`labkit.executor`), each worker building
+the float graph once; results are stored here as they arrive, in the same cache entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .. import executor
 from ..cache import ResultCache
 from ..data.formats import sha256_file
 from ..paths import check_name, outputs_dir
@@ -129,17 +135,44 @@ def _one_run(mg, data, fmt, width, mode, ops, qat, project) -> dict:
             "config": json.dumps(pass_args), "run_s": time.perf_counter() - start, **extra}
 
 
+# In a worker process: the float graph and data, built once by _init_worker.
+_WORKER: dict = {}
+
+
+def _init_worker(model_name, ckpt_bytes, load_type, source, calibration, ops, builders):
+    from ..models import MODELS
+    from ..sweep import _load_source
+    torch.set_num_threads(1)
+    for name, build in (builders or {}).items():
+        MODELS.register(name, build)
+    data = _load_source(source)  # fingerprint checked
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint travels as bytes: no shared disk needed
+        path = Path(tmp) / "float.ckpt"
+        path.write_bytes(ckpt_bytes)
+        mg = _float_graph(model_name, path, load_type, data, calibration, ops)
+    _WORKER.update(mg=mg, data=data, ops=ops)
+
+
+def _run_in_worker(task):
+    fmt, width, mode, qat, project = task
+    return _one_run(_WORKER["mg"], _WORKER["data"], fmt, width, mode, _WORKER["ops"], qat, project)
+
+
 def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *,
                          widths=(16, 12, 8, 6, 4, 3, 2), formats=("integer", "minifloat"),
                          modes=("ptq", "qat"), ops=("linear", "relu"), qat_epochs: int = 3,
                          qat_learning_rate: float = 1e-4, batch_size: int = 256, seed: int = 0,
                          load_type: str = "pl", data=None, calibration_samples: int = 4096,
-                         accelerator: str = "auto", cache_dir=None, progress: bool = True) -> pd.DataFrame:
+                         accelerator: str = "auto", cache_dir=None, progress: bool = True,
+                         workers: int | None = None, cluster=None) -> pd.DataFrame:
     """Test accuracy of ``model_name`` (loaded from ``checkpoint``) quantised at each width.
 
     Returns one row per (format, width, mode) plus a ``float`` row (the unquantised model):
     ``format, width, mode, test_acc, test_loss, size_bits, float_acc, acc_drop, config``
     (the pass_args used, as JSON), ``cached``, ``dataset_label`` and timing.
+
+    ``workers`` (default: this process) / ``cluster`` (default ``$LABKIT_CLUSTER`` when
+    ``workers`` is not given): where the runs go, as in :func:`labkit.sweep.grid_sweep`.
     """
     from ..data import load_dataset
     from ..train import evaluate, torch_threads
@@ -148,6 +181,9 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     widths = (widths,) if isinstance(widths, int) else tuple(widths)
     _check(widths, formats, modes)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
+    target = executor.choose_cluster(cluster, workers)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
@@ -173,19 +209,30 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
                  "cached": False}]
 
         runs = [(fmt, w, mode) for fmt in formats for mode in modes for w in widths]
-        bar = tqdm(runs, desc="quantisation runs", disable=not progress)
-        for fmt, width, mode in bar:
-            bar.set_postfix_str(f"{fmt} {width}b {mode}")
-            key = {**base_key, "format": fmt, "width": width, "mode": mode}
+        keys = {}
+        for fmt, width, mode in runs:
+            keys[fmt, width, mode] = {**base_key, "format": fmt, "width": width, "mode": mode}
             if mode == "qat":
-                key["qat"] = {k: v for k, v in qat.items() if k != "accelerator"}
-            result = cache.get(key)
-            cached = result is not None
-            if not cached:
-                project = root / f"qat_{fmt}_{width}b"  # a Path: train() writes there
-                result = _one_run(mg, data, fmt, width, mode, list(ops), qat, project)
-                cache.put(key, result)
-            rows.append({"format": fmt, "width": width, "mode": mode, **result, "cached": cached})
+                keys[fmt, width, mode]["qat"] = {k: v for k, v in qat.items() if k != "accelerator"}
+        results = {run: cache.get(keys[run]) for run in runs}
+        cached = {run for run, r in results.items() if r is not None}
+        missing = [run for run in runs if run not in cached]
+        bar = tqdm(total=len(runs), initial=len(cached), desc="quantisation runs", disable=not progress)
+        try:
+            tasks, fn, init, initargs, n = _plan(missing, model_name, checkpoint, load_type, data, calibration,
+                                                 list(ops), qat, mg, device, workers, target, root)
+            with contextlib.closing(executor.map_unordered(fn, tasks, workers=n, cluster=target or False,
+                                                           initializer=init, initargs=initargs)) as done:
+                for (fmt, width, mode, *_), result in done:
+                    cache.put(keys[fmt, width, mode], result)  # stored as soon as it arrives
+                    results[fmt, width, mode] = result
+                    bar.set_postfix_str(f"{fmt} {width}b {mode}")
+                    bar.update()
+        finally:
+            bar.close()
+        for fmt, width, mode in runs:
+            rows.append({"format": fmt, "width": width, "mode": mode, **results[fmt, width, mode],
+                         "cached": (fmt, width, mode) in cached})
 
     df = pd.DataFrame(rows)
     df["float_acc"] = float_metrics["acc"]
@@ -193,6 +240,29 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     df["dataset_label"] = data.info.label
     first = ["format", "width", "mode", "test_acc", "acc_drop", "size_bits", "float_acc"]
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def _plan(missing, model_name, checkpoint, load_type, data, calibration, ops, qat, mg, device, workers, target,
+          root):
+    """The tasks and how to run them: here (the default, as a comparison's runs are short),
+    in local worker processes (``workers`` > 1, CPU) or on a cluster, each worker building
+    the float graph once from the checkpoint's bytes and the data (scattered to a cluster)."""
+    from ..sweep import _data_source, _spawn_works, worker_builders
+
+    def task(fmt, width, mode, qat):
+        return (fmt, width, mode, qat, root / f"qat_{fmt}_{width}b")  # a Path: train() writes there
+
+    local = target is None
+    builders = worker_builders([model_name], by_value=not local)
+    if (local and (not workers or workers <= 1 or len(missing) <= 1 or device != "cpu" or builders is None
+                   or not _spawn_works())):
+        tasks = [task(*run, qat) for run in missing]
+        return tasks, lambda t: _one_run(mg, data, t[0], t[1], t[2], ops, t[3], t[4]), None, (), 1  # noqa: E731
+    # Workers train on what they have; the cache key says which device (resolved here).
+    qat = {**qat, "accelerator": device}
+    initargs = (model_name, Path(checkpoint).read_bytes(), load_type, _data_source(data, scatter=not local),
+                calibration, ops, builders)
+    return [task(*run, qat) for run in missing], _run_in_worker, _init_worker, initargs, workers or 1
 
 
 def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | None = None, path=None):
