@@ -54,7 +54,7 @@ def start_cluster(n: int):
     from distributed import Client, LocalCluster
     t = time.perf_counter()
     lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=50)
+                      dashboard_address="127.0.0.1:0", silence_logs=50)
     client = Client(lc, set_as_default=False)
     client.wait_for_workers(n)
     return lc, client, time.perf_counter() - t

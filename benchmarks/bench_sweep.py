@@ -1,4 +1,4 @@
-"""The lab report's whole Lab-1 sweep, timed: labkit sweeps vs the standard recipe.
+"""The lab report's whole Lab-1 sweep, timed: labkit sweeps with and without shared prefixes, vs the standard recipe.
 
 The report trains jsc-tiny 17 times from three bash loops (MASE defaults: batch size 128,
 learning rate 1e-5, where not swept):
@@ -8,16 +8,20 @@ learning rate 1e-5, where not swept):
 * learning rates 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1 (10 epochs each).
 
 Here they run as three :func:`labkit.sweep.sweep` calls on full-size ``jsc-synthetic``,
-spread over the CPU cores, into a fresh cache (so every run really trains). We print the
+spread over the CPU cores, into a fresh cache (so every run really trains), each sweep twice
+back to back: once run by run (``share_prefixes=False``) and once planned with shared
+prefixes (:mod:`labkit.prefix`: the max-epochs runs are one training to 200 epochs), and
+we check that both give the same results (histories, test accuracies). We print the
 wall time of each sweep and of each run, and next to it the time the standard recipe
 (Lightning + ``DataLoader(TensorDataset)`` + per-step torchmetrics logging, from
 ``bench_train.py``) would take for the same runs one after another, extrapolated from one
 measured epoch at each batch size. (That estimate leaves out validation and checkpoints,
 which the labkit runs include, so it flatters the standard recipe.)
 
-    python benchmarks/bench_sweep.py                 # the real thing (target: <= 20 min on 2 cores)
+    python benchmarks/bench_sweep.py                 # the real thing (target, issue 13: <= 4 min on 2 cores, quiet)
     python benchmarks/bench_sweep.py --scale 0.02    # 2% of the rows and epochs: a quick check
     python benchmarks/bench_sweep.py --reuse         # keep the cache in outputs/bench/ and reuse it
+    python benchmarks/bench_sweep.py --only shared   # one mode only (per-run or shared)
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ def plan(scale: float) -> list[tuple[str, list, dict]]:
     return out
 
 
+MODES = {"per-run": False, "shared": True}  # mode -> share_prefixes
+
+
+def same_results(a, b) -> bool:
+    """The same runs with the same histories and test accuracies (wall times aside)."""
+    cols = ["epochs", "best_val_acc", "final_val_acc", "test_acc"]
+    return (a.table[cols].equals(b.table[cols]) and a.histories.keys() == b.histories.keys()
+            and all(a.histories[k].equals(b.histories[k]) for k in a.histories))
+
+
 def standard_epoch_seconds(data, batch_size: int, seed: int = 0) -> float:
     """One training epoch of jsc-tiny with the standard recipe (no validation), in seconds."""
     x, y = data.split("train")
@@ -85,6 +99,8 @@ def main():
     ap.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
     ap.add_argument("--reuse", action="store_true", help="cache in outputs/bench/ and reuse finished runs")
     ap.add_argument("--no-standard", dest="standard", action="store_false", help="skip the standard-recipe estimate")
+    ap.add_argument("--only", choices=["per-run", "shared"], default=None,
+                    help="time one mode only (default: both, and their ratio)")
     args = ap.parse_args()
     if not 0 < args.scale <= 1:
         raise SystemExit(f"--scale must be in (0, 1], got {args.scale}")
@@ -105,18 +121,24 @@ def main():
         root_ctx = tempfile.TemporaryDirectory(prefix="bench-sweep-")
         root = Path(root_ctx.name)
 
-    rows, sweep_times = [], []
+    modes = [m for m in MODES if args.only in (None, m)]
+    rows, sweep_times, results = [], [], {}
     for param, values, fixed in plan(args.scale):
-        res = sweep("jsc-tiny", data, param, values, data=data, workers=workers, cache_dir=root / param,
-                    name=f"lab1-{param}", **fixed)
-        sweep_times.append((param, len(values), res.elapsed_s))
-        for r in res.table.itertuples():
-            setting = {**fixed, param: getattr(r, param)}
-            rows.append({"sweep": param, "batch_size": setting["batch_size"], "learning_rate": setting["learning_rate"],
-                         "max_epochs": setting["max_epochs"], "epochs": r.epochs, "test_acc": r.test_acc,
-                         "labkit_s": r.wall_time_s, "cached": r.cached})
+        for mode in modes:  # back to back, so a change in the machine's load hits both alike
+            res = sweep("jsc-tiny", data, param, values, data=data, workers=workers, cache_dir=root / mode / param,
+                        name=f"lab1-{param}", share_prefixes=MODES[mode], **fixed)
+            sweep_times.append((param, mode, len(values), res.elapsed_s))
+            results[mode, param] = res
+            if mode != modes[-1]:
+                continue
+            for r in res.table.itertuples():
+                setting = {**fixed, param: getattr(r, param)}
+                rows.append({"sweep": param, "batch_size": setting["batch_size"],
+                             "learning_rate": setting["learning_rate"], "max_epochs": setting["max_epochs"],
+                             "epochs": r.epochs, "test_acc": r.test_acc, "labkit_s": r.wall_time_s, "cached": r.cached})
     table = pd.DataFrame(rows)
-    total = sum(t for _, _, t in sweep_times)
+    mode_total = {m: sum(t for _, mm, _, t in sweep_times if mm == m) for m in modes}
+    total = mode_total[modes[-1]]
     load1 = os.getloadavg()[0]
 
     if args.standard:
@@ -129,11 +151,16 @@ def main():
     print()
     print(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
     print()
-    print(tabulate([(p, n, f"{t:.1f}", f"{t / n:.1f}") for p, n, t in sweep_times],
-                   headers=["sweep", "runs", "wall s", "wall s per run"], tablefmt="github"))
+    print(tabulate([(p, m, n, f"{t:.1f}", f"{t / n:.1f}") for p, m, n, t in sweep_times],
+                   headers=["sweep", "mode", "runs", "wall s", "wall s per run"], tablefmt="github"))
     n = len(table)
-    print(f"\nlabkit: {n} runs in {total:.1f} s wall ({total / 60:.1f} min; {total / n:.1f} s per run) "
+    print(f"\nlabkit ({modes[-1]}): {n} runs in {total:.1f} s wall ({total / 60:.1f} min; {total / n:.1f} s per run) "
           f"with {workers} worker(s); the runs' own training time adds up to {table['labkit_s'].sum():.1f} s")
+    if len(modes) == 2:
+        same = all(same_results(results["per-run", p], results["shared", p]) for p, _, _ in plan(args.scale))
+        per_run, shared = mode_total["per-run"], mode_total["shared"]
+        print(f"shared prefixes: {shared:.1f} s vs {per_run:.1f} s run by run -> {per_run / shared:.2f}x faster; "
+              f"results identical (histories, test accuracies): {'yes' if same else 'NO'}")
     if args.standard:
         std = table["standard_s (est.)"].sum()
         print(f"standard recipe, one run after another (estimated): {std:.1f} s ({std / 60:.1f} min; "
@@ -142,8 +169,8 @@ def main():
     print(f"load average: {load0:.2f} at start, {load1:.2f} after the sweeps "
           f"(other work on the machine slows both)")
     if args.scale == 1.0:
-        verdict = "meets" if total <= 20 * 60 else "misses"
-        print(f"target: the full sweep in <= 20 min on this machine -> {verdict} it ({total / 60:.1f} min)")
+        verdict = "meets" if total <= 4 * 60 else "misses"
+        print(f"target: the full sweep in <= 4 min on this machine, quiet -> {verdict} it ({total / 60:.1f} min)")
     if root_ctx is not None:
         root_ctx.cleanup()
 

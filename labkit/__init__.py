@@ -33,7 +33,7 @@ _EXPORTS_BY_MODULE = {
                  "LinearMinifloat", "Quantizer", "ReLUInteger", "compare_quantization", "model_size_bits",
                  "plot_accuracy_vs_bits", "quantize_module", "quantized_class", "register_quantizer"],
     "transform": ["load_transformed", "run_transform"],
-    "search": ["search", "SearchResult", "SearchConfigError", "check_search_config"],
+    "search": ["search", "SearchResult", "SearchConfigError", "check_search_config", "compare_with_uniform"],
     "plots": ["data_banner", "save_figure", "titled"],
     "executor": ["map_unordered", "ClusterUnavailableError"],
 }

@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--sampler", default=None, help="tpe, nsgaii, random or bruteforce")
     se.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
     se.add_argument("--no-progress", dest="progress", action="store_false")
+    _cluster_flag(se)
 
     sub.add_parser("ls", help="list models and datasets")
 
@@ -211,6 +212,7 @@ def cmd_search(args):
     if not s.get("search"):
         raise cfg.ConfigError("labkit search needs a --config TOML with a [search] section "
                               "(see configs/lab3_search_jsc_custom.toml)")
+    _use_cluster(args)
     from .search import search
     setup = {k: getattr(args, k) for k in ("n_trials", "n_jobs", "sampler", "timeout") if getattr(args, k) is not None}
     config = {k: v for k, v in s.items() if k in cfg.KEYS and v is not None}

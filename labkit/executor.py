@@ -267,14 +267,14 @@ def describe(task, limit: int = 160) -> str:
 
 
 def _lost_message(task, exc) -> str:
-    return (f"run {describe(task)} failed on the Dask cluster: {type(exc).__name__}: {describe(exc)}; its worker died "
-            f"each time it ran it (see distributed.scheduler.allowed-failures). Finished runs are kept.")
+    return (f"run {describe(task)} failed on the Dask cluster: {type(exc).__name__}: {describe(exc)}; its "
+            f"worker died each time it ran it (see distributed.scheduler.allowed-failures). Finished runs are kept.")
 
 
 def _import_message(task, exc) -> str:
-    return (f"a Dask worker cannot import {exc.name!r}, needed by run {describe(task)}: install that module on the "
-            f"workers (or `client.upload_file('<file>.py')`), or define the model in the notebook so that it "
-            f"is sent by value")
+    return (f"a Dask worker cannot import {exc.name!r}, needed by run {describe(task)}: install that module on "
+            f"the workers (or `client.upload_file('<file>.py')`), or define the model in the notebook so that "
+            f"it is sent by value")
 
 
 def _dask_map(fn, tasks, cluster, initializer, initargs):
@@ -328,8 +328,8 @@ def _dask_iter(client, owned, fn, tasks, initializer, initargs):
             except ModuleNotFoundError as e:
                 raise RuntimeError(_import_message(task, e)) from e
             except CancelledError as e:  # the scheduler dropped it (restarted, or the client was cut off)
-                raise RuntimeError(f"run {describe(task)} was cancelled on the Dask cluster: {e}; finished runs are "
-                                   f"kept") from None
+                raise RuntimeError(f"run {describe(task)} was cancelled on the Dask cluster: {e}; finished runs "
+                                   f"are kept") from None
             fut.release()
             yield task, result
             fill()

@@ -383,9 +383,11 @@ class Evaluator:
         self.trace_seconds = time.perf_counter() - t
 
     def __call__(self, pass_args: dict) -> dict:
+        from .graph import deepcopy_mase_graph
         from .passes.quantize import quantize_transform_pass
         t0 = time.perf_counter()
-        q, _ = quantize_transform_pass(self.graph, pass_args)
+        # the pass quantises the graph it is given (as MASE's): each trial gets a float copy
+        q, _ = quantize_transform_pass(deepcopy_mase_graph(self.graph), pass_args)
         t1 = time.perf_counter()
         out = {}
         if "sw_runner.basic_evaluation" in self.runners:
@@ -437,7 +439,10 @@ _WORKER: Evaluator | None = None
 def _init_worker(model, x, y, runners):
     global _WORKER
     torch.set_num_threads(1)  # tiny ops: one thread per process is fastest
-    _WORKER = Evaluator(model, x, y, runners)
+    # private copies: tensors arrive in shared memory, which is slower to compute on
+    _WORKER = Evaluator(model, x.clone(), y.clone(), runners)
+    from .passes import flops  # noqa: F401  (imported now, not inside the first trial)
+    from .quantize import compare  # noqa: F401
 
 
 def _run_trial(task):
@@ -517,9 +522,28 @@ class SearchResult:
     directory: Path
     files: dict
     stats: dict
+    evaluator: "Evaluator | None" = dataclasses.field(default=None, repr=False)
 
     def _repr_html_(self):
         return self.trials._repr_html_()
+
+    def evaluate(self, pass_args: dict) -> dict:
+        """The search's metrics for any quantise config, on the same rows as the trials."""
+        return self.evaluator(pass_args)
+
+    def uniform(self, widths=(8, 6, 4, 3, 2)) -> pd.DataFrame:
+        """Every searched node at one width for all its operands (fractional width: half, as
+        "NA" means in the seeds), evaluated like a trial: the baseline mixed precision must beat."""
+        rows = []
+        for w in widths:
+            params = {}
+            for node, spec in self.space.nodes.items():
+                if len(spec["formats"]) > 1:
+                    params[f"{node}/name"] = "integer"
+                for operand in spec["pairs"]:
+                    params[f"{node}/{operand}"] = f"w{w}f{w // 2}"
+            rows.append({"width": w, **self.evaluate(self.space.to_pass_args(params))})
+        return pd.DataFrame(rows)
 
     def plot_pareto(self, x: str = "bitops", y: str = "accuracy", ax=None, label: str = "trials"):
         """Every trial as a dot, the Pareto front (of the search's objectives) as a line."""
@@ -561,13 +585,15 @@ def _pareto_mask(values: list[list[float]], directions: list[str]) -> list[bool]
 
 
 def search(config, *, data=None, model=None, overrides: dict | None = None, workers: int | None = None,
-           progress: bool = True, verbose: bool = True) -> SearchResult:
+           progress: bool = True, verbose: bool = True, cluster=None) -> SearchResult:
     """Run (or resume) the search a TOML config (path or dict) describes.
 
     ``overrides`` replace top-level keys (``dataset``, ``load_name``, ``project``, ``data_size`` ...)
     and ``search.strategy.setup`` keys (``n_trials``, ``n_jobs``, ``sampler``, ``timeout``).
     ``data`` (a JSCData) replaces loading ``dataset``; ``model`` (an nn.Module, already loaded)
     replaces building ``model`` and loading ``load_name``. ``workers`` overrides ``n_jobs``.
+    ``cluster``: a Dask scheduler address or ``Client`` to evaluate trials on (default:
+    ``$LABKIT_CLUSTER`` when ``workers`` is not given); see :mod:`labkit.executor`.
     """
     import optuna
 
@@ -593,6 +619,8 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
     if workers is not None:
         checked["setup"]["n_jobs"] = _int(workers, "workers", 1, 256)
     setup = checked["setup"]
+    from .executor import choose_cluster
+    target = choose_cluster(cluster, workers)  # the address checked now, contacted when trials run
 
     # the model and the rows, then the space on the traced graph: all checked before any trial
     if data is None:
@@ -657,12 +685,14 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
         mem = optuna.create_study(directions=directions, sampler=_sampler(setup["sampler"], seed + len(done)))
         mem.add_trials(done)
         seen = {_key(t.params): (t.number, t.user_attrs["metrics"]) for t in done}
-        stats = _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose)
+        stats = _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
+                     target)
         trials = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not trials:
             raise RuntimeError(f"no trial finished within timeout = {setup['timeout']} s; allow more time")
         result = _results(trials, space, checked, directions, config, project, model_name, ckpt, data, out,
                           study_name, stats)
+        result.evaluator = local
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
@@ -679,7 +709,8 @@ def _key(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose) -> dict:
+def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
+         cluster=None) -> dict:
     """Ask, evaluate (in worker processes when n_jobs > 1), tell and store until n_trials are done.
 
     ``seen``: params key -> (stored trial number, metrics) of every finished trial."""
@@ -725,7 +756,7 @@ def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, p
                 yield (trial, key), space.to_pass_args(trial.params)
 
     workers = setup["n_jobs"]
-    if workers > 1 and not (_importable(type(model)) and _spawn_works()):
+    if cluster is None and workers > 1 and not (_importable(type(model)) and _spawn_works()):
         if verbose:
             print(f"[labkit] search: {type(model).__name__} cannot be rebuilt in a worker process "
                   "(defined in a notebook or script?); evaluating in this process")
@@ -738,7 +769,10 @@ def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, p
             pending[i] = tag
             yield i, args
     try:
-        if workers <= 1:
+        if cluster is not None:  # trials on a Dask cluster: the model and rows sent once per worker
+            results = map_unordered(_run_trial, work(), cluster=cluster, initializer=_init_worker,
+                                    initargs=(model, x, y, checked["runners"]))
+        elif workers <= 1:
             results = map_unordered(local_trial(local), work(), workers=0)
         else:
             results = map_unordered(_run_trial, work(), workers=workers, initializer=_init_worker,
@@ -799,6 +833,23 @@ def _results(trials, space, checked, directions, config, project, model_name, ck
     return SearchResult(study_name, frame, pareto, best, best_args, checked["metrics"], space, out, files, stats)
 
 
+def compare_with_uniform(trials: pd.DataFrame, uniform: pd.DataFrame, cost: str = "bitops",
+                         quality: str = "accuracy") -> pd.DataFrame:
+    """For each uniform-width point: the best ``quality`` any trial reached at no more ``cost``,
+    and by how much it beats (> 0) or trails the uniform point."""
+    rows = []
+    for u in uniform.itertuples(index=False):
+        u = u._asdict()
+        cheaper = trials[trials[cost] <= u[cost]]
+        best = cheaper.loc[cheaper[quality].idxmax()] if len(cheaper) else None
+        rows.append({"width": u["width"], f"uniform {cost}": u[cost], f"uniform {quality}": u[quality],
+                     f"searched {quality}": None if best is None else best[quality],
+                     f"searched {cost}": None if best is None else best[cost],
+                     "trial": None if best is None else int(best["trial"]),
+                     "gain": None if best is None else best[quality] - u[quality]})
+    return pd.DataFrame(rows)
+
+
 # --- a small TOML writer (configs are plain data: strings, numbers, booleans, tables) ----------
 
 def _toml_value(v) -> str:
@@ -846,6 +897,7 @@ def finetune(result: SearchResult, data, model: nn.Module, *, epochs: int = 3, l
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": data.x_train[:8]}})
     q, _ = quantize_transform_pass(mg, result.best_config)
     before = evaluate(q.model, data, "val")["acc"]
+    q.model.train()  # the searched copy was in eval mode; QAT trains BatchNorm statistics too
     r = train(q.model, data, max_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
               project=project or f"{result.directory.parent.name}_qat", progress=False, verbose=False)
     after = evaluate(q.model, data, "val")["acc"]

@@ -50,6 +50,7 @@ from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import check_name, outputs_dir
+from .prefix import Snapshots, share as share_prefixes_of, split as split_prefixes
 from .progress import EpochCounter, epoch_callback, install as install_progress
 from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
                     torch_threads, train)
@@ -160,25 +161,28 @@ def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> d
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)  # every run starts from the same weights
     kwargs = {k: settings[k] for k in SETTINGS if k != "model"}
+    snaps = Snapshots(settings, project)  # the shorter runs this one carries (labkit.prefix), if any
     try:
-        r = train(model, data.info.name, data=data, project=project, accelerator=accelerator,
-                  progress=False, verbose=False, callbacks=[epoch_callback()], **kwargs)  # epochs -> EpochCounter
+        r = train(model, data.info.name, data=data, project=project, accelerator=accelerator, progress=False,
+                  verbose=False, callbacks=[epoch_callback(), *snaps.callbacks()], **kwargs)  # epochs -> EpochCounter
     except TrainingDiverged as e:  # a result of these settings like any other: recorded, not raised
-        return _diverged_result(e)
-    test_acc = float("nan")
-    if r["best_ckpt"]:
-        if isinstance(model, nn.Module):
-            net = copy.deepcopy(model)
-            net.load_state_dict(read_checkpoint(r["best_ckpt"])["state_dict"])
-        else:
-            net = load_model(model, r["best_ckpt"], "pl", data.info)
-        test_acc = evaluate(net, data, "test")["acc"]
+        return snaps.derive(_diverged_result(e), lambda ckpt: _test_acc(model, ckpt, data))
     out = {k: r[k] for k in ("best_val_acc", "final_val_acc", "final_train_acc", "epochs", "steps",
                              "wall_time_s", "stopped_early", "best_ckpt", "last_ckpt")}
-    out["test_acc"] = test_acc
+    out["test_acc"] = _test_acc(model, r["best_ckpt"], data) if r["best_ckpt"] else float("nan")
     out["history"] = r["history"].to_dict(orient="records")
     out["diverged"] = None
-    return out
+    return snaps.derive(out, lambda ckpt: _test_acc(model, ckpt, data))
+
+
+def _test_acc(model, best_ckpt, data: JSCData) -> float:
+    """Test accuracy of ``model`` (a name or a module) with the weights of ``best_ckpt``."""
+    if isinstance(model, nn.Module):
+        net = copy.deepcopy(model)
+        net.load_state_dict(read_checkpoint(best_ckpt)["state_dict"])
+    else:
+        net = load_model(model, best_ckpt, "pl", data.info)
+    return evaluate(net, data, "test")["acc"]
 
 
 def _diverged_result(e) -> dict:
@@ -477,7 +481,7 @@ def _default_name(model, params) -> str:
 
 def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, workers: int | None = None,
                accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
-               cluster=None, **fixed) -> SweepResult:
+               cluster=None, share_prefixes: bool = True, **fixed) -> SweepResult:
     """Train once for every combination in ``grid`` (``{"batch_size": [64, 128], ...}``).
 
     ``fixed`` sets the other settings (``max_epochs``, ``learning_rate``, ``seed``, ...;
@@ -486,6 +490,8 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     to use (default: one per CPU core, at most one per missing run; 1 = in this process).
     ``cluster``: a Dask scheduler address or ``Client`` to run on (default: ``$LABKIT_CLUSTER``
     when ``workers`` is not given); see :mod:`labkit.executor`.
+    ``share_prefixes``: runs that differ only in ``max_epochs`` train once, to the largest
+    (:mod:`labkit.prefix`; same results, bit for bit on the CPU).
     """
     start = time.perf_counter()
     grid = _check_grid(grid)
@@ -531,12 +537,18 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
         return (directory / "runs" / settings_hash(runs[i][2])).resolve()
 
+    # Runs that differ only in max_epochs: the longest trains and carries the others.
+    missing = share_prefixes_of(runs, missing, project, enabled=share_prefixes, name=name, show=progress)
+
     epochs = EpochCounter(sum(runs[i][1]["max_epochs"] for i in missing), f"sweep {name}",
                           disable=not progress or not missing)
 
     def store(i, result):
-        cache.put(runs[i][2], result)
-        results[i] = result
+        for j, r in split_prefixes(i, result):  # the run, and the shorter runs it carried
+            cache.put(runs[j][2], r)
+            results[j] = r
+            if j != i:
+                bar.update()
         epochs.run_finished(runs[i][1]["max_epochs"], int(result.get("epochs") or 0))
 
     target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
@@ -594,14 +606,14 @@ def _run_missing(missing, runs, data, project, accelerator, device, workers, tar
 
 def sweep(model, dataset, param: str, values, *, data: JSCData | None = None, workers: int | None = None,
           accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
-          cluster=None, **fixed) -> SweepResult:
+          cluster=None, share_prefixes: bool = True, **fixed) -> SweepResult:
     """Train ``model`` once per value of one setting, e.g. ``sweep("jsc-tiny", data,
     "batch_size", [64, 128, 256], max_epochs=10)``. See :func:`grid_sweep` for the options."""
     if not isinstance(param, str):
         raise TypeError(f"param must be a setting name (str), got {param!r}")
     return grid_sweep(model, dataset, {param: values}, data=data, workers=workers, accelerator=accelerator,
                       cache_dir=cache_dir, name=name or _default_name(model, [param]), progress=progress,
-                      cluster=cluster, **fixed)
+                      cluster=cluster, share_prefixes=share_prefixes, **fixed)
 
 
 # -- browsing what is on disk ----------------------------------------------------------------

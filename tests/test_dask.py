@@ -26,10 +26,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two single-threaded worker processes on the loopback; closed (workers and all) after."""
+    """Two single-threaded worker processes on the loopback (dashboard too, on a free port);
+    closed (workers and all) after."""
     from distributed import Client, LocalCluster
     lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=50)
+                      dashboard_address="127.0.0.1:0", silence_logs=50)
     client = Client(lc, set_as_default=False)
     try:
         yield client
@@ -244,3 +245,17 @@ def test_a_worker_refuses_data_whose_fingerprint_differs_naming_both(data):
                                                f"{sw.data_fingerprint(bad)}"):
             sw._load_source(source[:3] + (bad,))
     assert sw._load_source(sw._data_source(data, scatter=True)).identity() == data.identity()
+
+
+def test_search_trials_on_the_cluster_equal_the_serial_ones(cluster):
+    from test_search import ROWS, lab3_config
+
+    from labkit.search import search
+    small = load_dataset("jsc-synthetic", size=ROWS, progress=False)
+    config = lab3_config("dask-serial", sampler="random", n_trials=4)  # seeded: both ask the same configs
+    serial = search(config, data=small, workers=1, progress=False, verbose=False)
+    config["project"] = "dask-cluster"
+    remote = search(config, data=small, cluster=cluster, progress=False, verbose=False)
+    cols = [c for c in serial.trials if c.startswith("seq_blocks_2.")] + ["accuracy", "loss", "average_bitwidth"]
+    key = lambda df: df[cols].sort_values(cols).reset_index(drop=True)  # noqa: E731
+    assert len(remote.trials) == 4 and key(serial.trials).equals(key(remote.trials))

@@ -251,3 +251,38 @@ def test_minifloat_rounds_up_to_the_next_power_of_two():
         config = {"name": name, "data_in_width": 8, "data_in_exponent_width": 4,
                   "weight_width": 8, "weight_exponent_width": 4, "bias_width": 8, "bias_exponent_width": 4}
         assert parse_config(config)["data_in"](torch.tensor([1.97])).item() == 2.0
+
+
+def test_train_val_and_test_accuracy_are_separate_metric_objects():
+    # MASE's base wrapper sets acc_train = acc_val = acc_test = one Accuracy(): validation
+    # updates land in the training accuracy's running state and the other way round.
+    from labkit.train import LitClassifier
+    lit = LitClassifier(nn.Linear(16, 5))
+    assert len({id(lit.train_acc), id(lit.val_acc), id(lit.test_acc)}) == 3
+    target = torch.tensor([0, 1, 2, 3])
+    lit.train_acc.update(torch.eye(5)[target], target)           # all right
+    lit.val_acc.update(torch.eye(5)[(target + 1) % 5], target)   # all wrong
+    assert float(lit.train_acc.compute()) == 1.0 and float(lit.val_acc.compute()) == 0.0
+
+
+def test_validation_rows_are_not_training_rows():
+    # MASE's JSC dataset serves the same X_train_val tensor as both "train" and "validation".
+    from labkit.data.prepare import split_indices
+    train, val, test = split_indices(1000, seed=0, test_fraction=0.2, val_fraction=0.2)
+    assert (len(train), len(val), len(test)) == (640, 160, 200)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+
+
+def test_search_trials_each_quantise_a_float_copy():
+    # quantize_transform_pass changes the graph it is given, so a caller that runs several
+    # configs (search trials, compare runs) must start each from a float copy
+    from labkit.search import Evaluator
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(256, 16, generator=g), torch.randint(0, 5, (256,), generator=g)
+    ev = Evaluator(get_model("jsc-tiny"), x, y, {"sw_runner.basic_evaluation": {}})
+    none = {"by": "type", "default": {"config": {"name": None}}}
+    float_loss = ev(none)["loss"]
+    two_bits = {**none, "linear": {"config": {**INT_4_1, "weight_width": 2, "weight_frac_width": 1}}}
+    assert ev(two_bits)["loss"] != float_loss
+    assert ev(none)["loss"] == float_loss  # the 2-bit trial left no quantised layer behind
+    assert not any(type(m).__name__.endswith("Integer") for m in ev.graph.modules.values())

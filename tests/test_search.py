@@ -19,7 +19,7 @@ from labkit.cli import main
 from labkit.data import load_dataset
 from labkit.models import get_model
 from labkit.paths import outputs_dir
-from labkit.search import SearchConfigError, check_search_config, search, to_toml
+from labkit.search import SearchConfigError, check_search_config, finetune, search, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB3_CONFIGS = [ROOT / "configs" / "examples" / "jsc_toy_by_type.toml",  # labkit's copy of the handout's
@@ -111,7 +111,7 @@ def test_lab3_config_runs_a_few_trials(data):
 def test_labkit_config_parses():
     config = tomllib.loads((ROOT / "configs" / "lab3_search_jsc_custom.toml").read_text())
     checked = check_search_config(config["search"])
-    assert checked["setup"]["n_jobs"] == 2 and set(checked["metrics"]) == {"accuracy", "bitops"}
+    assert checked["setup"]["n_jobs"] == 1 and set(checked["metrics"]) == {"accuracy", "bitops"}
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsgaii", "random", "bruteforce"])
@@ -288,3 +288,38 @@ def test_parallel_workers_give_the_same_results(data):
     cols = [c for c in serial.trials if c.startswith("seq_blocks_2.")] + ["accuracy", "loss", "average_bitwidth"]
     key = lambda df: df[cols].sort_values(cols).reset_index(drop=True)  # noqa: E731
     assert key(serial.trials).equals(key(parallel.trials))
+
+
+def test_pareto_exercise_check():
+    from labkit.exercises import check_pareto
+    from labkit.search import _pareto_mask
+
+    assert check_pareto(lambda v, d: _pareto_mask([list(x) for x in v], d)).passed
+    wrong = {
+        "everything on the front": lambda v, d: [True] * len(v),
+        "directions ignored": lambda v, d: _pareto_mask([list(x) for x in v], ["maximize"] * len(d)),
+        "one value short": lambda v, d: _pareto_mask([list(x) for x in v], d)[:-1],
+    }
+    for name, fn in wrong.items():
+        verdict = check_pareto(fn)
+        assert not verdict.passed and "\n" not in str(verdict), name
+
+
+def test_compare_with_uniform_and_finetune(data, checkpoint):
+    from labkit.search import compare_with_uniform
+    from labkit.train import load_model
+    config = lab3_config("uniform", n_trials=6)
+    config["search"]["strategy"]["hw_runner"]["bitops"] = {}
+    config.update(load_name=str(checkpoint), load_type="pt")
+    r = search(config, data=data, progress=False, verbose=False)
+    uniform = r.uniform(widths=(8, 2))
+    assert list(uniform["average_bitwidth"]) == [8.0, 2.0] and uniform["bitops"].iloc[0] > uniform["bitops"].iloc[1]
+    versus = compare_with_uniform(r.trials, uniform)
+    for _, row in versus.dropna(subset=["gain"]).iterrows():
+        assert row["searched bitops"] <= row["uniform bitops"]
+        assert row["gain"] == pytest.approx(row["searched accuracy"] - row["uniform accuracy"])
+    model = load_model("jsc-tiny", checkpoint, "pt", info=data.info)
+    qat = finetune(r, data, model, epochs=1)
+    assert 0 <= qat["val_acc_ptq"] <= 1 and 0 <= qat["val_acc_qat"] <= 1 and qat["epochs"] == 1
+    # the fine-tuned layers are the exported config's: the same nodes, quantised
+    assert set(qat["graph"].model.state_dict()) == set(model.state_dict())

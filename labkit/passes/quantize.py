@@ -561,7 +561,12 @@ def auto_frac_width_pass(graph, pass_args: dict):
             w = widths[operand]
             config[f"{operand}_width"] = w
             if fmt == "integer":
-                choice = integer_frac_width(lo, hi, w)
+                if op == "relu" and operand == "data_in":
+                    # a ReLU's input is quantised unsigned (MASE's ReLUInteger): w unsigned bits reach
+                    # as high as w + 1 signed ones, and negatives all become 0 anyway
+                    choice = integer_frac_width(0.0, max(hi, 0.0), w + 1)
+                else:
+                    choice = integer_frac_width(lo, hi, w)
                 config[f"{operand}_frac_width"] = choice
             else:
                 e = min(args["exponent_width"] or default_exponent_width(w), w - 1)

@@ -47,7 +47,7 @@ from .quantizers import QUANTIZERS
 
 MODES = ("ptq", "qat")
 AUTO_FORMATS = ("integer", "minifloat")
-COMPARE_VERSION = 1  # bump when a change here makes old cached results wrong
+COMPARE_VERSION = 2  # bump when a change here makes old cached results wrong (2: MASE STE, unsigned ReLU)
 
 
 def model_size_bits(model: nn.Module) -> int:
