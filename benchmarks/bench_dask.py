@@ -13,7 +13,7 @@ trivial task, mapped 50 times). Cluster start-up is timed apart: a real cluster 
 once and outlives many sweeps.
 
     python benchmarks/bench_dask.py                          # 5% of the epochs on 100k rows
-    python benchmarks/bench_dask.py --scale 1 --size 0       # the full sweep (slow: ~20 min per pass here)
+    python benchmarks/bench_dask.py --scale 1 --size 0       # the full sweep (slow: minutes per pass)
     python benchmarks/bench_dask.py --workers 1 2 4          # + time vs N workers
 """
 
