@@ -8,11 +8,12 @@ STAMP   := $(VENV)/.labkit-installed
 DATASET ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-quick lab bench clean help student
+.PHONY: install run test test-quick test-browser lab bench clean help student
 
 help:
 	@echo "make run    - install, prepare data, execute every notebook (writes figures/ and notebooks/executed/)"
 	@echo "make test   - install, run the whole test suite (includes every notebook in quick mode)"
+	@echo "make test-browser - install chromium, chromium-driver and selenium, then drive JupyterLab in it"
 	@echo "make lab    - JupyterLab on notebooks/"
 	@echo "make student - write the student build (exercises without solutions) to notebooks/student/"
 	@echo "make bench  - the benchmarks in benchmarks/"
@@ -40,8 +41,24 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/labkit notebooks --dataset $(DATASET)
 
+# The browser test runs when headless Chromium and selenium are here; say so either way.
+HAVE_BROWSER = command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+	&& $(BIN)/python -c "import selenium" 2>/dev/null
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	@if $(HAVE_BROWSER); then echo "browser test: headless chromium found, tests/test_browser.py runs"; \
+	else echo "browser test: SKIPPED (chromium, chromium-driver or selenium missing); 'make test-browser' installs them and runs it"; fi
+	$(BIN)/python -m pytest -q -n 2 -rs $(PYTEST_ARGS)
+
+# Debian/Ubuntu packages for the browser (root, or sudo), selenium pinned in requirements-browser.txt
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver with apt-get ..."; \
+	  $(SUDO) apt-get install -y chromium chromium-driver; }
+	$(BIN)/python -m pip install -q -r requirements-browser.txt
+	$(BIN)/python -m pytest -q -rs -p no:xdist tests/test_browser.py
 
 student: $(STAMP)
 	$(BIN)/labkit notebooks --student

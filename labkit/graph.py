@@ -193,7 +193,8 @@ def deepcopy_mase_graph(graph: MaseGraph, memo=None) -> MaseGraph:
 # --- drawing -------------------------------------------------------------------------------
 
 _OP_COLOURS = {
-    "placeholder": "#cfe8cf", "output": "#cfe8cf", "get_attr": "#f3e0b5",
+    # every opcode its own colour, so the legend tells an input from the output
+    "placeholder": "#cfe8cf", "output": "#d9d9d9", "get_attr": "#f3e0b5",
     "call_module": "#c9daf8", "call_function": "#f4cccc", "call_method": "#e1d5f0",
 }
 

@@ -8,16 +8,32 @@ under two minutes; full mode reproduces the lab at full size. Executed copies go
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from .paths import project_root
+from .progress import STREAM_ENV
+
+
+def _has_notebooks(folder: Path) -> bool:
+    return any(folder.glob("[0-9][0-9]_*.ipynb"))
 
 
 def notebook_dir() -> Path:
-    return project_root() / "notebooks"
+    """The numbered notebooks' folder: ``notebooks/`` of the checkout this package runs from,
+    else of the project root (``LABKIT_HOME`` moves data and outputs, not the notebooks).
+    FileNotFoundError in one line when neither has any."""
+    here = Path(__file__).resolve().parent.parent / "notebooks"
+    candidates = [here, project_root() / "notebooks"]
+    for folder in candidates:
+        if _has_notebooks(folder):
+            return folder
+    raise FileNotFoundError("no notebooks (NN_name.ipynb) found in "
+                            + " or ".join(dict.fromkeys(str(c) for c in candidates))
+                            + "; run `labkit notebooks` from a labkit checkout")
 
 
 def list_notebooks(only=None) -> list[Path]:
@@ -44,14 +60,27 @@ def run_notebooks(quick: bool = False, dataset: str = "auto", only=None, output_
     from .data import choose_dataset
     dataset = choose_dataset(dataset)
     out_dir = Path(output_dir) if output_dir else notebook_dir() / "executed"
+    books = list_notebooks(only)
     rows = []
-    for book in list_notebooks(only):
-        params = {"dataset": dataset, "quick": quick, **(extra_parameters or {})}
-        print(f"[labkit] executing {book.name} (dataset={dataset}, quick={quick}) ...", flush=True)
-        start = time.perf_counter()
-        run_notebook(book, out_dir / book.name, params, progress=True)
-        rows.append({"notebook": book.name, "seconds": round(time.perf_counter() - start, 1),
-                     "output": str(out_dir / book.name)})
+    # Kernels inherit the environment: with this set, sweeps print "[labkit] sweep ...: 120/360
+    # epochs" lines to their real stderr, which is this terminal (labkit.progress).
+    previous = os.environ.get(STREAM_ENV)
+    os.environ[STREAM_ENV] = "1"
+    try:
+        for n, book in enumerate(books, 1):
+            params = {"dataset": dataset, "quick": quick, **(extra_parameters or {})}
+            print(f"[labkit] {n}/{len(books)} executing {book.name} (dataset={dataset}, quick={quick}) ...",
+                  flush=True)
+            start = time.perf_counter()
+            run_notebook(book, out_dir / book.name, params, progress=True)
+            seconds = round(time.perf_counter() - start, 1)
+            print(f"[labkit] {n}/{len(books)} {book.name} done in {seconds} s", flush=True)
+            rows.append({"notebook": book.name, "seconds": seconds, "output": str(out_dir / book.name)})
+    finally:
+        if previous is None:
+            os.environ.pop(STREAM_ENV, None)
+        else:
+            os.environ[STREAM_ENV] = previous
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from .paths import check_name, figures_dir
 
@@ -62,11 +63,30 @@ def data_banner(data_or_info):
     return Markdown(text)
 
 
+def integer_epochs(ax) -> None:
+    """Epochs are whole numbers: no 2.5 on the x axis."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one epoch: widen so that whole numbers fall inside the axis
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
+
+
+def legend_outside(ax, handles=None, labels=None, *, fontsize: int = 8, title: str | None = None):
+    """The legend to the right of the axes, where it cannot cover a curve."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                     fontsize=fontsize, title=title, title_fontsize=fontsize)
+
+
 def plot_histories(histories: dict, metric: str = "val_acc", title: str = "", data_or_info=None,
                    ax=None, xlabel: str = "epoch", ylabel: str | None = None):
     """One curve per run: ``histories`` maps a label to a per-epoch DataFrame (with ``epoch``)."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4.2))
+        _, ax = plt.subplots(figsize=(8, 4.2))
     for label, hist in histories.items():
         if hist is None or len(hist) == 0:
             continue
@@ -75,7 +95,9 @@ def plot_histories(histories: dict, metric: str = "val_acc", title: str = "", da
     ax.set_ylabel(ylabel or metric.replace("_", " "))
     ax.set_title(titled(title, data_or_info), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if xlabel == "epoch":
+        integer_epochs(ax)
+    legend_outside(ax)
     return ax
 
 
@@ -230,7 +252,7 @@ def plot_per_layer(tables: dict, column: str = "Forward bitops", title: str | No
     text = title or f"{column} per layer"
     ax.set_title(titled(text, data_or_info), fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.figure.tight_layout()
     return ax
 
@@ -247,15 +269,14 @@ def plot_accuracy_vs_cost(df, cost: str = "bitops", title: str | None = None, da
     if missing:
         raise ValueError(f"df lacks columns {missing}; it needs {sorted(need)}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4.2))
+        _, ax = plt.subplots(figsize=(8, 4.2))
     quant = df[df["format"] != "float"]
     floats = df[df["format"] == "float"]
+    colours = format_colours(quant["format"])
     for (fmt, mode), group in quant.groupby(["format", "mode"], sort=True):
         g = group.sort_values(cost)
-        ax.plot(g[cost], g["test_acc"], "--" if mode == "ptq" else "-", marker="o", ms=4,
-                label=f"{fmt} {str(mode).upper()}")
-        for c, acc, w in zip(g[cost], g["test_acc"], g["width"]):
-            ax.annotate(f"{int(w)}b", (c, acc), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.plot(g[cost], g["test_acc"], color=colours[fmt], ms=5, label=f"{fmt} {str(mode).upper()}",
+                **MODE_STYLE.get(str(mode), {}))
     if len(floats):
         ax.plot(floats[cost], floats["test_acc"], "*", ms=12, color="black", label="float32")
     elif float_acc is not None:
@@ -264,11 +285,44 @@ def plot_accuracy_vs_cost(df, cost: str = "bitops", title: str | None = None, da
     ax.set_xlabel(cost)
     ax.set_ylabel("test accuracy")
     text = title or f"Test accuracy vs {cost}"
-    ax.set_title(titled(text, data_or_info), fontsize=10)
+    ax.set_title(titled(text, data_or_info), fontsize=10, pad=14)  # room for the width labels
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.figure.tight_layout()
+    label_widths(ax, quant[cost], quant["width"])
     return ax
+
+
+# PTQ and QAT told apart by line style *and* marker (not colour alone: colour is the format)
+MODE_STYLE = {"ptq": {"ls": "--", "marker": "o", "mfc": "none"}, "qat": {"ls": "-", "marker": "s"}}
+
+
+def format_colours(formats) -> dict:
+    return {fmt: f"C{i}" for i, fmt in enumerate(sorted(set(formats)))}
+
+
+def label_widths(ax, costs, widths, min_gap_px: float = 4.0) -> list:
+    """Name each point's bit width once, along the top of the axes, at its x position.
+
+    Points of one width share an x (the same BitOPs or size whatever the format or mode), so
+    labelling every point would stack labels; labels that would still touch a neighbour are
+    left out (the table above the figure has every value). Returns the texts drawn.
+    """
+    pairs = sorted({(float(c), int(w)) for c, w in zip(costs, widths)})
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and a renderer to measure text
+    renderer = fig.canvas.get_renderer()
+    drawn, last_right = [], -float("inf")
+    for c, w in pairs:
+        t = ax.text(c, 1.0, f"{w}b", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                    fontsize=7, color="dimgrey")
+        box = t.get_window_extent(renderer)
+        if box.x0 < last_right + min_gap_px:
+            t.remove()
+            continue
+        drawn.append(t)
+        last_right = box.x1
+    return drawn
 
 
 def plot_weight_quantisation(weights: dict, title: str = "Float weights and the values the forward pass uses",

@@ -209,4 +209,18 @@ class Snapshots(Callback):
         return {**lead, PREFIXES: out}
 
 
-__all__ = ["share", "groups", "shareable", "split", "plan_table", "Snapshots", "copy_checkpoint", "PREFIXES"]
+def compute_seconds(*results) -> float:
+    """Seconds of training the runs of these sweeps (:class:`~labkit.sweep.SweepResult`) took,
+    each shared prefix counted once: a run taken from a longer run's training adds nothing
+    (its ``wall_time_s`` is the time that training took to reach its last epoch)."""
+    from .cache import ResultCache
+    total = 0.0
+    for res in results:
+        taken = {e["result"].get("best_ckpt") for e in ResultCache(res.directory).entries()
+                 if isinstance(e.get("result"), dict) and e["result"].get("prefix_of")} - {None}
+        own = ~res.table["best_ckpt"].isin(taken)
+        total += float(res.table.loc[own, "wall_time_s"].sum())  # NaN (a diverged run) adds nothing
+    return total
+
+
+__all__ = ["compute_seconds", "share", "groups", "shareable", "split", "plan_table", "Snapshots", "copy_checkpoint", "PREFIXES"]

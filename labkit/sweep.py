@@ -429,7 +429,9 @@ class SweepResult:
         right.set_ylabel("wall time per run (s)", color="grey")
         lines = ax.get_legend_handles_labels()
         extra = right.get_legend_handles_labels()
-        ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="best")
+        # below the axes: "best" placement ignores the twin axis's line, so it could cover it
+        ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
         ax.set_title(titled(title or f"varying {p.replace('_', ' ')}", self.info), fontsize=9)
         return ax
 

@@ -482,7 +482,7 @@ def _fit_outcome(lit: LitClassifier, stop: _StopOnInterrupt, ckpt_dir: Path, lea
                 shutil.move(str(archived), str(ckpt_dir))
             raise
     except _Interrupted as e:
-        raise KeyboardInterrupt(f"training interrupted {e}") from None
+        raise KeyboardInterrupt(f"stopped {e}") from None
     except _NonFiniteLoss as e:
         done = len(lit.history)
         on_disk = any(ckpt_dir.glob("*.ckpt"))
@@ -501,7 +501,7 @@ def _fit_outcome(lit: LitClassifier, stop: _StopOnInterrupt, ckpt_dir: Path, lea
             {"history": pd.DataFrame(lit.history), "epochs": done, "best_ckpt": str(best) if best else None,
              "last_ckpt": str(last) if done and last.is_file() else None}) from None
     if stop.requested:  # Ctrl-C after the last step: the run is complete, but stop here as asked
-        raise KeyboardInterrupt(f"interrupted after training finished; its checkpoints are complete in {ckpt_dir}")
+        raise KeyboardInterrupt(f"training had just finished; its checkpoints are complete in {ckpt_dir}")
 
 
 def project_dir(project) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import threading
 
 import ipywidgets as W
 import pandas as pd
@@ -29,7 +30,7 @@ from matplotlib.figure import Figure
 
 from .data import JSCData
 from .models import MODELS
-from .plots import titled
+from .plots import integer_epochs, legend_outside, titled
 from .sweep import list_sweeps, load_sweep
 from .train import train
 
@@ -41,23 +42,29 @@ LR_EXPONENTS = (-6, -1)  # the learning-rate slider: 1e-6 ... 1e-1
 
 
 class EpochReporter(pl.Callback):
-    """Calls ``fn(epoch, metrics)`` after every training epoch, validation included."""
+    """Calls ``fn(epoch, metrics)`` after every training epoch, validation included, and ends
+    training after that epoch when ``should_stop()`` says so (the explorer's Stop button)."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, should_stop=None):
+        self.fn, self.should_stop = fn, should_stop
 
     def on_train_epoch_end(self, trainer, lit):
         # Validation ran inside this epoch, so its logged metrics are already here.
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        self.fn(trainer.current_epoch + 1, metrics)
+        if self.fn is not None:
+            self.fn(trainer.current_epoch + 1, metrics)
+        if self.should_stop is not None and self.should_stop():
+            trainer.should_stop = True
 
 
 def fit_live(model: str, data: JSCData, *, max_epochs: int, batch_size: int, learning_rate: float,
-             seed: int = 0, project: str = "explorer", on_epoch=None) -> dict:
-    """:func:`labkit.train.train`, reporting every epoch to ``on_epoch(epoch, metrics)``."""
+             seed: int = 0, project: str = "explorer", on_epoch=None, should_stop=None) -> dict:
+    """:func:`labkit.train.train`, reporting every epoch to ``on_epoch(epoch, metrics)`` and
+    stopping after the epoch where ``should_stop()`` first returns True."""
+    wanted = on_epoch is not None or should_stop is not None
     r = train(model, data, max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
               seed=seed, project=project, accelerator="cpu", progress=False, verbose=False,
-              callbacks=[EpochReporter(on_epoch)] if on_epoch else None)
+              callbacks=[EpochReporter(on_epoch, should_stop)] if wanted else None)
     return {k: r[k] for k in ("history", "best_ckpt", "best_val_acc", "epochs")}
 
 
@@ -65,8 +72,16 @@ def fit_live(model: str, data: JSCData, *, max_epochs: int, batch_size: int, lea
 
 
 def render_curves(curves: dict, title: str, highlight=None, ylabel: str = "val acc") -> bytes:
-    """``curves``: label -> (epochs, values). The ``highlight`` label is drawn thick."""
-    fig = Figure(figsize=(6.4, 3.6), dpi=90)
+    """``curves``: label -> (epochs, values), as PNG bytes. The ``highlight`` label is drawn thick."""
+    fig = curves_figure(curves, title, highlight, ylabel)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def curves_figure(curves: dict, title: str, highlight=None, ylabel: str = "val acc") -> Figure:
+    """The figure :func:`render_curves` draws (no pyplot: safe in a thread)."""
+    fig = Figure(figsize=(8.0, 3.6), dpi=90)  # wider: the legend sits right of the curves
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, (x, y) in curves.items():
@@ -77,12 +92,11 @@ def render_curves(curves: dict, title: str, highlight=None, ylabel: str = "val a
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    integer_epochs(ax)
     if curves:
-        ax.legend(fontsize=7)
+        legend_outside(ax, fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return fig
 
 
 # -- the training explorer -------------------------------------------------------------------
@@ -112,25 +126,33 @@ class TrainExplorer:
 
     def __init__(self, data: JSCData, *, model: str = "jsc-tiny", learning_rate: float = 1e-3,
                  batch_size: int = 256, max_epochs: int = 10, epochs_limit: int = 100,
-                 project: str = "explorer"):
+                 project: str = "explorer", threaded: bool = True):
         if not isinstance(data, JSCData):
             raise TypeError(f"data must be a JSCData (from load_dataset), got {type(data).__name__}")
         _check_start(model, learning_rate, batch_size, max_epochs, epochs_limit)
-        self.data, self.project = data, project
-        self.model = W.Dropdown(options=MODELS.names(), value=model, description="model")
+        self.data, self.project, self.threaded = data, project, threaded
+        wide = {"style": {"description_width": "initial"}}  # the default width cuts "learning rate" short
+        self.model = W.Dropdown(options=MODELS.names(), value=model, description="model", **wide)
         self.learning_rate = W.FloatLogSlider(value=learning_rate, base=10, min=LR_EXPONENTS[0],
                                               max=LR_EXPONENTS[1], step=0.25, description="learning rate",
-                                              readout_format=".1e")
-        self.batch_size = W.SelectionSlider(options=BATCH_SIZES, value=batch_size, description="batch size")
-        self.max_epochs = W.IntSlider(value=max_epochs, min=1, max=epochs_limit, description="max epochs")
+                                              readout_format=".1e", **wide)
+        self.batch_size = W.SelectionSlider(options=BATCH_SIZES, value=batch_size, description="batch size",
+                                            **wide)
+        self.max_epochs = W.IntSlider(value=max_epochs, min=1, max=epochs_limit, description="max epochs", **wide)
         self.button = W.Button(description="Train", button_style="primary", icon="play")
-        self.progress = W.IntProgress(value=0, min=0, max=max_epochs, description="epoch")
+        # Training runs in a thread (threaded=True), so the kernel still hears this button.
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
+                                    tooltip="stop after the current epoch")
+        self.stop_requested = threading.Event()
+        self.worker: threading.Thread | None = None
+        self.progress = W.IntProgress(value=0, min=0, max=max_epochs, description="epoch", **wide)
         self.status = W.HTML("Pick settings and press <b>Train</b>.")
         self.image = W.Image(format="png")
         self.curves: dict[str, tuple[list, list]] = {}  # every run of this session, for comparison
         self.current: str | None = None
         self.last_result: dict | None = None
         self.button.on_click(self._on_click)
+        self.stop_button.on_click(lambda _b: self.stop())
         self.redraw()
 
     def settings(self) -> dict:
@@ -146,7 +168,8 @@ class TrainExplorer:
         self.current = self.label(s)
         self.curves[self.current] = ([], [])
         self.progress.max, self.progress.value = s["max_epochs"], 0
-        self.button.disabled = True
+        self.stop_requested.clear()
+        self.button.disabled, self.stop_button.disabled = True, False
         self.status.value = f"training {html.escape(self.current)} ..."
 
     def on_epoch(self, epoch: int, metrics: dict):
@@ -160,8 +183,9 @@ class TrainExplorer:
 
     def on_end(self, result: dict):
         self.last_result = result
-        self.button.disabled = False
-        self.status.value = (f"done: best val acc <b>{result['best_val_acc']:.4f}</b> after "
+        self.button.disabled, self.stop_button.disabled = False, True
+        stopped = "stopped by you; " if result["epochs"] < self.progress.max and self.stop_requested.is_set() else ""
+        self.status.value = (f"{stopped}done: best val acc <b>{result['best_val_acc']:.4f}</b> after "
                              f"{result['epochs']} epochs; checkpoint <code>{html.escape(str(result['best_ckpt']))}</code>")
 
     def redraw(self):
@@ -176,23 +200,44 @@ class TrainExplorer:
         self.on_start(s)
         try:
             result = fit_live(s["model"], self.data, max_epochs=s["max_epochs"], batch_size=s["batch_size"],
-                              learning_rate=s["learning_rate"], project=self.project, on_epoch=self.on_epoch)
+                              learning_rate=s["learning_rate"], project=self.project, on_epoch=self.on_epoch,
+                              should_stop=self.stop_requested.is_set)
         except BaseException:
-            self.button.disabled = False
+            self.button.disabled, self.stop_button.disabled = False, True
             raise
         self.on_end(result)
         return result
 
-    def _on_click(self, _button):
+    def stop(self):
+        """End the running training after its current epoch (what the Stop button does)."""
+        self.stop_requested.set()
+        if self.worker is not None and self.worker.is_alive():
+            self.status.value += " &mdash; stopping after this epoch ..."
+
+    def wait(self, timeout: float | None = None):
+        """Wait for a training started by the Train button to finish."""
+        if self.worker is not None:
+            self.worker.join(timeout)
+
+    def _run_reporting_errors(self):
         try:
             self.run()
         except (Exception, KeyboardInterrupt) as e:  # show it in the widget; the kernel lives on
             self.status.value = f"<span style='color:crimson'>stopped: {html.escape(f'{type(e).__name__}: {e}')}</span>"
 
+    def _on_click(self, _button):
+        if self.worker is not None and self.worker.is_alive():
+            return  # one training at a time
+        if not self.threaded:
+            self._run_reporting_errors()
+            return
+        self.worker = threading.Thread(target=self._run_reporting_errors, daemon=True, name="labkit-explorer")
+        self.worker.start()
+
     @property
     def widget(self) -> W.Widget:
         controls = W.VBox([self.model, self.learning_rate, self.batch_size, self.max_epochs,
-                           W.HBox([self.button, self.progress])])
+                           W.HBox([self.button, self.stop_button, self.progress])])
         return W.VBox([controls, self.status, self.image])
 
     def _ipython_display_(self):
@@ -210,8 +255,9 @@ class SweepBrowser:
 
     def __init__(self, root=None, metric: str = "val_acc"):
         self.root, self.metric = root, metric
-        self.sweep_picker = W.Dropdown(description="sweep")
-        self.run_picker = W.Dropdown(description="run")
+        fit = {"style": {"description_width": "initial"}, "layout": W.Layout(width="auto")}  # whole names
+        self.sweep_picker = W.Dropdown(description="sweep", **fit)
+        self.run_picker = W.Dropdown(description="run", **fit)
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
         self.table = W.HTML()
         self.image = W.Image(format="png")

@@ -160,14 +160,14 @@ def test_busy_project_on_the_command_line_is_exit_2_and_one_line(tmp_path):
 
 
 def _interrupt_when(tmp_path, project, ready, *extra, timeout=60):
-    """Run a training, send SIGINT once ``ready(stdout_so_far)`` is true, return (rc, stdout, stderr)."""
+    """Run a training, send SIGINT once ``ready(stdout_so_far, pid)`` is true; (rc, stdout, stderr, seconds to stop)."""
     proc = subprocess.Popen(_train_args(project, *extra), env=_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     out = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
     deadline = time.monotonic() + timeout
-    while not ready("".join(out)) and proc.poll() is None and time.monotonic() < deadline:
+    while not ready("".join(out), proc.pid) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
@@ -180,11 +180,19 @@ def _interrupt_when(tmp_path, project, ready, *extra, timeout=60):
     return proc.returncode, "".join(out), err, time.monotonic() - sent
 
 
+def _importing_torch(out, pid) -> bool:
+    """torch's libraries are mapped: the CLI is importing torch (a signal sent earlier would
+    land in Python's own start-up, which no program can handle)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return not Path("/proc/self/maps").exists()  # no /proc: send it at once
+
+
 @pytest.mark.parametrize("point", ["importing", "settings printed"])
 def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, point):
-    start = time.monotonic()
-    ready = {"importing": lambda out: time.monotonic() - start > 0.3,
-             "settings printed": lambda out: "log_every_n_steps" in out}[point]
+    ready = {"importing": _importing_torch,
+             "settings printed": lambda out, pid: "log_every_n_steps" in out}[point]
     rc, out, err, _ = _interrupt_when(tmp_path, "cc", ready, "--max-epochs", "1")
     assert rc == 130, err
     _no_traceback(err)
@@ -195,7 +203,7 @@ def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, point):
 def test_ctrl_c_during_training_stops_at_the_next_step_and_writes_last_ckpt(tmp_path):
     ckpt_dir = tmp_path / "outputs" / "cc-train" / "software" / "training_ckpts"
     # many small chunks, many epochs: the run is mid-training once the first last.ckpt exists
-    rc, out, err, took = _interrupt_when(tmp_path, "cc-train", lambda out: (ckpt_dir / "last.ckpt").exists(),
+    rc, out, err, took = _interrupt_when(tmp_path, "cc-train", lambda out, pid: (ckpt_dir / "last.ckpt").exists(),
                                          "--max-epochs", "500", "--batch-size", "16")
     assert rc == 130, err
     _no_traceback(err)
@@ -205,6 +213,29 @@ def test_ctrl_c_during_training_stops_at_the_next_step_and_writes_last_ckpt(tmp_
     last = read_checkpoint(ckpt_dir / "last.ckpt")  # complete and loadable
     assert last["raw"]["global_step"] > 0
     assert not (ckpt_dir.parent.parent / LOCK_NAME).read_text()  # lock released
+
+
+@pytest.mark.slow  # a dozen short runs
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0])
+def test_ctrl_c_at_any_moment_ends_the_run_cleanly(tmp_path, delay):
+    """Wherever the signal lands (imports, data, Lightning's set-up, a step, validation, a
+    checkpoint write, tear-down), the run ends within seconds: 130 and one line, or 0 when
+    it had finished before the signal."""
+    started = []  # when the CLI began importing torch: the clock starts after Python's own start-up
+
+    def ready(out, pid):
+        if not started and _importing_torch(out, pid):
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > delay
+
+    rc, out, err, took = _interrupt_when(tmp_path, "cc-any", ready,
+                                         "--max-epochs", "3", "--batch-size", "64")
+    assert rc in (0, 130), err
+    assert took < 20
+    _no_traceback(err)
+    if rc == 130:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("labkit") and "interrupted" in lines[0], err
 
 
 # -- a killed sweep takes its workers with it ------------------------------------------------
@@ -321,3 +352,71 @@ def test_rerunning_a_transform_archives_the_previous_outputs(small_data):
     with project_lock(out.parent), pytest.raises(ProjectBusyError, match=f"PID {os.getpid()}"):
         run_transform(_quant_config(ckpt, 6), data=small_data, verbose=False)
     assert json.loads((out / "config.json").read_text())["passes"]["quantize"]["linear"]["config"]["weight_width"] == 4
+
+
+# -- data that lies ----------------------------------------------------------------------------
+
+
+def _poison(path, recompute_checksum=False, drop_checksum=False):
+    """Write NaN into a processed cache's features, in its valid format."""
+    from labkit.data.prepare import content_digest
+    payload = torch.load(path, weights_only=True)
+    payload["x"][3, 2] = float("nan")
+    if recompute_checksum:
+        payload["content_sha256"] = content_digest(payload)
+    if drop_checksum:
+        payload.pop("content_sha256")
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize("poison, reason", [
+    ({}, "does not match the checksum"),
+    ({"recompute_checksum": True}, "non-finite values"),
+    ({"drop_checksum": True}, "no content checksum"),
+])
+def test_a_poisoned_stand_in_cache_is_rebuilt_with_one_line(tmp_path, capsys, poison, reason):
+    from labkit.data import load_dataset
+    clean = load_dataset("jsc-synthetic", size=1000, data_dir=tmp_path, progress=False)
+    cache = Path(clean.manifest["cache_path"])
+    _poison(cache, **poison)
+    capsys.readouterr()
+    again = load_dataset("jsc-synthetic", size=1000, data_dir=tmp_path, progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "processed cache" in line]
+    assert len(said) == 1 and reason in said[0] and str(cache) in said[0]
+    assert again.identity() == clean.identity()  # rebuilt to the same content
+    assert torch.isfinite(again.x_train).all()
+    load_dataset("jsc-synthetic", size=1000, data_dir=tmp_path, progress=False)  # and now trusted
+    assert "processed cache" not in capsys.readouterr().out
+
+
+def test_a_poisoned_real_data_cache_is_rebuilt_from_the_validated_source(tmp_path, capsys):
+    from labkit.data import load_dataset
+    from labkit.data.synthetic import write_source_files
+    arff = write_source_files(tmp_path / "src", size=1500)["arff"]
+    clean = load_dataset("jsc", source=str(arff), data_dir=tmp_path / "data", progress=False)
+    _poison(Path(clean.manifest["cache_path"]), recompute_checksum=True)
+    capsys.readouterr()
+    again = load_dataset("jsc", source=str(arff), data_dir=tmp_path / "data", progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "processed cache" in line]
+    assert len(said) == 1 and "non-finite" in said[0] and "rebuilding it from the source" in said[0]
+    assert again.identity() == clean.identity()
+
+
+# -- `labkit notebooks` finds the notebooks, or says it cannot -----------------------------
+
+
+def test_notebooks_are_found_with_labkit_home_elsewhere(tmp_path, monkeypatch):
+    from labkit.notebooks import list_notebooks
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    books = list_notebooks()
+    assert books and all(b.parent == ROOT / "notebooks" for b in books)
+
+
+def test_no_notebooks_anywhere_is_one_line_not_zero_runs(tmp_path, monkeypatch, capsys):
+    import labkit.notebooks as nb
+    from labkit.cli import main
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    monkeypatch.setattr(nb, "__file__", str(tmp_path / "pkg" / "labkit" / "notebooks.py"))
+    assert main(["notebooks", "--quick", "--dataset", "jsc-synthetic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no notebooks" in err and str(tmp_path / "notebooks") in err

@@ -10,7 +10,7 @@ import torch
 
 import labkit.sweep as sw
 from labkit.data import load_dataset
-from labkit.prefix import groups, plan_table
+from labkit.prefix import compute_seconds, groups, plan_table
 from labkit.sweep import sweep
 from labkit.train import read_checkpoint
 
@@ -101,6 +101,10 @@ def test_a_max_epochs_sweep_trains_once_and_equals_each_run_alone(data, tmp_path
         assert len(hist) == row.max_epochs and row.best_val_acc == pytest.approx(hist["val_acc"].max(), abs=1e-6)
     again = sweep("jsc-tiny", data, "max_epochs", [1, 2, 3], cache_dir=tmp_path / "shared", **kw)
     assert again.table["cached"].all() and trainings == [3, 3, 2, 1]
+    # compute spent: the one training's time for the shared sweep, every run's for the other
+    longest = shared.table.set_index("max_epochs")["wall_time_s"]
+    assert compute_seconds(again) == pytest.approx(longest[3])
+    assert compute_seconds(again, alone) == pytest.approx(longest[3] + alone.table["wall_time_s"].sum())
 
 
 def test_early_stopping_stops_the_shorter_runs_at_the_same_epoch(data, tmp_path, trainings):

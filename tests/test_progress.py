@@ -84,3 +84,23 @@ def test_worker_processes_report_their_epochs(tmp_path, counters):
     sweep("jsc-tiny", data, "batch_size", [256, 512], max_epochs=2, learning_rate=1e-3, workers=2,
           progress=False, cache_dir=tmp_path)
     assert [(c.total, c.done) for c in counters] == [(4, 4)]
+
+
+def test_make_run_streams_progress_from_the_kernels(monkeypatch, capsys):
+    import os
+
+    import labkit.notebooks as nbs
+    seen = []
+    monkeypatch.setattr(nbs, "run_notebook", lambda book, out, params, progress: seen.append(
+        (book.name, os.environ.get(progress_env()))))
+    monkeypatch.setattr("labkit.data.choose_dataset", lambda d: "jsc-synthetic")
+    monkeypatch.delenv(progress_env(), raising=False)
+    nbs.run_notebooks(quick=True, only=["01", "02"], output_dir="unused")
+    assert seen == [("01_getting_started.ipynb", "1"), ("02_hyperparameter_sweeps.ipynb", "1")]
+    assert progress_env() not in os.environ  # restored afterwards
+    out = capsys.readouterr().out
+    assert "[labkit] 1/2 executing 01_getting_started.ipynb" in out and "[labkit] 2/2 02_hyperparameter_sweeps.ipynb done in" in out
+
+
+def progress_env():
+    return progress.STREAM_ENV

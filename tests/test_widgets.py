@@ -28,7 +28,8 @@ def test_train_button_trains_and_updates_the_plot_every_epoch(data):
         seen.append((epoch, ex.progress.value, len(ex.plot_data[ex.current][0]), bytes(ex.image.value)))
 
     ex.on_epoch = spy
-    ex.button.click()  # what a user's click does
+    ex.button.click()  # what a user's click does: training starts in a thread
+    ex.wait(120)
     assert [s[:3] for s in seen] == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]  # live, epoch by epoch
     assert len({s[3] for s in seen}) == 3 and all(s[3].startswith(PNG) for s in seen)  # redrawn each time
     assert "done" in ex.status.value and not ex.button.disabled
@@ -68,6 +69,7 @@ def test_a_failed_run_is_reported_in_the_widget(data, monkeypatch):
     monkeypatch.setattr(wd, "fit_live", boom)
     ex = TrainExplorer(data)
     ex.button.click()
+    ex.wait(60)
     assert "batch_size" in ex.status.value and "crimson" in ex.status.value
     assert not ex.button.disabled  # ready for the next try
 
@@ -139,3 +141,35 @@ def test_starting_values_on_the_controls_are_kept(data):
     ex = TrainExplorer(data, learning_rate=1e-4, batch_size=1024, max_epochs=7, epochs_limit=7)
     assert ex.settings() == {"model": "jsc-tiny", "learning_rate": pytest.approx(1e-4), "batch_size": 1024,
                              "max_epochs": 7}
+
+
+def test_stop_button_ends_training_after_the_current_epoch(data):
+    ex = TrainExplorer(data, project="t-explorer-stop", max_epochs=50)
+    assert ex.stop_button.disabled  # nothing to stop yet
+    real_on_epoch = ex.on_epoch
+
+    def press_stop_at_epoch_2(epoch, metrics):
+        real_on_epoch(epoch, metrics)
+        if epoch == 2:
+            assert not ex.stop_button.disabled
+            ex.stop_button.click()
+
+    ex.on_epoch = press_stop_at_epoch_2
+    ex.button.click()
+    assert ex.worker is not None  # the kernel is free while it trains: that is what lets Stop be heard
+    ex.wait(120)
+    assert ex.last_result["epochs"] == 2 and ex.progress.value == 2
+    assert "stopped by you" in ex.status.value and ex.stop_button.disabled and not ex.button.disabled
+    ex.on_epoch = real_on_epoch
+    ex.max_epochs.value = 1
+    ex.button.click()  # the next run is not stopped by the old request
+    ex.wait(120)
+    assert ex.last_result["epochs"] == 1 and "stopped by you" not in ex.status.value
+
+
+def test_control_labels_are_not_cut_short(data, tmp_path):
+    ex = TrainExplorer(data)
+    browser = SweepBrowser(tmp_path)
+    for control in (ex.model, ex.learning_rate, ex.batch_size, ex.max_epochs, ex.progress,
+                    browser.sweep_picker, browser.run_picker):
+        assert control.style.description_width == "initial", control.description

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import math
 import numbers
@@ -141,8 +142,34 @@ def preprocess(x: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float,
     }
 
 
+def content_digest(payload: dict) -> str:
+    """sha256 of what a processed cache holds: features, labels, split sizes and scaler."""
+    h = hashlib.sha256()
+    for t in (payload["x"], payload["y"]):
+        t = t.contiguous()
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    h.update(json.dumps([[int(s) for s in payload["sizes"]], list(payload["mean"]), list(payload["std"])]).encode())
+    return h.hexdigest()
+
+
+def _distrust(payload: dict) -> str | None:
+    """Why a well-formed cache must not be used (None: use it). A cache is one file written
+    atomically with the checksum of its content inside, so a mismatch means it was changed
+    afterwards; non-finite numbers would train into NaN silently."""
+    if "content_sha256" not in payload:
+        return "has no content checksum (written by an older labkit)"
+    if payload["content_sha256"] != content_digest(payload):
+        return "does not match the checksum written with it (changed since)"
+    scaler = torch.tensor([*payload["mean"], *payload["std"]], dtype=torch.float64)
+    if not (torch.isfinite(payload["x"]).all() and torch.isfinite(scaler).all()):
+        return "holds non-finite values"
+    return None
+
+
 def save_processed(path: Path, content: dict, manifest: dict) -> dict:
-    """Write the processed cache (and a JSON copy of its manifest) atomically."""
+    """Write the processed cache, with a checksum of its content inside (one atomic write),
+    and a JSON copy of its manifest."""
     manifest = {**manifest, **content["stats"],
                 "split_sizes": dict(zip(JSCData.SPLITS, content["sizes"])),
                 "scaler": {"mean": dict(zip(FEATURE_NAMES, content["mean"])),
@@ -152,6 +179,7 @@ def save_processed(path: Path, content: dict, manifest: dict) -> dict:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "cache_file": path.name}
     payload = {k: content[k] for k in ("x", "y", "sizes", "mean", "std")}
+    manifest["content_sha256"] = payload["content_sha256"] = content_digest(payload)
     payload["manifest"] = json.dumps(manifest)
     atomic_save(payload, path)
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
@@ -170,10 +198,14 @@ def read_processed(path: Path) -> dict | None:
         if not ok:
             raise ValueError("shapes do not match")
         payload["manifest"] = json.loads(payload["manifest"])
-        return payload
+        why = _distrust(payload)
     except Exception as err:  # a truncated/corrupt cache file: say so, then rebuild it
         print(f"[labkit] ignoring unreadable processed cache {path} ({type(err).__name__}: {err}); rebuilding")
         return None
+    if why:
+        print(f"[labkit] processed cache {path} {why}: rebuilding it from the source, checked again")
+        return None
+    return payload
 
 
 def to_jscdata(payload: dict, info: DatasetInfo) -> JSCData:

@@ -282,16 +282,17 @@ def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | Non
         raise ValueError(f"df lacks columns {sorted(need - set(df.columns))}; pass compare_quantization's result")
     panels = axes_for[x]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    from ..plots import MODE_STYLE, format_colours, legend_outside
+
     quant = df[df["format"] != "float"]
     floats = df[df["format"] == "float"]
-    colours = {fmt: f"C{i}" for i, fmt in enumerate(sorted(quant["format"].unique()))}
-    styles = {"ptq": "--", "qat": "-"}
+    colours = format_colours(quant["format"])
     for ax, col in zip(axes[0], panels):
         for (fmt, mode), group in quant.groupby(["format", "mode"], sort=True):
             g = group.sort_values(col)
             xs = g[col] / 1000 if col == "size_bits" else g[col]
-            ax.plot(xs, g["test_acc"], styles.get(mode, "-"), color=colours[fmt], marker="o",
-                    label=f"{fmt} {mode.upper()}")
+            ax.plot(xs, g["test_acc"], color=colours[fmt], label=f"{fmt} {mode.upper()}",
+                    **MODE_STYLE.get(mode, {}))
         if len(floats):
             ax.axhline(float(floats["test_acc"].iloc[0]), color="grey", ls=":", label="float32")
             if col == "size_bits":  # the float model's size is a point on this axis too
@@ -307,7 +308,7 @@ def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | Non
             ax.set_xlabel("model size (kbit of parameters)")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    legend_outside(axes[0][-1])  # one legend, right of the last panel, for both
     label = df["dataset_label"].iloc[0] if "dataset_label" in df.columns and len(df) else "unknown data"
     fig.suptitle(title or f"Accuracy vs bits: {label}", fontsize=10)
     fig.tight_layout()
