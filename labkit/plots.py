@@ -117,6 +117,8 @@ def layer_values(graph, x, *, ops=None) -> dict:
     import torch
     import torch.fx as fx
 
+    from .runtime import eval_mode
+
     gm = getattr(graph, "model", None)
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(f"layer_values needs a MaseGraph, got {type(graph).__name__}")
@@ -154,13 +156,10 @@ def layer_values(graph, x, *, ops=None) -> dict:
                                  "activation": act.detach().clone()}
             return super().run_node(n)
 
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            Recorder(gm).run(x)
-    finally:
-        gm.train(was_training)
+    # eval_mode gives each submodule its own mode back: a BatchNorm frozen in eval mode
+    # inside a training model stays frozen (gm.train(was) would set it training again)
+    with eval_mode(gm), torch.no_grad():
+        Recorder(gm).run(x)
     return found
 
 

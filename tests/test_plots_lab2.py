@@ -61,6 +61,22 @@ def test_layer_values_restores_training_mode_and_rejects_bad_input():
         layer_values(mg, [x])
 
 
+def test_layer_values_keeps_each_submodules_own_mode():
+    # a training model whose BatchNorm is frozen in eval mode (as when fine-tuning with fixed
+    # statistics): after layer_values the model trains again but the BatchNorm stays frozen
+    mg, _, x = _graph()
+    mg.model.train()
+    bn = mg.model.get_submodule("seq_blocks.0")
+    assert isinstance(bn, nn.BatchNorm1d)
+    bn.eval()
+    stats = bn.running_mean.clone(), bn.running_var.clone()
+    layer_values(mg, x)
+    assert mg.model.training and mg.model.get_submodule("seq_blocks.2").training
+    assert not bn.training
+    # and layer_values itself ran in eval mode: the running statistics were not updated
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+
+
 def test_plot_layer_distributions_draws_one_box_per_layer():
     mg, _, x = _graph("jsc-custom")
     values = layer_values(mg, x)
