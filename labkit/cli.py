@@ -180,7 +180,9 @@ def cmd_train(args):
     model = load_model(s["model"], ckpt, s["load_type"], info=data.info) if ckpt else s["model"]
     result = train(model, data, project=s["project"], progress=args.progress,
                    **{k: s[k] for k in settings})
-    print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    # metrics to 4 decimals; the learning rate to 4 significant digits (1e-05, not 0.0000)
+    print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}",
+                                      formatters={"lr": lambda v: f"{v:.4g}"}))
     print(f"best.ckpt: {result['best_ckpt']}\nlast.ckpt: {result['last_ckpt']}")
 
 

@@ -37,6 +37,18 @@ def test_train_prints_settings_table_history_and_checkpoints(capsys):
     assert "best.ckpt:" in out and "val_acc" in out and "SYNTHETIC" in out
 
 
+def test_train_history_table_prints_a_small_learning_rate_readably(capsys):
+    code, out, _ = _run(capsys, ["train", "jsc-tiny", "jsc-synthetic", "--max-epochs", "1",
+                                 "--learning-rate", "1e-5", "--project", "cli-small-lr", *TINY])
+    assert code == 0
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "train_loss"])
+    columns, row = lines[head].split(), lines[head + 1].split()
+    assert columns[-1] == "lr" and row[0] == "1"
+    assert float(row[-1]) == 1e-5 and row[-1] != "0.0000"  # was printed as 0.0000
+    assert row[columns.index("val_acc")].count(".") == 1 and len(row[columns.index("val_acc")]) == 6  # 0.xxxx
+
+
 def test_test_action_prints_accuracy(capsys, trained):
     code, out, _ = _run(capsys, ["test", "jsc-tiny", "jsc-synthetic", "--load", str(trained),
                                  "--load-type", "pl", "--data-size", "6000"])
