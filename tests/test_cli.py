@@ -159,7 +159,7 @@ def test_scheduler_none_means_a_constant_rate(capsys):
                                  "--learning-rate", "0.001", "--project", "cli-none", *TINY])
     assert code == 0
     history = out[out.index(" epoch "):].splitlines()[1:3]
-    assert [line.split()[-1] for line in history] == ["0.0010", "0.0010"]  # the lr column
+    assert [line.split()[-1] for line in history] == ["0.001", "0.001"]  # the lr column
 
 
 def test_test_finds_a_relative_checkpoint_under_the_project_root_and_honours_batch_size(
