@@ -225,11 +225,9 @@ def _shape_of(node: fx.Node) -> str:
 
 
 def _mase_op(node: fx.Node) -> str:
-    meta = node.meta.get("mase")
-    try:
-        return meta.parameters["common"]["mase_op"]
-    except (AttributeError, KeyError, TypeError):
-        return ""
+    from .passes.utils import get_mase_op  # imported here: labkit.passes imports this module
+
+    return get_mase_op(node, "")
 
 
 def _to_text(graph: MaseGraph) -> str:

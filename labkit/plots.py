@@ -117,6 +117,7 @@ def layer_values(graph, x, *, ops=None) -> dict:
     import torch
     import torch.fx as fx
 
+    from .passes.utils import get_mase_op
     from .runtime import eval_mode
 
     gm = getattr(graph, "model", None)
@@ -128,11 +129,8 @@ def layer_values(graph, x, *, ops=None) -> dict:
         ops = [ops]
 
     def op_of(node):
-        meta = node.meta.get("mase")
-        try:
-            return meta.parameters["common"]["mase_op"]
-        except (AttributeError, KeyError, TypeError):
-            return type(gm.get_submodule(node.target)).__name__.lower()
+        op = get_mase_op(node, None)
+        return op if op is not None else type(gm.get_submodule(node.target)).__name__.lower()
 
     wanted = {n: op_of(n) for n in gm.graph.nodes if n.op == "call_module"}
     if ops is not None:

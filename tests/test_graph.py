@@ -17,6 +17,7 @@ from labkit.passes.metadata import (
     dtype_precision,
     init_metadata_analysis_pass,
 )
+from labkit.passes.utils import get_mase_op, get_mase_type
 from models_zoo import EXTRA_MODELS, BranchyMLP, dummy_input
 
 
@@ -158,6 +159,18 @@ def test_jsc_tiny_metadata_schema():
         "seq_blocks_1": ("module_related_func", "relu"), "seq_blocks_2": ("module_related_func", "linear"),
         "seq_blocks_3": ("module_related_func", "relu"), "output": ("output", "output"),
     }
+
+
+def test_get_mase_op_and_type_read_the_common_metadata():
+    mg = build(get_model("jsc-tiny"))
+    for n in mg.nodes:
+        assert (get_mase_type(n), get_mase_op(n)) == (common(mg, n.name)["mase_type"], common(mg, n.name)["mase_op"])
+    bare = MaseGraph(model=get_model("jsc-tiny")).node("seq_blocks_2")  # traced, no metadata yet
+    assert get_mase_op(bare, "") == "" and get_mase_type(bare, None) is None
+    with pytest.raises(ValueError, match=r"report_x: node 'seq_blocks_2' has no common metadata; run init_metadata"):
+        get_mase_op(bare, pass_name="report_x")
+    with pytest.raises(ValueError, match="this pass: node 'seq_blocks_2'"):
+        get_mase_type(bare)
     assert mg.node("x").meta["mase"].module is None
 
 

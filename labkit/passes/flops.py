@@ -40,7 +40,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from ..graph import get_node_actual_target
 from .flop_calculators import OpCall, UnsupportedOpError, count_op
-from .utils import check_pass_args, graph_module, node_common
+from .utils import check_pass_args, get_mase_op, graph_module, node_common
 
 CONVENTIONS = ("mac", "2flops_per_mac")
 DEFAULT_PASS_ARGS = {"print": True, "convention": "mac"}
@@ -107,7 +107,7 @@ def format_flops_table(table: pd.DataFrame, tablefmt: str = "github") -> str:
 
 def _count_node(gm, node, convention: str) -> dict:
     common = node_common(node, "analyse_flops_pass")
-    op = common.get("mase_op", node.op)
+    op = get_mase_op(node)
     row = {"Node name": node.name, "Node type": op, "Note": ""}
     blank = dict.fromkeys(NUMBER_COLUMNS, float("nan"))
 

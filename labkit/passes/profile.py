@@ -41,7 +41,7 @@ from ..graph import get_node_actual_target
 from ..runtime import eval_mode
 from ..registry import Registry
 from .metadata import _positional_inputs
-from .utils import check_pass_args, graph_module, node_common
+from .utils import check_pass_args, get_mase_op, graph_module, node_common
 
 __all__ = [
     "profile_statistics_analysis_pass", "profile_activations", "STATISTICS", "Statistic", "VariancePrecise",
@@ -360,7 +360,7 @@ def _match(graph_nodes, targets, by, what):
     if not isinstance(targets, (list, tuple, set)) or not all(isinstance(t, str) for t in targets):
         raise TypeError(f"profile_statistics_analysis_pass: {what} must be a list of "
                         f"{'mase ops' if by == 'type' else 'node names'}, got {targets!r}")
-    key = (lambda n: node_common(n, "profile_statistics_analysis_pass")["mase_op"]) if by == "type" \
+    key = (lambda n: get_mase_op(n, pass_name="profile_statistics_analysis_pass")) if by == "type" \
         else (lambda n: n.name)
     found = {key(n) for n in graph_nodes}
     missing = [t for t in targets if t not in found]
@@ -540,7 +540,7 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
                 _stat_slot(n, "data_in_0")[name] = value
                 results.setdefault(n.name, {}).setdefault("data_in_0", {})[name] = value
 
-    ops = {n.name: n.meta["mase"]["common"]["mase_op"] for n in nodes}
+    ops = {n.name: get_mase_op(n) for n in nodes}
     rows = [{"node": node, "mase_op": ops[node], "tensor": tensor, "statistic": stat, "key": key, "value": value}
             for node, tensors in results.items() for tensor, stats in tensors.items()
             for stat, values in stats.items() for key, value in values.items()]

@@ -65,7 +65,7 @@ from ..quantize.modules import (FUNCTIONAL_OPS, OPERAND_ARGS, QUANTIZED_OPS, can
 from ..quantize.quantizers import OPERANDS, is_no_quantization, max_minifloat_bias, parse_config
 from .metadata import node_op_and_type
 from .profile import profile_activations
-from .utils import check_pass_args, graph_module
+from .utils import check_pass_args, get_mase_op, get_mase_type, graph_module
 
 __all__ = ["quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
            "auto_quantize_config", "validate_quantize_args", "apply_quantize_plan", "QUANTIZABLE_OPS"]
@@ -103,11 +103,10 @@ def _is_functional(node: fx.Node, op: str) -> bool:
 
 def node_mase_op(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str]:
     """``(mase_op, mase_type)`` from the node's metadata, or worked out from the node itself."""
-    try:
-        common = node.meta["mase"].parameters["common"]
-        return common["mase_op"], common["mase_type"]
-    except (KeyError, AttributeError, TypeError):
+    op, mase_type = get_mase_op(node, None), get_mase_type(node, None)
+    if op is None or mase_type is None:
         return node_op_and_type(node, gm)
+    return op, mase_type
 
 
 # --- validating pass_args ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from ..cache import atomic_write_text
 from ..graph import get_node_actual_target
-from .utils import check_pass_args, graph_module, node_common, target_name
+from .utils import check_pass_args, get_mase_op, get_mase_type, graph_module, node_common, target_name
 
 __all__ = [
     "report_graph_analysis_pass", "report_node_meta_param_analysis_pass",
@@ -115,7 +115,7 @@ def report_node_meta_param_analysis_pass(graph, pass_args=None):
     for node in graph_module(graph, "report_node_meta_param_analysis_pass").graph.nodes:
         common = node_common(node, "report_node_meta_param_analysis_pass")
         row = {"Node name": node.name, "Fx Node op": node.op,
-               "Mase type": common["mase_type"], "Mase op": common["mase_op"]}
+               "Mase type": get_mase_type(node), "Mase op": get_mase_op(node)}
         for part in parts:
             row[f"{part.capitalize()} Param"] = pformat(_plain(node.meta["mase"].parameters[part]))
         rows.append(row)
@@ -149,8 +149,8 @@ def report_node_type_analysis_pass(graph, pass_args=None):
     rows, printed = [], []
     for node in graph_module(graph, "report_node_type_analysis_pass").graph.nodes:
         common = node_common(node, "report_node_type_analysis_pass")
-        rows.append({"Node name": node.name, "Fx Node op": node.op, "Mase type": common["mase_type"],
-                     "Mase op": common["mase_op"], "Value type": _value_type(common)})
+        rows.append({"Node name": node.name, "Fx Node op": node.op, "Mase type": get_mase_type(node),
+                     "Mase op": get_mase_op(node), "Value type": _value_type(common)})
         data_in = common["args"].get("data_in_0")
         printed.append({**rows[-1], "Value type": data_in.get("type", "NA") if isinstance(data_in, dict) else "NA"})
     table = pd.DataFrame(rows)
@@ -184,7 +184,7 @@ def report_node_shape_analysis_pass(graph, pass_args=None):
     rows, blocks = [], []
     for node in graph_module(graph, "report_node_shape_analysis_pass").graph.nodes:
         common = node_common(node, "report_node_shape_analysis_pass")
-        rows.append({"Node name": node.name, "Mase op": common["mase_op"],
+        rows.append({"Node name": node.name, "Mase op": get_mase_op(node),
                      "Inputs": _shapes(common["args"]), "Outputs": _shapes(common["results"])})
         blocks.append(_shape_block(node, common))
     table = pd.DataFrame(rows)
@@ -209,14 +209,15 @@ def calculate_avg_bits_mg_analysis_pass(graph, pass_args=None):
     rows = []
     for node in graph_module(graph, "calculate_avg_bits_mg_analysis_pass").graph.nodes:
         common = node_common(node, "calculate_avg_bits_mg_analysis_pass")
-        if common["mase_op"] not in _AVG_BITS_OPS:
+        op = get_mase_op(node)
+        if op not in _AVG_BITS_OPS:
             continue
         entries = {k: common["args"].get(k) for k in ("data_in_0", "weight")}
         if not all(isinstance(e, dict) and e.get("shape") is not None and e.get("precision") for e in entries.values()):
-            raise ValueError(f"calculate_avg_bits_mg_analysis_pass: node {node.name!r} ({common['mase_op']}) "
+            raise ValueError(f"calculate_avg_bits_mg_analysis_pass: node {node.name!r} ({op}) "
                              f"has no shape/precision for its data_in_0 and weight; run "
                              f"add_common_metadata_analysis_pass first")
-        row = {"Node name": node.name, "Mase op": common["mase_op"]}
+        row = {"Node name": node.name, "Mase op": op}
         for key, entry in entries.items():
             row[f"{key} bits"] = int(entry["precision"][0])
             row[f"{key} values"] = int(math.prod(entry["shape"]))

@@ -7,7 +7,7 @@ import operator
 
 import torch.fx as fx
 
-__all__ = ["check_pass_args", "graph_module", "node_common", "target_name"]
+__all__ = ["check_pass_args", "get_mase_op", "get_mase_type", "graph_module", "node_common", "target_name"]
 
 
 def check_pass_args(pass_args, defaults: dict, pass_name: str) -> dict:
@@ -44,6 +44,32 @@ def node_common(node: fx.Node, pass_name: str = "this pass") -> dict:
                          "init_metadata_analysis_pass(mg, None) and "
                          "add_common_metadata_analysis_pass(mg, {'dummy_in': ...}) first")
     return common
+
+
+_REQUIRED = object()
+
+
+def get_mase_op(node: fx.Node, default=_REQUIRED, *, pass_name: str = "this pass") -> str:
+    """The node's ``mase_op`` (``"linear"``, ``"relu"``, ``"add"`` ...), as MASE's ``get_mase_op``.
+
+    Without common metadata: ``default`` when one is given, else :func:`node_common`'s
+    ValueError saying which passes to run first."""
+    return _common_field(node, "mase_op", default, pass_name)
+
+
+def get_mase_type(node: fx.Node, default=_REQUIRED, *, pass_name: str = "this pass") -> str:
+    """The node's ``mase_type`` (``"module_related_func"``, ``"builtin_func"`` ...), as MASE's
+    ``get_mase_type``; ``default`` as in :func:`get_mase_op`."""
+    return _common_field(node, "mase_type", default, pass_name)
+
+
+def _common_field(node: fx.Node, key: str, default, pass_name: str):
+    if default is _REQUIRED:
+        return node_common(node, pass_name)[key]
+    try:
+        return node_common(node, pass_name)[key]
+    except (ValueError, KeyError):
+        return default
 
 
 def target_name(target) -> str:

@@ -17,7 +17,7 @@ applies the per-op rules where it has them.
 
 from __future__ import annotations
 
-from .utils import graph_module, node_common
+from .utils import get_mase_op, graph_module, node_common
 
 __all__ = ["verify_metadata_analysis_pass"]
 
@@ -70,7 +70,7 @@ def verify_metadata_analysis_pass(graph, pass_args=None):
 
 
 def _check_op(node, common: dict):
-    op, args, out = common["mase_op"], common["args"], _shape(common["results"].get("data_out_0"))
+    op, args, out = get_mase_op(node), common["args"], _shape(common["results"].get("data_out_0"))
     x = _shape(args.get("data_in_0"))
     if op == "linear" and x is not None:
         w, b = _shape(args.get("weight")), _shape(args.get("bias"))

@@ -89,13 +89,14 @@ def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
     from ..graph import MaseGraph
     from ..passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from ..passes.profile import profile_statistics_analysis_pass
+    from ..passes.utils import get_mase_op
     from ..train import load_model
 
     model = load_model(model_name, checkpoint, load_type, info=data.info).eval()
     mg = MaseGraph(model=model)
     mg, _ = init_metadata_analysis_pass(mg, None)
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": calibration[:256]}})
-    present = {n.meta["mase"]["common"]["mase_op"] for n in mg.nodes}
+    present = {get_mase_op(n) for n in mg.nodes}
     targets = [op for op in ops if op in present]
     if targets:
         mg, _ = profile_statistics_analysis_pass(mg, {
