@@ -56,11 +56,7 @@ class MinifloatDenormQuantizer(Quantizer):
     def check(self):
         self._int_param("width", 2)
         self._int_param("exponent_width", 1, self.width - 1)
-        if self.exponent_bias in ("none", "None"):
-            self.exponent_bias = None
-        if self.exponent_bias is None:
-            self.exponent_bias = 2 ** (self.exponent_width - 1) - 1
-        self._int_param("exponent_bias")
+        self._exponent_bias_param(2 ** (self.exponent_width - 1) - 1)
         e_min, e_max = self._exponent_range()
         if e_max > FLOAT32_MAX_EXPONENT:
             self._float32_error("the largest exponent", e_max, "use a larger exponent_bias or fewer exponent bits")
@@ -313,11 +309,7 @@ class BlockFPQuantizer(_BlockQuantizer):
     def check(self):
         self._int_param("width", 2)
         self._int_param("exponent_width", 1)
-        if self.exponent_bias in ("none", "None"):
-            self.exponent_bias = None
-        if self.exponent_bias is None:
-            self.exponent_bias = 2 ** (self.exponent_width - 1) - 1
-        self._int_param("exponent_bias")
+        self._exponent_bias_param(2 ** (self.exponent_width - 1) - 1)
         self._check_blocks()
         e_min, e_max = -self.exponent_bias, 2 ** self.exponent_width - 1 - self.exponent_bias
         if e_max > FLOAT64_MAX_EXPONENT or e_min - (self.width - 1) < FLOAT64_MIN_EXPONENT:

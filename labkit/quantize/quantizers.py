@@ -139,6 +139,12 @@ class Quantizer:
             raise ValueError(f"{self._where}: {self._key(key)} must be an integer{span}, got {value!r}")
         return value
 
+    def _exponent_bias_param(self, default: int) -> int:
+        """``exponent_bias``: MASE's configs write "none" (or None) for "the format's default"."""
+        if self.exponent_bias in (None, "none", "None"):
+            self.exponent_bias = default
+        return self._int_param("exponent_bias")
+
     def _bool_param(self, key: str) -> bool:
         value = getattr(self, key)
         if not isinstance(value, bool):
@@ -394,11 +400,7 @@ class LogQuantizer(Quantizer):
 
     def check(self):
         self._int_param("width", 2)
-        if self.exponent_bias in ("none", "None"):
-            self.exponent_bias = None
-        if self.exponent_bias is None:
-            self.exponent_bias = 2 ** (self.width - 2) - 1
-        self._int_param("exponent_bias")
+        self._exponent_bias_param(2 ** (self.width - 2) - 1)
         e_min, e_max = self._exponent_range()
         if e_max > FLOAT32_MAX_EXPONENT:
             self._float32_error("the largest power", e_max, "use a larger exponent_bias or a smaller width")
