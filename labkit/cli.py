@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model")
     common(tr, load=True)
+    tr.set_defaults(func=cmd_train)
     tr.add_argument("--max-epochs", dest="max_epochs", type=int, default=None)
     tr.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
     tr.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
@@ -65,12 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     te = sub.add_parser("test", help="test a trained model on the test split")
     common(te, load=True, batch_help=f"evaluation batch size (default {cfg.TEST_BATCH_SIZE}); "
                                      f"it groups the test rows and does not change the results")
+    te.set_defaults(func=cmd_test)
 
     tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
     common(tf, load=True)
+    tf.set_defaults(func=cmd_transform)
 
     se = sub.add_parser("search", help="mixed-precision search ([search] in the --config TOML, MASE's schema)")
     common(se, load=True)
+    se.set_defaults(func=cmd_search)
     se.add_argument("--n-trials", dest="n_trials", type=int, default=None, help="overrides search.strategy.setup")
     se.add_argument("--n-jobs", dest="n_jobs", type=int, default=None, help="worker processes evaluating trials")
     se.add_argument("--sampler", default=None, help="tpe, nsgaii, random or bruteforce")
@@ -78,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--no-progress", dest="progress", action="store_false")
     _cluster_flag(se)
 
-    sub.add_parser("ls", help="list models and datasets")
+    sub.add_parser("ls", help="list models and datasets").set_defaults(func=cmd_ls)
 
     nb = sub.add_parser("notebooks", help="execute the notebooks with papermill")
+    nb.set_defaults(func=cmd_notebooks)
     nb.add_argument("--quick", action="store_true", help="small data and few epochs (what the tests run)")
     nb.add_argument("--dataset", default="auto", help="auto (real if available, else synthetic), jsc, jsc-synthetic")
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
@@ -264,7 +269,7 @@ def main(argv=None) -> int:
         errors = (ValueError, TypeError, FileNotFoundError, ConnectionError, cfg.ConfigError,
                   DataUnavailableError, ProjectBusyError)
         try:
-            globals()[f"cmd_{args.action}"](args)
+            args.func(args)
         except errors as e:
             print(f"labkit {args.action}: error: {e}", file=sys.stderr)
             return 2

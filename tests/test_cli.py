@@ -219,3 +219,14 @@ def test_make_refuses_an_old_python_before_building_anything(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "labkit needs Python >= 3.11" in out.stdout and "3.10.12" in out.stdout
     assert not (tmp_path / "venv").exists()
+
+
+def test_each_action_dispatches_to_its_own_command_function():
+    # argparse's set_defaults(func=...) names the handler next to the parser block that defines the action.
+    from labkit import cli
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if a.dest == "action")
+    assert set(sub.choices) == {"train", "test", "transform", "search", "ls", "notebooks"}
+    for action in sub.choices:
+        argv = [action] if action in ("ls", "notebooks") else [action, "jsc-tiny", "jsc-synthetic"]
+        assert parser.parse_args(argv).func is getattr(cli, f"cmd_{action}"), action
