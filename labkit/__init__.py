@@ -36,12 +36,14 @@ _EXPORTS_BY_MODULE = {
     "search": ["search", "SearchResult", "SearchConfigError", "check_search_config", "compare_with_uniform"],
     "plots": ["data_banner", "save_figure", "titled"],
     "executor": ["map_unordered", "ClusterUnavailableError"],
+    "lab1": ["lab1_checkpoints", "lab1_settings"],  # the Lab-2 notebooks' shared set-up
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",
                "paths", "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform",
                "widgets")
 _SUBMODULES += ("executor", "search")  # issue 11
+_SUBMODULES += ("lab1",)
 
 __all__ = list(_EXPORTS)
 
