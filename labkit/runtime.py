@@ -29,6 +29,38 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def available_devices() -> tuple[str, ...]:
+    """The torch device types this machine can compute on now: ``"cpu"``, then ``"cuda"`` and
+    ``"mps"`` when torch finds them. The one place labkit asks torch what hardware it has."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return tuple(found)
+
+
+def device_kind(accelerator: str) -> str:
+    """Where a run with this ``accelerator`` setting computes on this machine: ``"cpu"``,
+    ``"gpu"`` (CUDA) or ``"mps"``. ``"auto"`` chooses as Lightning does (MPS, else CUDA, else the
+    CPU). CPU runs get one thread, and sweeps and comparisons put it in their cache keys (GPU
+    and CPU round differently)."""
+    if accelerator in ("gpu", "cuda"):
+        return "gpu"
+    if accelerator in ("cpu", "mps"):
+        return accelerator
+    if accelerator == "auto":
+        found = available_devices()
+        return "mps" if "mps" in found else "gpu" if "cuda" in found else "cpu"
+    raise ValueError(f"accelerator must be one of auto, cpu, gpu, cuda, mps, got {accelerator!r}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device ``model``'s parameters are on (the CPU for a model without parameters)."""
+    return next(iter(model.parameters()), torch.zeros(())).device
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """Put ``model`` in eval mode for a while, then give every submodule back its own mode

@@ -52,6 +52,7 @@ from .models import MODELS, get_model
 from .paths import check_name, outputs_dir
 from .prefix import Snapshots, share as share_prefixes_of, split as split_prefixes
 from .progress import EpochCounter, epoch_callback, install as install_progress
+from .runtime import device_kind
 from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
                     torch_threads, train)
 
@@ -131,16 +132,6 @@ def model_identity(model, info) -> dict:
     if isinstance(model, nn.Module):
         return _module_identity(model)
     return {"model": model, "architecture": _architecture(get_model(model, info))}
-
-
-def _device_kind(accelerator: str) -> str:
-    if accelerator in ("gpu", "cuda"):
-        return "gpu"
-    if accelerator == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    if accelerator == "mps":
-        return "mps"
-    return "cpu"
 
 
 def label_of(setting: dict) -> str:
@@ -508,7 +499,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
     name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
     data = _resolve_data(dataset, data)
-    device = _device_kind(accelerator)
+    device = device_kind(accelerator)
     directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
     cache = ResultCache(directory)
 

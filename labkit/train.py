@@ -43,7 +43,8 @@ from .checks import instance_of, path_like, positive_int
 from .lock import project_lock
 from .models import get_model
 from .paths import check_name, outputs_dir
-from .runtime import eval_mode, torch_flags_restored, torch_threads  # noqa: F401  (re-exported)
+from .runtime import (available_devices, device_kind, eval_mode, model_device,  # noqa: F401  (some re-exported)
+                      torch_flags_restored, torch_threads)
 
 
 def _fused_adam_ok(params) -> bool:
@@ -219,12 +220,8 @@ def _check_scheduler(value):
 
 def usable_accelerators() -> tuple[str, ...]:
     """The accelerators this machine can train on now."""
-    usable = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        usable += ["gpu", "cuda"]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        usable.append("mps")
-    return tuple(usable)
+    found = available_devices()
+    return ("auto", "cpu") + (("gpu", "cuda") if "cuda" in found else ()) + (("mps",) if "mps" in found else ())
 
 
 def _check_accelerator(value):
@@ -332,7 +329,7 @@ def check_fits(net: nn.Module, name: str, data: JSCData):
             raise ValueError(f"the data's {split} split holds label {bad}, outside the classes [0, {nc}) "
                              f"of {info.name!r}; labels must be class indices")
     x = data.x_train[:2]
-    device = next(iter(net.parameters()), torch.zeros(())).device
+    device = model_device(net)
     try:
         with eval_mode(net):
             out = net(x.to(device))
@@ -530,8 +527,7 @@ def _accelerator(accelerator: str) -> str:
 
 def _threads(accel: str, num_threads: int | None) -> int | None:
     """CPU threads for a run: as asked, else one on the CPU (see :func:`torch_threads`)."""
-    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
-    return num_threads or (1 if on_cpu else None)
+    return num_threads or (1 if device_kind(accel) == "cpu" else None)
 
 
 def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAULTS["max_epochs"],
@@ -731,7 +727,7 @@ def checkpoint_or_train(model: str, data: JSCData, project: str, **train_kwargs)
 def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 65536) -> dict:
     """Plain (no Lightning) evaluation: ``{"acc", "loss", "n"}`` on one split of ``data``."""
     x, y = data.split(split) if isinstance(data, JSCData) else data
-    device = next(iter(model.parameters()), torch.zeros(())).device
+    device = model_device(model)
     correct, loss, n = 0, 0.0, len(y)
     with eval_mode(model):
         for i in range(0, n, batch_size):

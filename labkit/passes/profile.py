@@ -38,7 +38,7 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from ..graph import get_node_actual_target
-from ..runtime import eval_mode
+from ..runtime import available_devices, eval_mode
 from ..registry import Registry
 from .metadata import _positional_inputs
 from .utils import check_pass_args, get_mase_op, graph_module, node_common
@@ -56,8 +56,7 @@ def _tolist(t: torch.Tensor):
     return float(t) if t.dim() == 0 else t.tolist()
 
 
-_DEVICE_AVAILABLE = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
-                     "mps": lambda: torch.backends.mps.is_available()}
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 def _device(device, stat_name: str) -> torch.device:
@@ -65,11 +64,11 @@ def _device(device, stat_name: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"statistic {stat_name!r}: device must be one of {list(_DEVICE_AVAILABLE)} "
+        raise ValueError(f"statistic {stat_name!r}: device must be one of {list(_DEVICE_TYPES)} "
                          f"(optionally with an index, 'cuda:0'), got {device!r}") from None
-    if dev.type not in _DEVICE_AVAILABLE:
-        raise ValueError(f"statistic {stat_name!r}: device must be one of {list(_DEVICE_AVAILABLE)}, got {device!r}")
-    if not _DEVICE_AVAILABLE[dev.type]():
+    if dev.type not in _DEVICE_TYPES:
+        raise ValueError(f"statistic {stat_name!r}: device must be one of {list(_DEVICE_TYPES)}, got {device!r}")
+    if dev.type not in available_devices():
         raise ValueError(f"statistic {stat_name!r}: device {device!r} is not available on this machine; use 'cpu'")
     return dev
 

@@ -42,6 +42,7 @@ from .. import executor
 from ..cache import ResultCache
 from ..data.formats import sha256_file
 from ..paths import check_name, outputs_dir
+from ..runtime import device_kind
 from .modules import QuantizedMixin
 from .quantizers import QUANTIZERS
 
@@ -194,8 +195,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     root = outputs_dir() / "quantization_compare" / check_name(model_name, "model name")
     cache = ResultCache(cache_dir or root)
     # QAT runs on the accelerator; GPU and CPU results differ in rounding, so both go in the key
-    device = "gpu" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) \
-        else "cpu"
+    device = device_kind(accelerator)
     qat = {"epochs": qat_epochs, "learning_rate": qat_learning_rate, "batch_size": batch_size, "seed": seed,
            "accelerator": accelerator, "device": device}
     base_key = {"version": COMPARE_VERSION, "model": model_name, "checkpoint": sha256_file(checkpoint)[:16],
