@@ -3,9 +3,9 @@
 import sys
 
 try:
-    from .cli import main
+    from .cli import program
 except KeyboardInterrupt:  # Ctrl-C while Python is still importing the CLI
     print("labkit: interrupted", file=sys.stderr)
     sys.exit(130)
 
-sys.exit(main())
+program()

@@ -15,6 +15,8 @@ what is allowed; nothing already computed (data caches, checkpoints) is touched.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from tabulate import tabulate
@@ -283,5 +285,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def program():
+    """The ``labkit`` command (and ``python -m labkit``): :func:`main`, then exit with its status.
+
+    Once main has returned, the work is finished or has failed cleanly; what is left is the
+    interpreter's shut-down (logger threads flushing, atexit hooks), which takes a moment. A
+    Ctrl-C landing there would end a finished run by the signal, with no message, so it is
+    ignored from here on. (Not in main itself: tests and notebooks call main in-process.)
+
+    After an interrupt the status is set with ``os._exit``: a Ctrl-C that lands while torch is
+    importing can hit Python code that a C extension runs (pybind11's exec), and CPython then
+    marks the interrupt as unhandled and ends the process by SIGINT at exit, whatever status we
+    asked for, although main caught it. Nothing is lost: the run has already stopped and
+    written what it keeps."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()
