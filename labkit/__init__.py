@@ -28,6 +28,7 @@ _EXPORTS_BY_MODULE = {
         "auto_quantize_config", "analyse_flops_pass", "format_flops_table", "register_flop_calculator",
         "verify_metadata_analysis_pass", "calculate_avg_bits_mg_analysis_pass",
         "save_node_meta_param_interface_pass", "load_node_meta_param_interface_pass",
+        "get_mase_op", "get_mase_type",
     ],
     "quantize": ["QUANTIZERS", "BatchNorm1dInteger", "Conv1dInteger", "Conv2dInteger", "LinearInteger",
                  "LinearMinifloat", "Quantizer", "ReLUInteger", "compare_quantization", "model_size_bits",

@@ -174,6 +174,15 @@ def test_get_mase_op_and_type_read_the_common_metadata():
     assert mg.node("x").meta["mase"].module is None
 
 
+def test_get_mase_op_and_type_are_public():
+    import labkit
+    import labkit.passes
+    from labkit.passes import utils
+    for name in ("get_mase_op", "get_mase_type"):
+        assert name in labkit.__all__ and name in labkit.passes.__all__
+        assert getattr(labkit, name) is getattr(labkit.passes, name) is getattr(utils, name)
+
+
 def test_jsc_custom_metadata_shapes_follow_the_batch():
     mg = build(get_model("jsc-custom"), batch=3)
     assert common(mg, "seq_blocks_2")["args"]["weight"]["shape"] == [32, 16]

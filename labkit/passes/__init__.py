@@ -27,6 +27,7 @@ from .report import (
     report_node_shape_analysis_pass,
     report_node_type_analysis_pass,
 )
+from .utils import get_mase_op, get_mase_type
 from .verify import verify_metadata_analysis_pass
 
 __all__ = [
@@ -39,4 +40,6 @@ __all__ = [
     # MASE's interface/verify/bits passes that the lab notebooks use
     "verify_metadata_analysis_pass", "calculate_avg_bits_mg_analysis_pass",
     "save_node_meta_param_interface_pass", "load_node_meta_param_interface_pass",
+    # MASE's accessors for a node's op and type (chop.passes.graph.utils)
+    "get_mase_op", "get_mase_type",
 ]
