@@ -18,7 +18,7 @@ import torch
 
 from labkit.data import (CLASS_NAMES, FEATURE_NAMES, BatchIterator, DatasetInfo, DataUnavailableError, JSCDataModule,
                          choose_dataset, epoch_permutation, load_dataset, raw_frame)
-from labkit.data import jsc, prepare
+from labkit.data import DATASETS, jsc, prepare
 from labkit.data.formats import (DataFormatError, file_digest, file_digests, read_arff, read_hdf5, read_table,
                                  write_arff, write_hdf5)
 from labkit.data.synthetic import generate, write_source_files
@@ -576,6 +576,17 @@ def test_raw_frame_loads_the_cache_once_and_checks_split_first(tmp_path, monkeyp
     assert len(loads) == 1 and not (tmp_path / "new").exists()        # nothing loaded or generated
     fresh = raw_frame("jsc-synthetic", size=2000, data_dir=tmp_path / "fresh", progress=False)
     assert len(fresh) == 2000 and len(loads) == 1                     # built now: no load at all
+
+def test_raw_frame_gets_the_payload_as_a_return_value(tmp_path, monkeypatch):
+    data, payload = load_dataset("jsc-synthetic", size=2000, data_dir=tmp_path, progress=False, with_payload=True)
+    again = load_dataset("jsc-synthetic", size=2000, data_dir=tmp_path, progress=False)
+    assert torch.equal(data.x_train, again.x_train) and payload["manifest"] == again.manifest
+    assert payload["x"].shape == (2000, 16) and not torch.allclose(payload["x"].mean(0), torch.zeros(16), atol=1e-3)
+    assert not hasattr(prepare, "keep_payloads")                      # no side channel left
+    monkeypatch.setitem(DATASETS._entries, "no-cache", lambda **kw: again)  # a loader without load_or_build
+    with pytest.raises(ValueError, match="dataset 'no-cache' has no processed cache"):
+        raw_frame("no-cache")
+
 
 # --- BatchIterator and the DataModule ------------------------------------------------------------------------
 

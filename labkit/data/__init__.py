@@ -6,13 +6,15 @@
     raw_frame("jsc-synthetic")                           # physical units, for histograms
 """
 
+import inspect
+
 import pandas as pd
 
 from .base import CLASS_NAMES, DATASETS, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
 from .formats import DataFormatError
 from .jsc import DataUnavailableError, choose_dataset, ensure_raw
 from .loaders import BatchIterator, JSCDataModule, epoch_permutation
-from .prepare import keep_payloads, unscaled_frame
+from .prepare import unscaled_frame
 from .synthetic import generate as generate_synthetic
 
 
@@ -29,12 +31,12 @@ def raw_frame(name: str = "jsc-synthetic", split: str | None = None, **load_kwar
     name, e.g. ``"j_w"``) and ``split`` (train/val/test). ``split`` keeps only one split."""
     if split is not None and split not in JSCData.SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(JSCData.SPLITS)}")
-    with keep_payloads() as kept:          # the unscaled table, from the same single load
-        data = load_dataset(name, **load_kwargs)
-    if not kept:
-        raise ValueError(f"dataset {name!r} has no processed cache (it does not load through "
-                         "labkit.data.prepare.load_or_build), so its physical units are unknown")
-    frame = unscaled_frame(kept[-1])
+    loader = DATASETS.get(name)
+    if "with_payload" not in inspect.signature(loader).parameters:
+        raise ValueError(f"dataset {name!r} has no processed cache (its loader takes no with_payload "
+                         "argument for labkit.data.prepare.load_or_build), so its physical units are unknown")
+    data, payload = loader(**load_kwargs, with_payload=True)  # the unscaled table, from the same single load
+    frame = unscaled_frame(payload)
     if split is not None:
         frame = frame[frame["split"] == split].reset_index(drop=True)
     frame.attrs["label"] = data.info.label

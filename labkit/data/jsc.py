@@ -315,10 +315,11 @@ def ensure_raw(source=None, data_dir=None, *, timeout: float = DEFAULT_TIMEOUT,
 @register_dataset("jsc")
 def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int = DEFAULT_SEED,
              val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = DEFAULT_TEST_FRACTION,
-             timeout: float = DEFAULT_TIMEOUT, progress: bool = True) -> JSCData:
+             timeout: float = DEFAULT_TIMEOUT, progress: bool = True, with_payload: bool = False) -> JSCData:
     """The real JSC data (downloaded once into ``data/``), preprocessed like MASE/hls4ml.
 
     ``size`` keeps a seeded random subset of that many rows (for quick runs); None keeps all.
+    ``with_payload=True`` returns ``(data, unscaled payload)`` (see ``prepare.load_or_build``).
 
     Raises :class:`DataUnavailableError` (saying what failed and where to put the file by
     hand) when no source works.
@@ -344,7 +345,7 @@ def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int =
                              f"has only {len(y)}; ask for at most {len(y)} (or size=None for all)")
         return subsample(x, y, settings["size"], settings["seed"])
 
-    return load_or_build(data_dir, "jsc", settings, build, info, manifest)
+    return load_or_build(data_dir, "jsc", settings, build, info, manifest, with_payload=with_payload)
 
 
 CHOICES = ("auto", "jsc", "jsc-synthetic")

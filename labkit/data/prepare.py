@@ -18,8 +18,6 @@ everything that decides its content (source checksum, seeds, sizes, fractions, v
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hashlib
 import json
 import math
@@ -219,26 +217,14 @@ def to_jscdata(payload: dict, info: DatasetInfo) -> JSCData:
     return JSCData(info, x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], manifest=payload["manifest"])
 
 
-_KEPT_PAYLOADS = contextvars.ContextVar("kept_payloads", default=None)
-
-
-@contextlib.contextmanager
-def keep_payloads():
-    """Within this block, every payload :func:`load_or_build` loads or builds (the unscaled
-    features, labels, scaler and manifest) is also appended to the yielded list, so a caller
-    that needs physical units gets them without loading the cache file a second time."""
-    kept = []
-    token = _KEPT_PAYLOADS.set(kept)
-    try:
-        yield kept
-    finally:
-        _KEPT_PAYLOADS.reset(token)
-
-
 def load_or_build(data_dir: Path, name: str, settings: dict, build, info: DatasetInfo,
-                  manifest: dict) -> JSCData:
+                  manifest: dict, *, with_payload: bool = False):
     """Load the processed cache for ``settings``; on a miss call ``build() -> (x, y)``,
-    preprocess, save, and return the result."""
+    preprocess, save, and return the result.
+
+    ``with_payload=True`` returns ``(data, payload)``: the payload holds the unscaled features,
+    labels, scaler and manifest, so :func:`labkit.data.raw_frame` gets physical units from the
+    same single load."""
     path = processed_path(data_dir, name, settings)
     payload = read_processed(path)
     if payload is None:
@@ -248,9 +234,8 @@ def load_or_build(data_dir: Path, name: str, settings: dict, build, info: Datase
         full_manifest = save_processed(path, content, {**manifest, "settings": settings})
         payload = {**content, "manifest": full_manifest}
     payload["manifest"]["cache_path"] = str(path)
-    if (kept := _KEPT_PAYLOADS.get()) is not None:
-        kept.append(payload)
-    return to_jscdata(payload, info)
+    data = to_jscdata(payload, info)
+    return (data, payload) if with_payload else data
 
 
 def unscaled_frame(payload: dict) -> pd.DataFrame:

@@ -149,10 +149,11 @@ def synthetic_frame(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED
 def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENERATOR_SEED, *,
                    seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION,
                    test_fraction: float = DEFAULT_TEST_FRACTION, data_dir=None,
-                   progress: bool = True) -> JSCData:
+                   progress: bool = True, with_payload: bool = False) -> JSCData:
     """The synthetic stand-in, preprocessed exactly like the real data and cached in ``data/``.
 
     ``size`` rows are drawn with ``generator_seed``; ``seed`` picks the train/val/test split.
+    ``with_payload=True`` returns ``(data, unscaled payload)`` (see ``prepare.load_or_build``).
     """
     # No more rows than the real table it stands in for (10**10 would try to allocate ~75 GiB).
     size = check_size(size, DEFAULT_SIZE, "the size of the JSC table jsc-synthetic stands in for")
@@ -175,7 +176,7 @@ def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENER
         return x, y
 
     return load_or_build(Path(data_dir) if data_dir else paths.data_dir(), "jsc-synthetic",
-                         settings, build, info, manifest)
+                         settings, build, info, manifest, with_payload=with_payload)
 
 
 # --- the real file formats, written from synthetic jets (for tests and offline rehearsal) ---------
