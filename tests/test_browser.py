@@ -2,7 +2,8 @@
 
 JupyterLab serves a copy of notebook 02 (quick mode) on 127.0.0.1 with a random token; the test
 runs every cell from the Run menu, moves the learning-rate slider with the keyboard, presses
-Train and waits for the epoch bar, the status line and the plot to change; then it browses the
+Train and waits for the epoch bar, the status line and the plot to change; starts a long run and
+presses Stop, which must end it early; then it browses the
 notebook's own sweeps in the "Sweep results" tab. The browser console must stay free of errors.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package
@@ -11,6 +12,7 @@ Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -205,9 +207,40 @@ def test_notebook_02_explorer_trains_and_browses_sweeps_in_a_browser(lab, browse
     status = lambda d: " ".join(h.text for h in d.find_elements(By.CSS_SELECTOR, ".widget-html"))  # noqa: E731
     _wait(browser, lambda d: "epoch 1/" in status(d) or "done" in status(d), 180, "no epoch progress shown")
     _wait(browser, lambda d: "done: best val acc" in status(d), 300, "training did not finish in the browser")
-    bar = browser.find_element(By.CSS_SELECTOR, ".widget-hprogress .progress-bar")
+    # the explorer's own epoch bar (the one beside Train and Stop; the sweeps above have bars too)
+    bar = browser.find_element(By.XPATH, "//div[contains(@class,'widget-hbox')][.//button[normalize-space()='Stop']]"
+                                         "//div[contains(@class,'widget-hprogress')]//div[contains(@class,'progress-bar')]")
     assert bar.get_attribute("style").replace(" ", "").find("width:100%") >= 0, bar.get_attribute("style")
     assert image.get_attribute("src") != src_before, "the plot was not redrawn"
+
+    # Stop: ask for many epochs, press Train, then Stop once the first epoch shows; the run must end
+    # early (the status says so and names fewer epochs) and the epoch bar must stop short of the end
+    epochs_slider = _slider(browser, "max epochs")
+    epochs_readout = epochs_slider.find_element(By.CSS_SELECTOR, ".widget-readout")
+    epochs_handle = epochs_slider.find_element(By.CSS_SELECTOR, ".noUi-handle")
+    epochs_handle.click()
+    epochs_handle.send_keys(Keys.END)  # the slider's maximum (the explorer's epochs_limit)
+    _wait(browser, lambda d: int(epochs_readout.text) >= 50, 20, "the max-epochs slider did not move to its end")
+    requested = int(epochs_readout.text)
+    stop = next(b for b in browser.find_elements(By.CSS_SELECTOR, "button.jupyter-button") if b.text.strip() == "Stop")
+    assert not stop.is_enabled(), "Stop is enabled while nothing trains"
+    train.click()
+    running = re.compile(rf"epoch (\d+)/{requested}:")
+    _wait(browser, lambda d: running.search(status(d)), 180, f"no epoch progress shown for a {requested}-epoch run")
+    _wait(browser, lambda d: stop.is_enabled(), 20, "Stop is not enabled while training")
+    stop.click()
+    _wait(browser, lambda d: "done: best val acc" in status(d), 180, "training did not end after Stop")
+    final = status(browser)
+    print(f"Stop pressed; requested {requested} epochs; status: {final}")
+    assert "stopped by you" in final, final
+    done_epochs = int(final.split(" epochs;")[0].rsplit("after ", 1)[1])
+    assert 1 <= done_epochs < requested, final
+    width = lambda: bar.get_attribute("style").replace(" ", "")  # noqa: E731
+    shown_width = width()
+    assert "width:100%" not in shown_width, shown_width
+    time.sleep(3)  # nothing trains on after Stop: the bar and the status stay where they ended
+    assert width() == shown_width and status(browser) == final
+    assert train.is_enabled() and not stop.is_enabled()
 
     # The Sweep results tab: pick the notebook's learning-rate sweep and one of its runs
     tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, ".lm-TabBar-tab") if t.text.strip() == "Sweep results")
