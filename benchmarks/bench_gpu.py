@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from labkit.data import load_dataset
-from labkit.train import train
+from labkit.training import train
 
 
 def main():

@@ -38,7 +38,7 @@ def baseline(data, config, trials: int) -> float:
     from labkit.models import get_model
     from labkit.passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from labkit.passes.quantize import quantize_transform_pass
-    from labkit.search import average_bitwidth, build_search_space, check_search_config
+    from labkit.precision_search import average_bitwidth, build_search_space, check_search_config
 
     checked = check_search_config(config["search"])
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def main():
 
     import torch
     from labkit.data import load_dataset
-    from labkit.search import search
+    from labkit.precision_search import search
 
     torch.set_num_threads(1)
     data = load_dataset("jsc-synthetic", progress=False)

@@ -44,7 +44,7 @@ from labkit.data.synthetic import DEFAULT_SIZE
 from labkit.models import get_model
 from labkit.paths import outputs_dir
 from labkit.sweep import sweep
-from labkit.train import _quiet_lightning
+from labkit.training import _quiet_lightning
 
 FIXED = {"batch_size": 128, "learning_rate": 1e-5, "max_epochs": 10}  # MASE's defaults, 10 epochs
 SWEEPS = [

@@ -27,7 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from labkit.data import epoch_permutation, load_dataset
 from labkit.models import get_model
-from labkit.train import LitClassifier, _quiet_lightning, default_chunk
+from labkit.training import LitClassifier, _quiet_lightning, default_chunk
 from labkit.data import JSCDataModule
 
 

@@ -41,7 +41,7 @@ FULL_TRAINING = {
 
 
 def seconds_per_epoch(model: str, batch: int, data) -> float:
-    from labkit.train import train
+    from labkit.training import train
     start = time.perf_counter()
     train(model, data, max_epochs=1, batch_size=batch, learning_rate=1e-3, progress=False, verbose=False,
           project=f"bench-epoch-{model}-{batch}")

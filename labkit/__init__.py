@@ -7,7 +7,6 @@ so ``import labkit`` and ``labkit --help`` stay quick.
 
 import importlib
 import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -17,7 +16,7 @@ _EXPORTS_BY_MODULE = {
     "data": ["CLASS_NAMES", "DATASETS", "FEATURE_NAMES", "BatchIterator", "DataUnavailableError", "DatasetInfo",
              "JSCData", "JSCDataModule", "choose_dataset", "epoch_permutation", "load_dataset", "raw_frame",
              "register_dataset"],
-    "train": ["LitClassifier", "checkpoint_or_train", "evaluate", "load_model", "test", "train"],
+    "training": ["LitClassifier", "checkpoint_or_train", "evaluate", "load_model", "test", "train"],
     "graph": ["GraphTraceError", "MaseGraph", "deepcopy_mase_graph", "get_node_actual_target"],
     "passes": [  # every pass, MASE names (labkit.passes.__all__)
         "MaseMetadata", "init_metadata_analysis_pass", "add_common_metadata_analysis_pass",
@@ -34,19 +33,22 @@ _EXPORTS_BY_MODULE = {
                  "LinearMinifloat", "Quantizer", "ReLUInteger", "compare_quantization", "model_size_bits",
                  "plot_accuracy_vs_bits", "quantize_module", "quantized_class", "register_quantizer"],
     "transform": ["load_transformed", "run_transform"],
-    "search": ["search", "SearchResult", "SearchConfigError", "check_search_config", "compare_with_uniform"],
+    "precision_search": ["search", "SearchResult", "SearchConfigError", "check_search_config", "compare_with_uniform"],
     "plots": ["data_banner", "save_figure", "titled"],
     "executor": ["map_unordered", "ClusterUnavailableError"],
     "lab1": ["lab1_checkpoints", "lab1_settings"],  # the Lab-2 notebooks' shared set-up
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",
-               "paths", "plots", "progress", "quantize", "registry", "runtime", "sweep", "train", "transform",
+               "paths", "plots", "progress", "quantize", "registry", "runtime", "sweep", "training", "transform",
                "widgets")
-_SUBMODULES += ("executor", "search")  # issue 11
+_SUBMODULES += ("executor", "precision_search")  # issue 11
 _SUBMODULES += ("lab1",)
 
 __all__ = list(_EXPORTS)
+# No submodule shares a name with a function exported here (train lives in labkit.training, search in
+# labkit.precision_search): importing a submodule sets the package attribute of its name, which would
+# otherwise replace the function.
 
 
 def __getattr__(name):
@@ -64,16 +66,3 @@ def __getattr__(name):
 def __dir__():
     return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
 
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        # Importing the submodule labkit.train makes Python set the attribute `train` to that
-        # module; the exported function of the same name must stay what `labkit.train` and
-        # `from labkit import train` give, as when everything was imported eagerly.
-        if (isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}"
-                and _EXPORTS.get(name) == name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

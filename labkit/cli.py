@@ -159,7 +159,7 @@ def _check(s, keys):
     """Names and training settings checked before any data is loaded."""
     from .data import DATASETS
     from .models import MODELS
-    from .train import check_settings
+    from .training import check_settings
     MODELS.get(s["model"])  # raises ValueError listing the known ones
     DATASETS.get(s["dataset"])
     check_settings(**{k: s[k] for k in keys})
@@ -177,7 +177,7 @@ def cmd_train(args):
     _check(s, settings)
     from .paths import outputs_dir
     outputs_dir()  # an unusable outputs folder is one line now, not after loading the data
-    from .train import load_model, read_checkpoint, train
+    from .training import load_model, read_checkpoint, train
     from .transform import resolve_checkpoint
     ckpt = resolve_checkpoint(s["load_name"]) if s.get("load_name") else None
     if ckpt:
@@ -199,7 +199,7 @@ def cmd_test(args):
     _check(s, ["batch_size", "accelerator"])
     if not s.get("load_name"):
         raise cfg.ConfigError("test needs a checkpoint: --load PATH (and --load-type pl|pt)")
-    from .train import test
+    from .training import test
     from .transform import resolve_checkpoint  # as `labkit transform` finds load_name
     test(s["model"], _load_data(s), load=resolve_checkpoint(s["load_name"]), load_type=s["load_type"],
          batch_size=s["batch_size"], accelerator=s["accelerator"])
@@ -222,7 +222,7 @@ def cmd_search(args):
         raise cfg.ConfigError("labkit search needs a --config TOML with a [search] section "
                               "(see configs/lab3_search_jsc_custom.toml)")
     _use_cluster(args)
-    from .search import search
+    from .precision_search import search
     setup = {k: getattr(args, k) for k in ("n_trials", "n_jobs", "sampler", "timeout") if getattr(args, k) is not None}
     config = {k: v for k, v in s.items() if k in cfg.KEYS and v is not None}
     result = search(config, overrides=setup, progress=args.progress)

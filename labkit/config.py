@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 # The one home of labkit's training defaults and allowed values (MASE's defaults where it has
-# them): train(), sweeps and the command line all read these. They live here, not in train.py,
+# them): train(), sweeps and the command line all read these. They live here, not in training.py,
 # so the CLI can build its parser without importing torch.
 DEFAULTS = dict(max_epochs=20, batch_size=128, learning_rate=1e-5, seed=0, weight_decay=0.0,
                 scheduler=None, early_stopping=None, max_time=None, accelerator="auto",

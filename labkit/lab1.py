@@ -1,6 +1,6 @@
 """The Lab-1 checkpoints the Lab-2 notebooks (04, 05, 06) start from, set up in one call."""
 
-from .train import checkpoint_or_train
+from .training import checkpoint_or_train
 
 
 def lab1_settings(quick: bool = False) -> dict:

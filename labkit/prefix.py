@@ -35,7 +35,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from .cache import atomic_write
-from .train import _archive_previous, project_dir
+from .training import _archive_previous, project_dir
 
 PREFIXES = "shared_prefixes"  # the lead's settings entry listing its shorter runs (not a train() setting)
 

@@ -53,7 +53,7 @@ from .paths import check_name, outputs_dir
 from .prefix import Snapshots, share as share_prefixes_of, split as split_prefixes
 from .progress import EpochCounter, epoch_callback, install as install_progress
 from .runtime import device_kind
-from .train import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
+from .training import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
                     torch_threads, train)
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
@@ -476,7 +476,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     """Train once for every combination in ``grid`` (``{"batch_size": [64, 128], ...}``).
 
     ``fixed`` sets the other settings (``max_epochs``, ``learning_rate``, ``seed``, ...;
-    defaults as in :func:`labkit.train.train`). Finished runs live in
+    defaults as in :func:`labkit.training.train`). Finished runs live in
     ``cache_dir`` (default ``outputs/sweeps/<name>``) and are reused. ``workers``: processes
     to use (default: one per CPU core, at most one per missing run; 1 = in this process).
     ``cluster``: a Dask scheduler address or ``Client`` to run on (default: ``$LABKIT_CLUSTER``

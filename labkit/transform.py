@@ -94,7 +94,7 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     from .graph import MaseGraph, deepcopy_mase_graph
     from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from .passes.quantize import quantize_transform_pass, summarize_quantization_analysis_pass
-    from .train import evaluate, load_model
+    from .training import evaluate, load_model
 
     config = _config_dict(config)
     for key in ("model", "dataset"):

@@ -32,7 +32,7 @@ from .data import JSCData
 from .models import MODELS
 from .plots import integer_epochs, legend_outside, titled
 from .sweep import list_sweeps, load_sweep
-from .train import train
+from .training import train
 
 BATCH_SIZES = [2 ** k for k in range(4, 13)]  # 16 ... 4096
 LR_EXPONENTS = (-6, -1)  # the learning-rate slider: 1e-6 ... 1e-1
@@ -59,7 +59,7 @@ class EpochReporter(pl.Callback):
 
 def fit_live(model: str, data: JSCData, *, max_epochs: int, batch_size: int, learning_rate: float,
              seed: int = 0, project: str = "explorer", on_epoch=None, should_stop=None) -> dict:
-    """:func:`labkit.train.train`, reporting every epoch to ``on_epoch(epoch, metrics)`` and
+    """:func:`labkit.training.train`, reporting every epoch to ``on_epoch(epoch, metrics)`` and
     stopping after the epoch where ``should_stop()`` first returns True."""
     wanted = on_epoch is not None or should_stop is not None
     r = train(model, data, max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,

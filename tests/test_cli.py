@@ -185,8 +185,11 @@ def test_every_top_level_name_resolves_and_train_stays_the_function():
 
     import labkit
     import labkit.passes
-    import labkit.train  # the submodule of the same name must not replace the function
-    assert inspect.isfunction(labkit.train) and labkit.train.__module__ == "labkit.train"
+    import labkit.training  # the module is named apart from the function, so `labkit.train` is simply it
+    assert inspect.isfunction(labkit.train) and labkit.train is labkit.training.train
+    import labkit.precision_search  # likewise for `labkit.search`
+    assert inspect.isfunction(labkit.search) and labkit.search is labkit.precision_search.search
+    assert not set(labkit._SUBMODULES) & set(labkit.__all__)  # no submodule can shadow an exported name
     assert set(labkit.passes.__all__) <= set(labkit.__all__)  # every pass, as `from .passes import *` gave
     for name in labkit.__all__:
         assert getattr(labkit, name) is not None, name
@@ -204,7 +207,7 @@ def test_the_command_line_starts_without_torch():
             "print(train.__module__, MaseGraph.__module__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[]", "labkit.train labkit.graph"]
+    assert out.stdout.splitlines() == ["[]", "labkit.training labkit.graph"]
 
 
 def test_make_refuses_an_old_python_before_building_anything(tmp_path):

@@ -16,7 +16,7 @@ pytest.importorskip("distributed")
 from labkit import executor  # noqa: E402
 from labkit.data import load_dataset  # noqa: E402
 from labkit.sweep import grid_sweep, sweep  # noqa: E402
-from labkit.train import train  # noqa: E402
+from labkit.training import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_a_worker_refuses_data_whose_fingerprint_differs_naming_both(data):
 def test_search_trials_on_the_cluster_equal_the_serial_ones(cluster):
     from test_search import ROWS, lab3_config
 
-    from labkit.search import search
+    from labkit.precision_search import search
     small = load_dataset("jsc-synthetic", size=ROWS, progress=False)
     config = lab3_config("dask-serial", sampler="random", n_trials=4)  # seeded: both ask the same configs
     serial = search(config, data=small, workers=1, progress=False, verbose=False)

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from labkit.lock import LOCK_NAME, ProjectBusyError, project_lock
-from labkit.train import TrainingDiverged, project_dir, read_checkpoint, train
+from labkit.training import TrainingDiverged, project_dir, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from labkit.data import JSCData
-from labkit.train import evaluate, load_model, train
+from labkit.training import evaluate, load_model, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -70,7 +70,7 @@ def tiny_data():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
     """One real Lightning checkpoint (jsc-tiny, 1 epoch on 1000 rows)."""
-    from labkit.train import train
+    from labkit.training import train
     out = tmp_path_factory.mktemp("trained")
     r = train("jsc-tiny", data=tiny_data, project=out / "run", max_epochs=1, progress=False, verbose=False)
     return Path(r["best_ckpt"])
@@ -122,7 +122,7 @@ def test_toml_project_cannot_escape_outputs(capsys, home, action):
 
 def test_api_project_and_sweep_names_are_checked_before_anything_runs(home):
     from labkit.sweep import sweep
-    from labkit.train import train
+    from labkit.training import train
     from labkit.transform import run_transform
     with pytest.raises(ValueError, match=r"project '\.\./x' .*allowed"):
         train("jsc-tiny", "jsc-synthetic", project="../x")
@@ -149,7 +149,7 @@ def test_a_model_name_unfit_for_a_path_cannot_become_the_default_project(home):
         return nn.Linear(info.num_features, info.num_classes)
 
     try:
-        from labkit.train import train
+        from labkit.training import train
         with pytest.raises(ValueError, match="bad/name"):
             train("bad/name", "jsc-synthetic", max_epochs=1)
     finally:
@@ -176,7 +176,7 @@ def test_a_figure_name_is_a_file_name_not_a_path(home, monkeypatch):
 
 def test_an_explicit_path_object_is_the_api_way_to_write_elsewhere(home, tiny_data):
     """A Path (only from Python, never from a flag or a config) names a directory of the caller's choice."""
-    from labkit.train import train
+    from labkit.training import train
     r = train("jsc-tiny", data=tiny_data, project=home / "mine", max_epochs=1, progress=False, verbose=False)
     assert Path(r["best_ckpt"]).is_relative_to(home / "mine")
 
@@ -210,7 +210,7 @@ def test_wrong_shaped_checkpoint_is_one_line_naming_the_file(capsys, home, case,
     assert str(path) in line, line
     if case == "dir":
         assert "is a directory" in line
-    from labkit.train import load_model, test
+    from labkit.training import load_model, test
     with pytest.raises(ValueError) as e:
         load_model("jsc-tiny", path, load_type)
     assert str(path) in one_line(e)
@@ -224,7 +224,7 @@ def test_load_type_pt_on_a_lightning_checkpoint_says_so_and_suggests_pl(capsys, 
     line = cli(capsys, ["test", "jsc-tiny", "jsc-synthetic", "--load", trained, "--load-type", "pt",
                         "--data-size", "1000"])
     assert "Lightning checkpoint" in line and "pl" in line and str(trained) in line
-    from labkit.train import load_model
+    from labkit.training import load_model
     with pytest.raises(ValueError, match="Lightning checkpoint.*'pl'"):
         load_model("jsc-tiny", trained, "pt")
     assert trained.read_bytes() == before
@@ -319,7 +319,7 @@ def test_data_dir_not_writable_is_one_line(capsys, home, monkeypatch):
 
 def test_a_failed_run_leaves_the_projects_checkpoints_as_they_were(capsys, home, tiny_data):
     from labkit.models import get_model
-    from labkit.train import train
+    from labkit.training import train
     train("jsc-tiny", data=tiny_data, project="keep", max_epochs=1, progress=False, verbose=False)
     before = files_under(home / "outputs")
     with pytest.raises(ValueError):
@@ -422,7 +422,7 @@ def test_negative_learning_rate_is_named_everywhere(capsys, home):
     toml.write_text('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nlearning_rate = -0.001\n')
     assert "-0.001" in cli(capsys, ["train", "--config", toml])
     from labkit.sweep import sweep
-    from labkit.train import train
+    from labkit.training import train
     with pytest.raises(ValueError, match="learning_rate.*-0.001"):
         train("jsc-tiny", "jsc-synthetic", learning_rate=-0.001)
     with pytest.raises(ValueError, match="learning_rate.*-0.001"):
@@ -497,7 +497,7 @@ def test_transform_config_with_bypass_yes_exits_2_and_writes_nothing(capsys, hom
 def test_train_argument_types(home, tiny_data):
     import pandas as pd
 
-    from labkit.train import train
+    from labkit.training import train
     cases = [
         (dict(data=pd.DataFrame({"a": [1]})), TypeError, "data must be a JSCData"),
         (dict(project=123), TypeError, "project must be a string"),
@@ -517,7 +517,7 @@ def test_train_argument_types(home, tiny_data):
 
 def test_test_and_get_model_argument_types():
     from labkit.models import get_model
-    from labkit.train import test
+    from labkit.training import test
     with pytest.raises(TypeError, match="load must be a checkpoint path.*123"):
         test("jsc-tiny", "jsc-synthetic", load=123)
     with pytest.raises(TypeError, match="info must be .*num_features.*got 5"):
@@ -534,7 +534,7 @@ def test_data_that_does_not_fit_the_model(home, tiny_data):
     import dataclasses
 
     from labkit.models import get_model
-    from labkit.train import test, train
+    from labkit.training import test, train
     narrow = get_model("jsc-tiny", {"num_features": 8, "num_classes": 5})
     with pytest.raises(ValueError, match=r"16 features.*8") as e:
         train(narrow, data=tiny_data, max_epochs=1, progress=False)

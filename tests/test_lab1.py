@@ -6,7 +6,7 @@ import pytest
 
 import labkit
 from labkit import lab1_checkpoints, lab1_settings
-from labkit.train import project_dir
+from labkit.training import project_dir
 
 
 def test_lab1_settings_are_the_reports_and_quick_is_small():

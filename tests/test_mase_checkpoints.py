@@ -12,7 +12,7 @@ import torch
 
 from labkit import count_parameters, evaluate, get_model, load_model
 from labkit.cli import main
-from labkit.train import read_checkpoint
+from labkit.training import read_checkpoint
 
 from mase_format import write_mase_lightning_ckpt, write_mase_pt
 

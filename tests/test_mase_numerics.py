@@ -256,7 +256,7 @@ def test_minifloat_rounds_up_to_the_next_power_of_two():
 def test_train_val_and_test_accuracy_are_separate_metric_objects():
     # MASE's base wrapper sets acc_train = acc_val = acc_test = one Accuracy(): validation
     # updates land in the training accuracy's running state and the other way round.
-    from labkit.train import LitClassifier
+    from labkit.training import LitClassifier
     lit = LitClassifier(nn.Linear(16, 5))
     assert len({id(lit.train_acc), id(lit.val_acc), id(lit.test_acc)}) == 3
     target = torch.tensor([0, 1, 2, 3])
@@ -276,7 +276,7 @@ def test_validation_rows_are_not_training_rows():
 def test_search_trials_each_quantise_a_float_copy():
     # quantize_transform_pass changes the graph it is given, so a caller that runs several
     # configs (search trials, compare runs) must start each from a float copy
-    from labkit.search import Evaluator
+    from labkit.precision_search import Evaluator
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(256, 16, generator=g), torch.randint(0, 5, (256,), generator=g)
     ev = Evaluator(get_model("jsc-tiny"), x, y, {"sw_runner.basic_evaluation": {}})

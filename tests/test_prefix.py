@@ -12,7 +12,7 @@ import labkit.sweep as sw
 from labkit.data import load_dataset
 from labkit.prefix import compute_seconds, groups, plan_table
 from labkit.sweep import sweep
-from labkit.train import read_checkpoint
+from labkit.training import read_checkpoint
 
 SAME = ["epochs", "steps", "best_val_acc", "final_val_acc", "final_train_acc", "test_acc", "stopped_early"]
 

@@ -37,7 +37,7 @@ def test_the_device_is_found_in_one_place(monkeypatch):
     from pathlib import Path
 
     import labkit
-    from labkit.train import usable_accelerators
+    from labkit.training import usable_accelerators
     root = Path(labkit.__file__).parent
     askers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                     if "cuda.is_available" in p.read_text() or "mps.is_available" in p.read_text())

@@ -19,7 +19,7 @@ from labkit.cli import main
 from labkit.data import load_dataset
 from labkit.models import get_model
 from labkit.paths import outputs_dir
-from labkit.search import SearchConfigError, check_search_config, finetune, search, to_toml
+from labkit.precision_search import SearchConfigError, check_search_config, finetune, search, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB3_CONFIGS = [ROOT / "configs" / "examples" / "jsc_toy_by_type.toml",  # labkit's copy of the handout's
@@ -157,7 +157,7 @@ def test_rerun_resumes_and_evaluates_nothing_twice(data):
 
 KILL_SCRIPT = textwrap.dedent("""
     import json, sys
-    from labkit.search import search
+    from labkit.precision_search import search
     search(json.loads(sys.argv[1]), progress=False, verbose=False)
 """)
 
@@ -261,7 +261,7 @@ def test_bad_project_name_is_rejected(data):
 
 
 def test_exported_best_config_reproduces_the_trial_through_transform(data, checkpoint, capsys):
-    from labkit.search import evaluate_rows
+    from labkit.precision_search import evaluate_rows
     from labkit.transform import load_transformed
     config = lab3_config("export", n_trials=6)
     config.update(load_name=str(checkpoint), load_type="pt")
@@ -292,7 +292,7 @@ def test_parallel_workers_give_the_same_results(data):
 
 def test_pareto_exercise_check():
     from labkit.exercises import check_pareto
-    from labkit.search import _pareto_mask
+    from labkit.precision_search import _pareto_mask
 
     assert check_pareto(lambda v, d: _pareto_mask([list(x) for x in v], d)).passed
     wrong = {
@@ -306,8 +306,8 @@ def test_pareto_exercise_check():
 
 
 def test_compare_with_uniform_and_finetune(data, checkpoint):
-    from labkit.search import compare_with_uniform
-    from labkit.train import load_model
+    from labkit.precision_search import compare_with_uniform
+    from labkit.training import load_model
     config = lab3_config("uniform", n_trials=6)
     config["search"]["strategy"]["hw_runner"]["bitops"] = {}
     config.update(load_name=str(checkpoint), load_type="pt")

@@ -14,8 +14,8 @@ import labkit.sweep as sw
 from labkit.data import load_dataset
 from labkit.models import MODELS, register_model
 from labkit.sweep import grid_sweep, list_sweeps, load_sweep, sweep
-from labkit.train import interruptible
-from labkit.train import evaluate, load_model
+from labkit.training import interruptible
+from labkit.training import evaluate, load_model
 
 FAST = dict(max_epochs=2, learning_rate=1e-3, workers=1, progress=False)
 LR_FAST = {k: v for k, v in FAST.items() if k != "learning_rate"}  # for sweeps over the learning rate

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from labkit.data import epoch_permutation
 from labkit.models import get_model
-from labkit.train import LitClassifier, checkpoint_or_train, evaluate, load_model, read_checkpoint, train
-from labkit.train import test as run_test
+from labkit.training import LitClassifier, checkpoint_or_train, evaluate, load_model, read_checkpoint, train
+from labkit.training import test as run_test
 
 
 def _weights(model):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from labkit.cli import main
-from labkit.train import train
+from labkit.training import train
 from labkit.transform import load_transformed, run_transform
 
 SPEC_TOML = Path(__file__).resolve().parent.parent / "configs" / "lab2_transform_jsc_custom.toml"

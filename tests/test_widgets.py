@@ -6,7 +6,7 @@ import pytest
 import labkit.widgets as wd
 from labkit.data import load_dataset
 from labkit.sweep import sweep
-from labkit.train import train
+from labkit.training import train
 from labkit.widgets import SweepBrowser, TrainExplorer, explore
 
 PNG = b"\x89PNG"
@@ -36,7 +36,7 @@ def test_train_button_trains_and_updates_the_plot_every_epoch(data):
     xs, ys = ex.plot_data[ex.current]
     hist = ex.last_result["history"]
     assert xs == [1, 2, 3] and ys == pytest.approx(list(hist["val_acc"]))
-    # the explorer trains exactly like labkit.train.train with the same settings
+    # the explorer trains exactly like labkit.training.train with the same settings
     ref = train("jsc-tiny", data, max_epochs=3, batch_size=256, learning_rate=1e-2, project="t-explorer-ref",
                 progress=False, verbose=False)
     assert ys == pytest.approx(list(ref["history"]["val_acc"]), abs=1e-6)

@@ -25,7 +25,7 @@ class BatchIterator:
     """Iterate ``(x, y)`` mini-batches; reshuffles (deterministically) on every pass.
 
     ``chunk`` > 1 groups consecutive mini-batches into lists, so one Lightning step can run
-    several optimiser steps (see :mod:`labkit.train`).
+    several optimiser steps (see :mod:`labkit.training`).
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0,

@@ -168,7 +168,7 @@ def check_trained(cls, data, budget: int, baseline: float | None = None, margin:
     Passes when the test accuracy beats always predicting the most common class by ``margin``;
     the message compares it with ``baseline`` (jsc-tiny with the same recipe) when given.
     """
-    from ..train import evaluate, load_model, train
+    from ..training import evaluate, load_model, train
     first = check_network(cls, data.info, budget)
     if not first:
         raise NotYet(f"fix the network first ({first.message})")

@@ -3,14 +3,14 @@
 ``is_pareto(values, directions)`` gets one tuple of objective values per trial and each
 objective's direction ("maximize" or "minimize"), and returns one bool per trial: True when no
 other trial is at least as good in every objective and strictly better in one. The reference
-is the one :func:`labkit.search.search` uses for its ``pareto`` table.
+is the one :func:`labkit.precision_search.search` uses for its ``pareto`` table.
 """
 
 from __future__ import annotations
 
 import random
 
-from ..search import _pareto_mask
+from ..precision_search import _pareto_mask
 from .verdict import NotYet, call_student, check, ok
 
 # (what the case tests, values, directions)

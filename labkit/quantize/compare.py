@@ -91,7 +91,7 @@ def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
     from ..passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from ..passes.profile import profile_statistics_analysis_pass
     from ..passes.utils import get_mase_op
-    from ..train import load_model
+    from ..training import load_model
 
     model = load_model(model_name, checkpoint, load_type, info=data.info).eval()
     mg = MaseGraph(model=model)
@@ -109,7 +109,7 @@ def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
 def _one_run(mg, data, fmt, width, mode, ops, qat, project) -> dict:
     from ..graph import deepcopy_mase_graph
     from ..passes.quantize import auto_quantize_config, quantize_transform_pass
-    from ..train import evaluate, load_model, train
+    from ..training import evaluate, load_model, train
 
     start = time.perf_counter()
     pass_args = auto_quantize_config(mg, width, format=fmt, ops=ops)  # ranges: profiled in _float_graph
@@ -177,7 +177,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     ``workers`` is not given): where the runs go, as in :func:`labkit.sweep.grid_sweep`.
     """
     from ..data import load_dataset
-    from ..train import evaluate, torch_threads
+    from ..training import evaluate, torch_threads
 
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     modes = (modes,) if isinstance(modes, str) else tuple(modes)

@@ -634,7 +634,7 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
     ckpt = None
     if model is None:
         from .models import get_model
-        from .train import load_model
+        from .training import load_model
         from .transform import resolve_checkpoint
         if config.get("load_name"):
             ckpt = resolve_checkpoint(config["load_name"])
@@ -891,7 +891,7 @@ def finetune(result: SearchResult, data, model: nn.Module, *, epochs: int = 3, l
     from .graph import MaseGraph
     from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
     from .passes.quantize import quantize_transform_pass
-    from .train import evaluate, train
+    from .training import evaluate, train
     mg = MaseGraph(model=copy.deepcopy(model).cpu().eval())
     mg, _ = init_metadata_analysis_pass(mg, None)
     mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": data.x_train[:8]}})
