@@ -25,6 +25,13 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def optional_positive_int(name: str, value):
+    """``None`` or an ``int`` > 0 (a worker count: no ``2.0``, no ``True``)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+    return value
+
+
 def positive_float(name: str, value) -> float:
     """A finite number > 0."""
     if not (_is_number(value) and math.isfinite(value) and value > 0):

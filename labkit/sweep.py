@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import executor
+from . import checks, executor
 from .cache import ResultCache, settings_hash
 from .data import JSCData, load_dataset
 from .data.base import tensor_digest
@@ -495,8 +495,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     base = {k: check_value(k, v) for k, v in {**SETTINGS, "model": model, **fixed}.items()
             if k != "model" or "model" not in grid}
     check_settings(accelerator=accelerator)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
+    checks.optional_positive_int("workers", workers)
     name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
     data = _resolve_data(dataset, data)
     device = device_kind(accelerator)

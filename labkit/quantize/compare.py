@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import executor
+from .. import checks, executor
 from ..cache import ResultCache
 from ..data.formats import sha256_file
 from ..paths import check_name, outputs_dir
@@ -183,8 +183,7 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     widths = (widths,) if isinstance(widths, int) else tuple(widths)
     _check(widths, formats, modes)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be None or a positive integer, got {workers!r}")
+    checks.optional_positive_int("workers", workers)
     target = executor.choose_cluster(cluster, workers)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
