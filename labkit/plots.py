@@ -104,60 +104,58 @@ def plot_histories(histories: dict, metric: str = "val_acc", title: str = "", da
 # --- Lab 2: what the layers hold, what they cost ----------------------------------------------
 
 
+def _layer_ops(gm, ops) -> dict:
+    """``{call_module node: its op}`` for the layers ``ops`` asks for (None: every layer)."""
+    from .passes.utils import get_mase_op
+
+    def op_of(node):  # without metadata: the lower-case layer class name
+        op = get_mase_op(node, None)
+        return op if op is not None else type(gm.get_submodule(node.target)).__name__.lower()
+
+    wanted = {n: op_of(n) for n in gm.graph.nodes if n.op == "call_module"}
+    if ops is None:
+        return wanted
+    if isinstance(ops, str):
+        ops = [ops]
+    unknown = sorted(set(ops) - set(wanted.values()))
+    if unknown:
+        raise ValueError(f"layer_values: ops {unknown} match no layer; this graph has "
+                         f"{sorted(set(wanted.values()))}")
+    return {n: op for n, op in wanted.items() if op in ops}
+
+
 def layer_values(graph, x, *, ops=None) -> dict:
     """Weights and input activations of every layer of a MaseGraph, for plotting.
 
-    Runs ``x`` (one batch, eval mode, no grad) through ``graph`` with a torch.fx
-    Interpreter and records, for each ``call_module`` node, a copy of its first tensor input
-    (taken *before* the layer runs, so ``ReLU(inplace=True)`` cannot overwrite it) and its
-    ``weight`` if it has one. ``ops`` keeps only nodes whose ``mase_op`` (or, without
-    metadata, lower-case layer class name) is listed. Returns
+    Runs ``x`` (one batch) through ``graph`` with the shared
+    :class:`~labkit.passes.interpreter.NodeCapture` (eval mode, no grad, each layer's own
+    training flag restored) and records, for each ``call_module`` node, a copy of its first
+    tensor input (taken *before* the layer runs, so ``ReLU(inplace=True)`` cannot overwrite
+    it) and its ``weight`` if it has one. ``ops`` keeps only nodes whose ``mase_op`` (or,
+    without metadata, lower-case layer class name) is listed. Returns
     ``{node name: {"op": ..., "weight": tensor | None, "activation": tensor}}`` in graph order.
     """
     import torch
     import torch.fx as fx
 
-    from .passes.utils import get_mase_op
-    from .runtime import eval_mode
+    from .passes.interpreter import NodeCapture, first_tensor
 
     gm = getattr(graph, "model", None)
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(f"layer_values needs a MaseGraph, got {type(graph).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a tensor batch, got {type(x).__name__}")
-    if isinstance(ops, str):
-        ops = [ops]
-
-    def op_of(node):
-        op = get_mase_op(node, None)
-        return op if op is not None else type(gm.get_submodule(node.target)).__name__.lower()
-
-    wanted = {n: op_of(n) for n in gm.graph.nodes if n.op == "call_module"}
-    if ops is not None:
-        unknown = sorted(set(ops) - set(wanted.values()))
-        if unknown:
-            raise ValueError(f"layer_values: ops {unknown} match no layer; this graph has "
-                             f"{sorted(set(wanted.values()))}")
-        wanted = {n: op for n, op in wanted.items() if op in ops}
+    wanted = _layer_ops(gm, ops)
     found = {}
 
-    class Recorder(fx.Interpreter):
-        def run_node(self, n):
-            if n in wanted:
-                args, _ = self.fetch_args_kwargs_from_env(n)
-                act = next((a for a in args if isinstance(a, torch.Tensor)), None)
-                if act is None:
-                    raise ValueError(f"layer_values: node {n.name!r} has no tensor input")
-                weight = getattr(gm.get_submodule(n.target), "weight", None)
-                found[n.name] = {"op": wanted[n],
-                                 "weight": weight.detach().clone() if isinstance(weight, torch.Tensor) else None,
-                                 "activation": act.detach().clone()}
-            return super().run_node(n)
+    def before(n, args, kwargs):
+        act = first_tensor(n, args, f"layer_values: node {n.name!r} has no tensor input")
+        weight = getattr(gm.get_submodule(n.target), "weight", None)
+        found[n.name] = {"op": wanted[n],
+                         "weight": weight.detach().clone() if isinstance(weight, torch.Tensor) else None,
+                         "activation": act.detach().clone()}
 
-    # eval_mode gives each submodule its own mode back: a BatchNorm frozen in eval mode
-    # inside a training model stays frozen (gm.train(was) would set it training again)
-    with eval_mode(gm), torch.no_grad():
-        Recorder(gm).run(x)
+    NodeCapture(gm, before=before, nodes=wanted).run(x)
     return found
 
 

@@ -315,12 +315,12 @@ def build_search_space(graph, checked: dict) -> SearchSpace:
 
     A seed key must be ``default``, a node name or a quantisable op (the one `by` does not use is
     ignored, as in MASE); anything else is an error naming it."""
-    from .passes.quantize import QUANTIZABLE_OPS, node_mase_op, validate_quantize_args
+    from .passes.quantize import QUANTIZABLE_OPS, node_mase_op, plan_quantization
 
     gm = graph.model
     every = {"by": "name", "default": {"config": {"name": "integer", **{
         f"{o}_{k}": 8 if k == "width" else 4 for o in OPERAND_KEYS for k in ("width", "frac_width")}}}}
-    plan = validate_quantize_args(graph, every)  # every node the quantise pass can swap, with its op
+    plan = plan_quantization(graph, every)  # every node the quantise pass can swap, with its op
     names = {n.name: n for n in gm.graph.nodes}
     by, seeds = checked["by"], checked["seeds"]
     unused = []
@@ -339,7 +339,8 @@ def build_search_space(graph, checked: dict) -> SearchSpace:
             unused.append(key)
     default = seeds.get("default", {"formats": ["NA"], "pairs": {}})
     nodes, first_of = {}, {}
-    for name, (_config, op) in plan.items():
+    for name, layer in plan.layers.items():
+        op = layer.op
         seed = seeds.get(name if by == "name" else op, default)
         operands = _operands(op)
         spec = {"op": op, "formats": seed["formats"],

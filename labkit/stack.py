@@ -55,14 +55,15 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from . import models as zoo
 from .cache import atomic_write
-from .config import DEFAULTS, default_project
+from .config import default_project
 from .data.loaders import epoch_permutation
 from .lock import project_lock
 from .progress import report
 from .runtime import torch_flags_restored, torch_threads
+from .settings import DEFAULTS, TrainSettings
 from .training import (LitClassifier, TrainingDiverged, _archive_previous, _check_project, _data,
-                       _fused_adam_ok, _model_and_name, _quiet_lightning, check_fits, check_settings,
-                       default_chunk, interruptible, project_dir)
+                       _fused_adam_ok, _model_and_name, _quiet_lightning, check_fits, default_chunk,
+                       interruptible, project_dir)
 
 STACKED = "stacked_runs"  # a sweep lead's settings entry: the runs that train with it (not a train() setting)
 VARY = ("learning_rate", "weight_decay", "seed", "max_epochs", "early_stopping")  # may differ within a stack
@@ -518,13 +519,11 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
             raise TypeError(f"unknown setting {k!r} for train_stacked; settings: batch_size, {', '.join(VARY)}")
     if accelerator != "cpu":
         raise ValueError(f"train_stacked runs on the CPU only (accelerator 'cpu'), got {accelerator!r}")
-    batch_size = check_settings(batch_size=batch_size)["batch_size"]
+    batch_size = TrainSettings(batch_size=batch_size).batch_size
     settings = []
     for r in runs:
-        s = {k: DEFAULTS[k] for k in VARY}
-        s.update(common)
-        s.update(r)
-        settings.append({**s, **check_settings(**s)})
+        checked = TrainSettings.build(**{**common, **r})  # train()'s own checks and normalisation
+        settings.append({k: getattr(checked, k) for k in VARY})
     if projects is None:
         projects = [None] * len(runs)
     if not isinstance(projects, (list, tuple)) or len(projects) != len(runs):

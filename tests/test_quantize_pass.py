@@ -478,3 +478,30 @@ def test_auto_frac_width_pass_profiles_every_input_and_keeps_layer_modes():
     assert args["b"]["config"]["data_in_frac_width"] == integer_frac_width(float(y.min()), float(y.max()), 8)
     assert args["a"]["config"]["data_in_frac_width"] == integer_frac_width(float(x.min()), float(x.max()), 8)
     assert mg.model.training and mg.modules["a"].training and not mg.modules["bn"].training
+
+
+def test_pass_args_are_parsed_once_into_a_plan_that_the_pass_applies(custom, monkeypatch):
+    import labkit.passes.quantize as q
+
+    plan = q.plan_quantization(custom, CUSTOM_ARGS)
+    assert isinstance(plan, q.QuantPlan) and plan.by == "type"
+    linears = [n for n in plan if plan[n].op == "linear"]
+    assert linears and all(plan[n].config == CUSTOM_ARGS["linear"]["config"] for n in linears)
+    assert {plan[n].op for n in plan} == {"linear", "relu"}
+    assert list(plan) == [n.name for n in custom.model.graph.nodes if n.name in plan]  # graph order
+    assert q.validate_quantize_args(custom, CUSTOM_ARGS) == plan  # the old name gives the same plan
+    # the pass parses pass_args exactly as often as planning alone does; applying parses nothing
+    calls = []
+    real = q.parse_config
+    monkeypatch.setattr(q, "parse_config", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    q.plan_quantization(custom, CUSTOM_ARGS)
+    planned = list(calls)
+    calls.clear()
+    mg, info = quantize_transform_pass(copy.deepcopy(custom), CUSTOM_ARGS)
+    assert calls == planned and planned  # every key once, plus the default
+    calls.clear()
+    changed = q.apply_quantize_plan(custom, plan)
+    assert calls == [] and changed == info["changed"] == list(plan)
+    assert info["configs"] == plan.configs() and info["configs"][linears[0]] is not plan[linears[0]].config
+    x = torch.randn(4, 16)
+    assert torch.equal(custom.model.eval()(x), mg.model.eval()(x))  # the plan applied alone quantises as the pass does

@@ -47,8 +47,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..graph import get_node_actual_target
-from ..runtime import eval_mode
 from ..quantize.modules import QuantizedMixin
+from .interpreter import NodeCapture
 from .utils import check_pass_args, graph_module
 
 __all__ = [
@@ -279,36 +279,33 @@ def _results_meta(result, add_value) -> OrderedDict:
     return meta
 
 
-class _MetadataRecorder(fx.Interpreter):
-    """Runs the graph node by node and writes each node's common metadata as it goes."""
+def _run_recording(gm: fx.GraphModule, inputs: list, add_value: bool, input_shapes) -> None:
+    """Run the graph node by node (eval mode, no grad) and write each node's common metadata."""
 
-    def __init__(self, gm: fx.GraphModule, add_value: bool, input_shapes: list):
-        super().__init__(gm, garbage_collect_values=True)
-        self.extra_traceback = False  # our own message below says which node failed
-        self.add_value = add_value
-        self.input_shapes = input_shapes
-
-    def run_node(self, n: fx.Node):
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        module = get_node_actual_target(n) if n.op == "call_module" else None
-        mase_op, mase_type = node_op_and_type(n, self.module)
+    def before(n, args, kwargs):
+        op_and_type = node_op_and_type(n, gm)
         # record inputs *before* running: an in-place op (ReLU(inplace=True)) rewrites them
-        arg_meta = OrderedDict() if n.op in ("placeholder", "get_attr") else \
-            _args_meta(n, args, kwargs, module, self.add_value)
-        try:
-            result = super().run_node(n)
-        except Exception as exc:  # a wrongly shaped dummy_in, usually: say where and with what
-            what = type(module).__name__ if module is not None else getattr(n.target, "__name__", n.target)
-            shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
-            raise ValueError(
-                f"add_common_metadata_analysis_pass: node {n.name!r} ({what}) failed on inputs of shape "
-                f"{shapes}, running dummy_in of shape {self.input_shapes}: {type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:300]}. Give dummy_in the shape forward() expects "
-                "(e.g. [batch, 16] for the JSC models)") from exc
-        common = n.meta["mase"].parameters["common"]
-        common.update(mase_type=mase_type, mase_op=mase_op, args=arg_meta,
-                      results=_results_meta(result, self.add_value))
-        return result
+        if n.op in ("placeholder", "get_attr"):
+            return op_and_type, OrderedDict()
+        module = get_node_actual_target(n) if n.op == "call_module" else None
+        return op_and_type, _args_meta(n, args, kwargs, module, add_value)
+
+    def after(n, state, result):
+        (mase_op, mase_type), arg_meta = state
+        n.meta["mase"].parameters["common"].update(mase_type=mase_type, mase_op=mase_op, args=arg_meta,
+                                                   results=_results_meta(result, add_value))
+
+    def on_error(n, args, exc):  # a wrongly shaped dummy_in, usually: say where and with what
+        module = get_node_actual_target(n) if n.op == "call_module" else None
+        what = type(module).__name__ if module is not None else getattr(n.target, "__name__", n.target)
+        shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        raise ValueError(
+            f"add_common_metadata_analysis_pass: node {n.name!r} ({what}) failed on inputs of shape "
+            f"{shapes}, running dummy_in of shape {input_shapes}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}. Give dummy_in the shape forward() expects "
+            "(e.g. [batch, 16] for the JSC models)") from exc
+
+    NodeCapture(gm, before=before, after=after, on_error=on_error).run(*inputs)
 
 
 # --- the passes ------------------------------------------------------------------------------
@@ -375,8 +372,7 @@ def add_common_metadata_analysis_pass(graph, pass_args=None):
     for node in gm.graph.nodes:
         if "mase" not in node.meta:
             node.meta["mase"] = MaseMetadata(node=node, model=gm)
-    with eval_mode(gm), torch.no_grad():
-        _MetadataRecorder(gm, bool(args["add_value"]), shapes).run(*inputs)
+    _run_recording(gm, inputs, bool(args["add_value"]), shapes)
     return graph, {}
 
 

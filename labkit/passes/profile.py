@@ -38,8 +38,9 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from ..graph import get_node_actual_target
-from ..runtime import available_devices, eval_mode
+from ..runtime import available_devices
 from ..registry import Registry
+from .interpreter import NodeCapture, first_tensor
 from .metadata import _positional_inputs
 from .utils import check_pass_args, get_mase_op, graph_module, node_common
 
@@ -409,26 +410,18 @@ def _batch_inputs(batch, names):
     raise TypeError(f"cannot read model inputs from a batch of type {type(batch).__name__}")
 
 
-class _ActivationProfiler(fx.Interpreter):
-    """Runs the graph and feeds each profiled node's first input to its statistics."""
+def _feed(stats_by_node: dict):
+    """A NodeCapture ``before`` hook: feed each profiled node's first input to its statistics."""
 
-    def __init__(self, gm, stats_by_node):
-        super().__init__(gm)
-        self.stats_by_node = stats_by_node
+    def before(n, args, kwargs):
+        x = first_tensor(n, args, f"node {n.name!r} has no tensor input to profile")
+        for s in stats_by_node[n].values():  # before the node runs: ReLU(inplace=True) rewrites its input
+            if isinstance(s, Record):
+                s.update(x, samples=x.shape[0] if x.dim() else None)
+            else:
+                s.update(x)
 
-    def run_node(self, n):
-        stats = self.stats_by_node.get(n)
-        if stats:
-            args, _ = self.fetch_args_kwargs_from_env(n)
-            x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            if x is None:
-                raise ValueError(f"node {n.name!r} has no tensor input to profile")
-            for s in stats.values():  # before the node runs: ReLU(inplace=True) rewrites its input
-                if isinstance(s, Record):
-                    s.update(x, samples=x.shape[0] if x.dim() else None)
-                else:
-                    s.update(x)
-        return super().run_node(n)
+    return before
 
 
 def _num_rows(inputs) -> int:
@@ -452,9 +445,9 @@ def profile_activations(gm: fx.GraphModule, nodes, statistics: dict, batches, nu
 
     stats_by_node = {n: {name: make_statistic(name, cfg) for name, cfg in statistics.items()} for n in nodes}
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    profiler = _ActivationProfiler(gm, stats_by_node)
+    profiler = NodeCapture(gm, before=_feed(stats_by_node), nodes=[n for n, stats in stats_by_node.items() if stats])
     num_batches = seen = 0
-    with eval_mode(gm), torch.no_grad(), tqdm(total=num_samples, desc="profiling", disable=not progress) as bar:
+    with tqdm(total=num_samples, desc="profiling", disable=not progress) as bar:
         for batch in batches:
             inputs = _batch_inputs(batch, names)
             profiler.run(*_positional_inputs(gm, inputs))

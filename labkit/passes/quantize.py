@@ -48,6 +48,7 @@ import copy
 import math
 import operator
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +69,8 @@ from .profile import profile_activations
 from .utils import check_pass_args, get_mase_op, get_mase_type, graph_module
 
 __all__ = ["quantize_transform_pass", "summarize_quantization_analysis_pass", "auto_frac_width_pass",
-           "auto_quantize_config", "validate_quantize_args", "apply_quantize_plan", "QUANTIZABLE_OPS"]
+           "auto_quantize_config", "plan_quantization", "validate_quantize_args", "apply_quantize_plan",
+           "QuantPlan", "LayerPlan", "QUANTIZABLE_OPS"]
 
 QUANTIZABLE_OPS = tuple(QUANTIZED_OPS)  # linear, relu, batch_norm1d, conv1d, conv2d, add, mul, sub, matmul, bmm
 BY = ("type", "name", "regex_name")
@@ -109,7 +111,42 @@ def node_mase_op(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str]:
     return op, mase_type
 
 
-# --- validating pass_args ---------------------------------------------------------------------
+# --- parsing pass_args into a plan -----------------------------------------------------------
+# torch.fx's replace-op recipe: match the nodes, build their quantised layers, replace, recompile.
+# plan_quantization does the matching and every check, once, before the graph changes;
+# apply_quantize_plan builds and replaces. Nothing downstream parses pass_args again.
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One node to quantise: its mase op and the config checked for that op."""
+    op: str
+    config: dict
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """What ``quantize_transform_pass`` will do: ``{node name: LayerPlan}`` in graph order.
+
+    Iterating gives the node names (``name in plan``, ``", ".join(plan)`` work as on a dict)."""
+    by: str
+    layers: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __contains__(self, name):
+        return name in self.layers
+
+    def __getitem__(self, name) -> LayerPlan:
+        return self.layers[name]
+
+    def configs(self) -> dict:
+        """``{node name: config}``, copies (the pass's ``info["configs"]``)."""
+        return {name: dict(layer.config) for name, layer in self.layers.items()}
+
 
 def _entry_config(pass_args: dict, key: str):
     """``pass_args[key]["config"]``, checked to be a dict (or None)."""
@@ -124,94 +161,123 @@ def _entry_config(pass_args: dict, key: str):
     return config
 
 
-def validate_quantize_args(graph, pass_args: dict) -> dict:
-    """Check ``pass_args`` against the graph; returns the plan ``{node_name: (config, mase_op)}``
-    of the nodes to quantise, in graph order.
-
-    Every config is checked in full (keys, format, widths) once, also for ops the graph
-    lacks, so a typo never passes silently. Raises ValueError naming the key, value and node/op.
-    """
-    gm = graph_module(graph, "quantize_transform_pass")
+def _check_by(pass_args) -> str:
     if not isinstance(pass_args, dict):
         raise ValueError(f"quantize pass_args must be a dict, got {type(pass_args).__name__}")
     by = pass_args.get("by")
     if by not in BY:
         raise ValueError(f"pass_args['by'] must be 'type' (match mase_op), 'name' (match node name) or "
                          f"'regex_name' (match node names by regular expression), got {by!r}")
-    nodes = {n.name: (n, node_mase_op(n, gm)[0]) for n in gm.graph.nodes}
-    ops_here = sorted({op for _, op in nodes.values()})
-    patterns = {}
+    return by
 
-    # 1) every entry, parsed once: a known op / node, and a valid config for it (None: leave alone)
-    configs = {}
-    for key in (k for k in pass_args if k not in ("by", "default")):
-        config = _entry_config(pass_args, key)
-        if by == "type":
-            if key not in QUANTIZABLE_OPS and key not in ops_here:
-                raise ValueError(f"pass_args: unknown op {key!r} (by='type'); quantisable ops: "
-                                 f"{', '.join(QUANTIZABLE_OPS)}; ops in this graph: {', '.join(ops_here)}")
-            op, where = key, f"pass_args[{key!r}] (op {key})"
-        elif by == "regex_name":
-            try:
-                patterns[key] = re.compile(key)
-            except re.error as exc:
-                raise ValueError(f"pass_args: key {key!r} is not a valid regular expression (by='regex_name'): "
-                                 f"{exc}") from None
-            configs[key] = None if is_no_quantization(config) else config
-            if configs[key] is not None:  # a format check for every operand: the op is known per node
-                parse_config(config, OPERANDS, f"pass_args[{key!r}] (regex)")
-            continue
-        else:
-            if key not in nodes:
-                raise ValueError(f"pass_args: no node named {key!r} (by='name'); nodes: {', '.join(nodes)}")
-            op = nodes[key][1]
-            where = f"node {key!r} ({op})"
+
+def _parse_key(key: str, config, by: str, nodes: dict, ops_here: list):
+    """One pass_args entry, checked in full (the op or node exists; the config suits it).
+    Returns ``(lookup key, config or None)``; a regex key becomes its compiled pattern."""
+    if by == "regex_name":
+        try:
+            pattern = re.compile(key)
+        except re.error as exc:
+            raise ValueError(f"pass_args: key {key!r} is not a valid regular expression (by='regex_name'): "
+                             f"{exc}") from None
         if is_no_quantization(config):
-            configs[key] = None
-            continue
-        if op not in QUANTIZABLE_OPS:
-            raise ValueError(f"{where}: op {op!r} cannot be quantised; quantisable ops: {', '.join(QUANTIZABLE_OPS)}")
-        parse_config(config, QUANTIZED_OPS[op].operands, where)
-        configs[key] = config
+            return pattern, None
+        # a format check for every operand: the op is known only per matched node
+        parse_config(config, OPERANDS, f"pass_args[{key!r}] (regex)")
+        return pattern, config
+    if by == "type":
+        if key not in QUANTIZABLE_OPS and key not in ops_here:
+            raise ValueError(f"pass_args: unknown op {key!r} (by='type'); quantisable ops: "
+                             f"{', '.join(QUANTIZABLE_OPS)}; ops in this graph: {', '.join(ops_here)}")
+        op, where = key, f"pass_args[{key!r}] (op {key})"
+    else:
+        if key not in nodes:
+            raise ValueError(f"pass_args: no node named {key!r} (by='name'); nodes: {', '.join(nodes)}")
+        op = nodes[key][1]
+        where = f"node {key!r} ({op})"
+    if is_no_quantization(config):
+        return key, None
+    if op not in QUANTIZABLE_OPS:
+        raise ValueError(f"{where}: op {op!r} cannot be quantised; quantisable ops: {', '.join(QUANTIZABLE_OPS)}")
+    parse_config(config, QUANTIZED_OPS[op].operands, where)
+    return key, config
+
+
+def _parse_default(pass_args: dict):
+    """The ``default`` entry's config, checked for every operand (one default serves every op)."""
     default = _entry_config(pass_args, "default") if "default" in pass_args else None
     if is_no_quantization(default):
-        default = None
-    else:  # every operand: one default serves every op
-        parse_config(default, OPERANDS, "pass_args['default']")
+        return None
+    parse_config(default, OPERANDS, "pass_args['default']")
+    return default
 
-    # 2) which nodes get which config
-    plan = {}
+
+def _swappable(node: fx.Node, op: str, where: str, explicit: bool) -> bool:
+    """Whether ``node`` can become a quantised layer. Under a default config a node that
+    cannot is left alone (False); one named explicitly is an error saying why."""
+    if node.op != "call_module" and not _is_functional(node, op):
+        if not explicit:
+            return False  # e.g. F.linear under a default config: nothing we can swap
+        raise ValueError(f"{where}: only layers (call_module), functional relu and two-operand "
+                         f"{'/'.join(FUNCTIONAL_OPS)} can be quantised; this node is a {node.op} of "
+                         f"{getattr(node.target, '__name__', node.target)!r}"
+                         f"{' with options ' + str(dict(node.kwargs)) if node.kwargs else ''}. "
+                         "Use the nn.Module layer or the plain two-operand form instead")
+    if node.op == "call_module" and not can_quantize(get_node_actual_target(node)):
+        if not explicit:
+            return False  # a subclass of a float layer, under a default config: left alone
+        cls = type(get_node_actual_target(node))
+        base = QUANTIZED_OPS[op].float_class.__name__
+        raise ValueError(f"{where}: layer {node.target!r} is a {cls.__name__}, a subclass of {base} but not "
+                         f"{base} itself; its quantised twin would run {base}'s forward() instead of "
+                         f"{cls.__name__}'s. Only exact {base} layers (or already quantised ones) are converted")
+    return True
+
+
+def _match(name: str, op: str, by: str, configs: dict, default):
+    """``(config, explicit, the key that matched)`` for one node; config None: leave it alone."""
+    if by == "regex_name":  # like MASE: the first pattern that matches the whole name, else default
+        pattern = next((p for p in configs if p.fullmatch(name)), None)
+        # a pattern may match any op, so it is never "explicit"
+        return (configs[pattern], False, pattern.pattern) if pattern is not None else (default, False, None)
+    lookup = op if by == "type" else name
+    if lookup in configs:
+        return configs[lookup], True, lookup
+    return default, False, None
+
+
+def plan_quantization(graph, pass_args: dict) -> QuantPlan:
+    """Parse ``pass_args`` once against the graph into a :class:`QuantPlan` of the nodes to
+    quantise, in graph order.
+
+    Every config is checked in full (keys, format, widths) once, also for ops the graph
+    lacks, so a typo never passes silently. Raises ValueError naming the key, value and node/op.
+    """
+    gm = graph_module(graph, "quantize_transform_pass")
+    by = _check_by(pass_args)
+    nodes = {n.name: (n, node_mase_op(n, gm)[0]) for n in gm.graph.nodes}
+    ops_here = sorted({op for _, op in nodes.values()})
+    configs = dict(_parse_key(key, _entry_config(pass_args, key), by, nodes, ops_here)
+                   for key in pass_args if key not in ("by", "default"))
+    default = _parse_default(pass_args)
+    layers = {}
     for name, (node, op) in nodes.items():
-        if by == "regex_name":  # like MASE: the first pattern that matches the whole name, else default
-            lookup = next((k for k, pattern in patterns.items() if pattern.fullmatch(name)), None)
-        else:
-            lookup = op if by == "type" else name
-        explicit = lookup in configs and by != "regex_name"  # a pattern may match any op: not an error
-        config = configs[lookup] if lookup in configs else default
+        config, explicit, key = _match(name, op, by, configs, default)
         if config is None or op not in QUANTIZABLE_OPS:  # (an explicit one was rejected above)
             continue
         where = f"node {name!r} ({op})"
         if by == "regex_name":  # the pattern's config was only checked in general; check it for this op
-            parse_config(config, QUANTIZED_OPS[op].operands, f"{where}, matched by pass_args[{lookup!r}]")
-        if node.op != "call_module" and not _is_functional(node, op):
-            if not explicit:
-                continue  # e.g. F.linear under a default config: nothing we can swap
-            raise ValueError(f"{where}: only layers (call_module), functional relu and two-operand "
-                             f"{'/'.join(FUNCTIONAL_OPS)} can be quantised; this node is a {node.op} of "
-                             f"{getattr(node.target, '__name__', node.target)!r}"
-                             f"{' with options ' + str(dict(node.kwargs)) if node.kwargs else ''}. "
-                             "Use the nn.Module layer or the plain two-operand form instead")
-        if node.op == "call_module" and not can_quantize(get_node_actual_target(node)):
-            if not explicit:
-                continue  # a subclass of a float layer, under a default config: left alone
-            cls = type(get_node_actual_target(node))
-            base = QUANTIZED_OPS[op].float_class.__name__
-            raise ValueError(f"{where}: layer {node.target!r} is a {cls.__name__}, a subclass of {base} but not "
-                             f"{base} itself; its quantised twin would run {base}'s forward() instead of "
-                             f"{cls.__name__}'s. Only exact {base} layers (or already quantised ones) are converted")
-        plan[name] = (config, op)
+            parse_config(config, QUANTIZED_OPS[op].operands, f"{where}, matched by pass_args[{key!r}]")
+        if _swappable(node, op, where, explicit):
+            layers[name] = LayerPlan(op, config)
+    plan = QuantPlan(by, layers)
     _check_shared_modules(nodes, plan)
     return plan
+
+
+def validate_quantize_args(graph, pass_args: dict) -> QuantPlan:
+    """Check ``pass_args`` against the graph; the same :class:`QuantPlan` as :func:`plan_quantization`."""
+    return plan_quantization(graph, pass_args)
 
 
 def _check_shared_modules(nodes: dict, plan: dict):
@@ -229,11 +295,11 @@ def _check_shared_modules(nodes: dict, plan: dict):
             raise ValueError(f"module {target!r} is called at nodes {', '.join(names)}: pass_args quantise it at "
                              f"{', '.join(planned)} but not at {', '.join(left)}. Its call sites share one layer, "
                              "so give every one of them the same config (or none)")
-        first = plan[planned[0]][0]
-        other = next((n for n in planned[1:] if plan[n][0] != first), None)
+        first = plan[planned[0]].config
+        other = next((n for n in planned[1:] if plan[n].config != first), None)
         if other is not None:
             raise ValueError(f"module {target!r} is called at nodes {', '.join(names)} with different configs "
-                             f"({planned[0]}: {first}; {other}: {plan[other][0]}); its call sites share one "
+                             f"({planned[0]}: {first}; {other}: {plan[other].config}); its call sites share one "
                              "layer, so give them one config")
 
 
@@ -276,27 +342,33 @@ def _quantize_functional(gm: fx.GraphModule, node: fx.Node, op: str, config: dic
     return module
 
 
-def apply_quantize_plan(graph, plan: dict) -> list[str]:
-    """Quantise ``graph`` *in place* as ``plan`` (from :func:`validate_quantize_args`) says;
-    returns the names of the changed nodes. Each quantised layer gets its own copy of the
-    float layer's weights (as MASE's new modules do), so the model the graph was traced
-    from keeps its float layers and weights."""
+def _swap_module(gm: fx.GraphModule, node: fx.Node, layer: LayerPlan, swapped: dict) -> nn.Module:
+    """Build the quantised twin of a ``call_module`` node's layer and put it in the layer's place."""
+    if node.target not in swapped:  # a layer called at several nodes is built once
+        own = copy.deepcopy(get_node_actual_target(node))
+        module = quantize_module(own, layer.config, f"node {node.name!r} ({layer.op})")
+        parent, _, leaf = node.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+        swapped[node.target] = module
+    return swapped[node.target]
+
+
+def apply_quantize_plan(graph, plan: QuantPlan) -> list[str]:
+    """Quantise ``graph`` *in place* as ``plan`` (from :func:`plan_quantization`) says: build
+    each planned node's quantised layer, replace the node's target, recompile. Returns the
+    names of the changed nodes. Each quantised layer gets its own copy of the float layer's
+    weights (as MASE's new modules do), so the model the graph was traced from keeps its
+    float layers and weights."""
     gm = graph_module(graph, "apply_quantize_plan")
-    swapped = {}  # module path -> its quantised layer, made once however many nodes call it
+    swapped = {}  # module path -> its quantised layer
     for node in list(gm.graph.nodes):
         if node.name not in plan:
             continue
-        config, op = plan[node.name]
+        layer = plan[node.name]
         if node.op == "call_module":
-            if node.target not in swapped:
-                own = copy.deepcopy(get_node_actual_target(node))
-                module = quantize_module(own, config, f"node {node.name!r} ({op})")
-                parent, _, leaf = node.target.rpartition(".")
-                setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
-                swapped[node.target] = module
-            module = swapped[node.target]
+            module = _swap_module(gm, node, layer, swapped)
         else:
-            module = _quantize_functional(gm, node, op, config)
+            module = _quantize_functional(gm, node, layer.op, layer.config)
         _update_metadata(node, module)
     gm.graph.lint()
     gm.recompile()
@@ -316,9 +388,9 @@ def quantize_transform_pass(graph, pass_args: dict):
     if not isinstance(graph, MaseGraph):
         raise TypeError(f"quantize_transform_pass needs a MaseGraph, got {type(graph).__name__}; "
                         "build one with MaseGraph(model=model)")
-    plan = validate_quantize_args(graph, pass_args)  # checks everything before the graph changes
+    plan = plan_quantization(graph, pass_args)  # checks everything before the graph changes
     changed = apply_quantize_plan(graph, plan)
-    return graph, {"changed": changed, "configs": {name: dict(plan[name][0]) for name in changed}}
+    return graph, {"changed": changed, "configs": plan.configs()}
 
 
 # --- the summary ------------------------------------------------------------------------------
