@@ -37,6 +37,7 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
+from ..checks import one_of, positive_int
 from ..graph import get_node_actual_target
 from ..runtime import available_devices
 from ..registry import Registry
@@ -475,8 +476,7 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
     tensor, statistic and value), ``stats`` (the same, nested) and ``num_batches``.
     """
     args = check_pass_args(pass_args, _DEFAULTS, "profile_statistics_analysis_pass")
-    if args["by"] not in ("type", "name"):
-        raise ValueError(f"profile_statistics_analysis_pass: by must be 'type' or 'name', got {args['by']!r}")
+    one_of("profile_statistics_analysis_pass: by", args["by"], ("type", "name"))
     gm = graph_module(graph, "profile_statistics_analysis_pass")
     nodes = list(gm.graph.nodes)
     for n in nodes:
@@ -516,10 +516,7 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
         if args["input_generator"] is None:
             raise ValueError("profile_statistics_analysis_pass: activation profiling needs an "
                              "input_generator (a LightningDataModule or an iterable of batches)")
-        num_samples = args["num_samples"]
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int (samples to profile, in whole batches), "
-                             f"got {num_samples!r}")
+        num_samples = positive_int("num_samples", args["num_samples"])  # samples, run in whole batches
         for name, cfg in args["activation_statistics"].items():
             make_statistic(name, cfg)  # a bad config fails here, before any batch runs
         stats, num_batches = profile_activations(

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from ..cache import atomic_write_text
-from ..checks import boolean
+from ..checks import boolean, integer, one_of, positive_int
 from ..graph import MaseGraph, get_node_actual_target, node_target_name
 from ..quantize.modules import (FUNCTIONAL_OPS, OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module,
                                 quantized_class)
@@ -546,11 +546,8 @@ def _auto_args(pass_args) -> dict:
     if not isinstance(pass_args, dict):
         raise ValueError(f"auto_frac_width_pass needs a dict of pass_args, got {pass_args!r}")
     args = check_pass_args(pass_args, _AUTO_DEFAULTS, "auto_frac_width_pass")
-    fmt = args["format"]
-    if fmt not in ("integer", "minifloat"):
-        raise ValueError(f"auto_frac_width_pass: format must be 'integer' or 'minifloat', got {fmt!r}")
-    if args["by"] not in BY:
-        raise ValueError(f"auto_frac_width_pass: by must be 'name' or 'type', got {args['by']!r}")
+    fmt = one_of("auto_frac_width_pass: format", args["format"], ("integer", "minifloat"))
+    one_of("auto_frac_width_pass: by", args["by"], BY)
     ops = args["ops"]
     if not isinstance(ops, (list, tuple)) or not all(isinstance(op, str) and op in QUANTIZABLE_OPS for op in ops):
         raise ValueError(f"auto_frac_width_pass: ops must be a list of {', '.join(QUANTIZABLE_OPS)}, got {ops!r}")
@@ -560,20 +557,15 @@ def _auto_args(pass_args) -> dict:
     if set(widths) != set(OPERANDS):
         raise ValueError(f"auto_frac_width_pass: width must be an int or a dict with keys "
                          f"{', '.join(OPERANDS)}, got {args['width']!r}")
-    lowest = 1 if fmt == "integer" else 2
+    lowest = 1 if fmt == "integer" else 2  # a minifloat needs a sign bit and an exponent bit
     for operand, w in widths.items():
-        if isinstance(w, bool) or not isinstance(w, int) or not lowest <= w <= 32:
-            raise ValueError(f"auto_frac_width_pass: {operand} width must be an integer in [{lowest}, 32], got {w!r}")
+        integer(f"auto_frac_width_pass: {operand} width", w, lowest, 32)
     args["width"] = widths
-    e = args["exponent_width"]
-    if e is not None:
+    if args["exponent_width"] is not None:
         if fmt != "minifloat":
             raise ValueError(f"auto_frac_width_pass: exponent_width is for format='minifloat', not {fmt!r}")
-        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= 8:
-            raise ValueError(f"auto_frac_width_pass: exponent_width must be an integer in [1, 8], got {e!r}")
-    n = args["num_samples"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"auto_frac_width_pass: num_samples must be a positive int (rows of data), got {n!r}")
+        integer("auto_frac_width_pass: exponent_width", args["exponent_width"], 1, 8)
+    args["num_samples"] = positive_int("auto_frac_width_pass: num_samples", args["num_samples"])
     return args
 
 

@@ -75,13 +75,11 @@ def _check(widths, formats, modes):
             raise ValueError(f"format {fmt!r} cannot be compared (its widths are not chosen automatically); "
                              f"formats: {known}")
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        checks.one_of("mode", mode, MODES)
     for fmt in formats:
-        lowest = 1 if fmt == "integer" else 2
+        lowest = 1 if fmt == "integer" else 2  # a minifloat needs a sign bit and an exponent bit
         for w in widths:
-            if isinstance(w, bool) or not isinstance(w, int) or not lowest <= w <= 32:
-                raise ValueError(f"{fmt} widths must be integers in [{lowest}, 32], got {w!r}")
+            checks.integer(f"each {fmt} width", w, lowest, 32)
 
 
 def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
