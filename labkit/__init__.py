@@ -16,6 +16,7 @@ _EXPORTS_BY_MODULE = {
     "data": ["CLASS_NAMES", "DATASETS", "FEATURE_NAMES", "BatchIterator", "DataUnavailableError", "DatasetInfo",
              "JSCData", "JSCDataModule", "choose_dataset", "epoch_permutation", "load_dataset", "raw_frame",
              "register_dataset"],
+    "settings": ["TrainSettings"],
     "training": ["LitClassifier", "checkpoint_or_train", "evaluate", "load_model", "test", "train"],
     "graph": ["GraphTraceError", "MaseGraph", "deepcopy_mase_graph", "get_node_actual_target"],
     "passes": [  # every pass, MASE names (labkit.passes.__all__)
@@ -44,6 +45,7 @@ _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph
                "widgets")
 _SUBMODULES += ("executor", "precision_search")  # issue 11
 _SUBMODULES += ("lab1",)
+_SUBMODULES += ("settings",)
 
 __all__ = list(_EXPORTS)
 # No submodule shares a name with a function exported here (train lives in labkit.training, search in

@@ -39,6 +39,25 @@ def positive_float(name: str, value) -> float:
     return float(value)
 
 
+def non_negative_float(name: str, value) -> float:
+    """A finite number >= 0."""
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def seed(name: str, value) -> int:
+    """A random seed: an integer in [0, 2**32), what numpy's and torch's generators take."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value < 2**32):
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return int(value)
+
+
+def optional(check, name: str, value):
+    """``None`` (the setting is off), or ``value`` passing ``check(name, value)``."""
+    return None if value is None else check(name, value)
+
+
 def fraction(name: str, value) -> float:
     """A number in [0, 1)."""
     if not (_is_number(value) and 0 <= value < 1):

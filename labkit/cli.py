@@ -22,10 +22,13 @@ import sys
 from tabulate import tabulate
 
 from . import config as cfg
+from .settings import FIELDS as SETTING_FIELDS, TrainSettings
 
+# the train action's flags: every training setting, and the project (in the order the settings table shows)
 TRAIN_FLAGS = ("max_epochs", "batch_size", "learning_rate", "project", "seed", "accelerator",
                "weight_decay", "scheduler", "early_stopping", "max_time", "num_threads",
                "log_every_n_steps")
+COMMON_SETTINGS = ("accelerator", "batch_size", "seed")  # flags every action with a model takes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,15 +36,14 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
-    def common(sp, load=False, batch_help=cfg.KEYS["batch_size"][2]):
+    def common(sp, load=False, batch_help=None):
         sp.add_argument("model", nargs="?", help="model name (see `labkit ls`)")
         sp.add_argument("dataset", nargs="?", help="dataset name: jsc or jsc-synthetic")
         sp.add_argument("--config", help="TOML file with the same keys (flags override it)")
         sp.add_argument("--data-size", dest="data_size", type=int, default=None,
                         help=f"use only this many rows of the dataset (quick runs; at least {cfg.MIN_DATA_SIZE})")
-        sp.add_argument("--accelerator", choices=cfg.ACCELERATORS, default=None)
-        sp.add_argument("--batch-size", dest="batch_size", type=int, default=None, help=batch_help)
-        sp.add_argument("--seed", type=int, default=None, help=cfg.KEYS["seed"][2])
+        for name in COMMON_SETTINGS:
+            _setting_flag(sp, name, help=batch_help if name == "batch_size" else None)
         sp.add_argument("--project", default=None,
                         help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
         mase_flags(sp)
@@ -54,15 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model")
     common(tr, load=True)
     tr.set_defaults(func=cmd_train)
-    tr.add_argument("--max-epochs", dest="max_epochs", type=int, default=None)
-    tr.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
-    tr.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
-    tr.add_argument("--scheduler", choices=[s for s in cfg.SCHEDULERS if s], default=None,
-                    help=cfg.KEYS["scheduler"][2])
-    tr.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE")
-    tr.add_argument("--max-time", dest="max_time", type=float, default=None, metavar="SECONDS")
-    tr.add_argument("--num-threads", dest="num_threads", type=int, default=None)
-    tr.add_argument("--log-every-n-steps", dest="log_every_n_steps", type=int, default=None)
+    for name in TRAIN_FLAGS:
+        if name in SETTING_FIELDS and name not in COMMON_SETTINGS:
+            _setting_flag(tr, name)
     tr.add_argument("--no-progress", dest="progress", action="store_false")
 
     te = sub.add_parser("test", help="test a trained model on the test split")
@@ -97,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
                          "to notebooks/student/ (or --output-dir)")
     _cluster_flag(nb)
     return p
+
+
+def _setting_flag(sp, name: str, help: str | None = None):
+    """A training setting's flag (``--batch-size`` for ``batch_size``): type, choices and help
+    from its :class:`~labkit.settings.TrainSettings` field. Unset flags stay None: not given."""
+    f = SETTING_FIELDS[name]
+    default = "" if f.default is None else f" (default {f.default})"
+    sp.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                    help=help or f.metadata["help"] + default, **f.metadata["flag"])
 
 
 def _cluster_flag(sp):
@@ -155,14 +160,16 @@ def _settings(args, keys, defaults: dict | None = None) -> dict:
     return effective
 
 
-def _check(s, keys):
-    """Names and training settings checked before any data is loaded."""
+def _check(s, keys) -> TrainSettings:
+    """Names, training settings and the accelerator's hardware checked before any data is loaded."""
     from .data import DATASETS
     from .models import MODELS
-    from .training import check_settings
+    from .runtime import check_usable
     MODELS.get(s["model"])  # raises ValueError listing the known ones
     DATASETS.get(s["dataset"])
-    check_settings(**{k: s[k] for k in keys})
+    settings = TrainSettings(**{k: s[k] for k in keys})
+    check_usable(settings.accelerator)
+    return settings
 
 
 def _load_data(s):
@@ -173,8 +180,7 @@ def _load_data(s):
 
 def cmd_train(args):
     s = _settings(args, ["model", "dataset", "data_size", *TRAIN_FLAGS])
-    settings = [k for k in TRAIN_FLAGS if k != "project"]
-    _check(s, settings)
+    settings = _check(s, SETTING_FIELDS)
     from .paths import outputs_dir
     outputs_dir()  # an unusable outputs folder is one line now, not after loading the data
     from .training import load_model, read_checkpoint, train
@@ -185,8 +191,7 @@ def cmd_train(args):
     data = _load_data(s)
     # MASE's `ch train --load`: training starts from the checkpoint's weights
     model = load_model(s["model"], ckpt, s["load_type"], info=data.info) if ckpt else s["model"]
-    result = train(model, data, project=s["project"], progress=args.progress,
-                   **{k: s[k] for k in settings})
+    result = train(model, data, settings=settings, project=s["project"], progress=args.progress)
     # metrics to 4 decimals; the learning rate to 4 significant digits (1e-05, not 0.0000)
     print(result["history"].to_string(index=False, float_format=lambda v: f"{v:.4f}",
                                       formatters={"lr": lambda v: f"{v:.4g}"}))

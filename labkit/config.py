@@ -8,20 +8,16 @@ each value was decided, like MASE's "Name | Default | Manual Override | Effectiv
 
 from __future__ import annotations
 
-import math
 import sys
 import tomllib
 from pathlib import Path
 
-# The one home of labkit's training defaults and allowed values (MASE's defaults where it has
-# them): train(), sweeps and the command line all read these. They live here, not in training.py,
-# so the CLI can build its parser without importing torch.
-DEFAULTS = dict(max_epochs=20, batch_size=128, learning_rate=1e-5, seed=0, weight_decay=0.0,
-                scheduler=None, early_stopping=None, max_time=None, accelerator="auto",
-                log_every_n_steps=50, num_threads=None)
+# The training settings' defaults, help and checks live in labkit.settings.TrainSettings (no torch
+# there, so the CLI can build its parser without it); train(), sweeps and the command line all read them.
+from .settings import ACCELERATORS, DEFAULTS, SCHEDULERS, TrainSettings  # noqa: F401  (re-exported)
+from .settings import FIELDS as _SETTING_FIELDS
+
 TEST_BATCH_SIZE = 8192  # evaluation batches only group the rows: any size gives the same results
-SCHEDULERS = (None, "none", "cosine")  # None and "none": a constant learning rate
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 LOAD_TYPES = ("pl", "pt")
 TASKS = ("cls", "classification")
 
@@ -40,26 +36,32 @@ MASE_ONLY_PASS_KEYS = {"quantize": ("report",)}
 MIN_DATA_SIZE = 100  # the data layer's smallest dataset
 MAX_DATA_SIZE = 830_000  # the whole JSC table; the synthetic stand-in is capped at the same size
 
-# key -> (allowed python types, default, help)
+
+def _setting(name: str):
+    """A training setting's row: no types here (TrainSettings checks it), its default and help."""
+    return (None, _SETTING_FIELDS[name].default, _SETTING_FIELDS[name].metadata["help"])
+
+
+# key -> (allowed python types, default, help); a training setting's types are None: TrainSettings checks it
 KEYS: dict[str, tuple[tuple[type, ...], object, str]] = {
     "model": ((str,), None, "registered model name, e.g. jsc-tiny"),
     "dataset": ((str,), None, "registered dataset name: jsc or jsc-synthetic"),
     "data_size": ((int,), None, f"use only this many rows (at least {MIN_DATA_SIZE}; synthetic: generate this many)"),
     "task": ((str,), "cls", "cls (classification); the only task of the JSC labs"),
-    "accelerator": ((str,), DEFAULTS["accelerator"], ", ".join(ACCELERATORS)),
+    "accelerator": _setting("accelerator"),
     "project": ((str,), None, "output folder name under outputs/ (letters, digits, . _ -; at most 64)"),
-    "seed": ((int,), DEFAULTS["seed"], "random seed, in [0, 2**32)"),
-    "log_every_n_steps": ((int,), DEFAULTS["log_every_n_steps"], "Lightning logging interval"),
+    "seed": _setting("seed"),
+    "log_every_n_steps": _setting("log_every_n_steps"),
     "load_name": ((str,), None, "checkpoint to load"),
     "load_type": ((str,), LOAD_TYPES[0], "pl (Lightning .ckpt) or pt (state dict)"),
-    "max_epochs": ((int,), DEFAULTS["max_epochs"], "maximum training epochs"),
-    "batch_size": ((int,), DEFAULTS["batch_size"], "mini-batch size"),
-    "learning_rate": ((float, int), DEFAULTS["learning_rate"], "Adam learning rate"),
-    "weight_decay": ((float, int), DEFAULTS["weight_decay"], "Adam weight decay"),
-    "scheduler": ((str,), DEFAULTS["scheduler"], "learning-rate schedule: cosine, or none"),
-    "early_stopping": ((int,), DEFAULTS["early_stopping"], "early-stopping patience in epochs (val accuracy)"),
-    "max_time": ((float, int), DEFAULTS["max_time"], "training time limit in seconds"),
-    "num_threads": ((int,), DEFAULTS["num_threads"], "CPU threads for torch"),
+    "max_epochs": _setting("max_epochs"),
+    "batch_size": _setting("batch_size"),
+    "learning_rate": _setting("learning_rate"),
+    "weight_decay": _setting("weight_decay"),
+    "scheduler": _setting("scheduler"),
+    "early_stopping": _setting("early_stopping"),
+    "max_time": _setting("max_time"),
+    "num_threads": _setting("num_threads"),
     # MASE's --cpu and --gpu: data-loader workers and devices. labkit's data are tensors in
     # memory (no loader workers to start) and it trains on one device.
     "num_workers": ((int,), None, "MASE's --cpu (data-loader workers); labkit loads no worker processes, "
@@ -105,57 +107,48 @@ def drop_mase_only(config: dict, source: str = "config") -> dict:
 
 
 def validate(config: dict, source: str = "config") -> dict:
-    """Check every key is known and typed right; returns the config, less the MASE-only
-    settings (see :func:`drop_mase_only`)."""
+    """Check every key is known and typed right, and its value allowed; returns the config, less
+    the MASE-only settings (see :func:`drop_mase_only`). The training settings are checked by
+    building a :class:`~labkit.settings.TrainSettings` from them; every error names ``source``."""
     config = drop_mase_only(config, source)
+    try:
+        _check_types(config)
+        _check_run_keys(config)
+        TrainSettings(**{k: v for k, v in config.items() if k in _SETTING_FIELDS and v is not None})
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return config
+
+
+def _check_types(config: dict):
     for key, value in config.items():
         if key not in KEYS:
-            raise ConfigError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(KEYS)}")
+            raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(KEYS)}")
         types = KEYS[key][0]
-        if value is None:
+        if value is None or types is None:
             continue
         if isinstance(value, bool) or not isinstance(value, types):
             want = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"{source}: {key} must be {want}, got {value!r} ({type(value).__name__})")
-    for key, allowed in (("task", TASKS), ("load_type", LOAD_TYPES), ("accelerator", ACCELERATORS),
-                         ("scheduler", SCHEDULERS)):
+            raise ValueError(f"{key} must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def _check_run_keys(config: dict):
+    """The keys that are not training settings: what to run, on which data, where."""
+    for key, allowed in (("task", TASKS), ("load_type", LOAD_TYPES)):
         if config.get(key) is not None and config[key] not in allowed:
-            names = ", ".join(a for a in allowed if a is not None)
-            raise ConfigError(f"{source}: {key} must be one of {names}, got {config[key]!r}")
-    for key in ("max_epochs", "batch_size", "log_every_n_steps", "early_stopping", "num_threads"):
-        if config.get(key) is not None and config[key] < 1:
-            raise ConfigError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
     if config.get("num_workers") is not None and config["num_workers"] < 0:
-        raise ConfigError(f"{source}: num_workers (--cpu) must be an integer >= 0, got {config['num_workers']!r}")
+        raise ValueError(f"num_workers (--cpu) must be an integer >= 0, got {config['num_workers']!r}")
     if config.get("num_devices") is not None and config["num_devices"] != 1:
-        raise ConfigError(f"{source}: num_devices (--gpu) must be 1 (labkit trains on one device), "
-                          f"got {config['num_devices']!r}")
-    if config.get("data_size") is not None and config["data_size"] < MIN_DATA_SIZE:
-        raise ConfigError(f"{source}: data_size must be at least {MIN_DATA_SIZE} rows, got {config['data_size']!r}")
-    if config.get("data_size") is not None and config["data_size"] > MAX_DATA_SIZE:
-        raise ConfigError(f"{source}: data_size must be at most {MAX_DATA_SIZE} rows (the whole JSC table), "
-                          f"got {config['data_size']!r}")
-    for key in ("learning_rate", "max_time", "weight_decay"):
-        if config.get(key) is not None and not math.isfinite(config[key]):
-            raise ConfigError(f"{source}: {key} must be a finite number, got {config[key]!r}")
-    for key in ("learning_rate", "max_time"):
-        if config.get(key) is not None and config[key] <= 0:
-            raise ConfigError(f"{source}: {key} must be > 0, got {config[key]!r}")
-    if config.get("weight_decay") is not None and config["weight_decay"] < 0:
-        raise ConfigError(f"{source}: weight_decay must be >= 0, got {config['weight_decay']!r}")
+        raise ValueError(f"num_devices (--gpu) must be 1 (labkit trains on one device), "
+                         f"got {config['num_devices']!r}")
+    size = config.get("data_size")
+    if size is not None and not MIN_DATA_SIZE <= size <= MAX_DATA_SIZE:
+        raise ValueError(f"data_size must be at least {MIN_DATA_SIZE} rows, got {size!r}" if size < MIN_DATA_SIZE
+                         else f"data_size must be at most {MAX_DATA_SIZE} rows (the whole JSC table), got {size!r}")
     if config.get("project") is not None:
         from .paths import check_name  # one folder under outputs/, never a path elsewhere
-        try:
-            check_name(config["project"], "project")
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
-    if config.get("seed") is not None:
-        from .data.prepare import check_seed  # the one seed check, shared with the data layer
-        try:
-            check_seed(config["seed"])
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
-    return config
+        check_name(config["project"], "project")
 
 
 def read_toml_text(path) -> str:

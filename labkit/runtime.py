@@ -41,6 +41,23 @@ def available_devices() -> tuple[str, ...]:
     return tuple(found)
 
 
+def usable_accelerators() -> tuple[str, ...]:
+    """The accelerator settings this machine can train with now."""
+    found = available_devices()
+    return ("auto", "cpu") + (("gpu", "cuda") if "cuda" in found else ()) + (("mps",) if "mps" in found else ())
+
+
+def check_usable(accelerator: str) -> str:
+    """``accelerator`` (an allowed value, see :class:`labkit.settings.TrainSettings`) if this
+    machine has the hardware it asks for; else a ValueError saying what to use instead."""
+    usable = usable_accelerators()
+    if accelerator not in usable:
+        need = "an Apple-silicon GPU (MPS)" if accelerator == "mps" else "a CUDA GPU"
+        raise ValueError(f"accelerator {accelerator!r} needs {need}, and torch finds none here; "
+                         f"use one of {', '.join(usable)}")
+    return accelerator
+
+
 def device_kind(accelerator: str) -> str:
     """Where a run with this ``accelerator`` setting computes on this machine: ``"cpu"``,
     ``"gpu"`` (CUDA) or ``"mps"``. ``"auto"`` chooses as Lightning does (MPS, else CUDA, else the

@@ -53,15 +53,17 @@ from .paths import check_name, outputs_dir
 from .prefix import Snapshots, share as share_prefixes_of, split as split_prefixes
 from .progress import EpochCounter, epoch_callback, install as install_progress
 from .runtime import device_kind
-from .training import (DEFAULTS, TrainingDiverged, check_settings, evaluate, load_model, read_checkpoint,
-                    torch_threads, train)
+from .runtime import check_usable
+from .settings import TrainSettings
+from .training import TrainingDiverged, evaluate, load_model, read_checkpoint, torch_threads, train
 
 # Bump when the training recipe changes in a way that changes results: old entries then miss.
 RECIPE_VERSION = 1
 
-# The settings a sweep may vary or fix, with train()'s defaults.
-SETTINGS = {"model": None, **{k: DEFAULTS[k] for k in ("max_epochs", "batch_size", "learning_rate", "seed",
-                                                       "weight_decay", "scheduler", "early_stopping", "max_time")}}
+# The settings a sweep may vary or fix (the model, and the training settings that decide a run's
+# result: these make its cache key), with train()'s defaults.
+SETTINGS = {"model": None, **{k: getattr(TrainSettings(), k) for k in (
+    "max_epochs", "batch_size", "learning_rate", "seed", "weight_decay", "scheduler", "early_stopping", "max_time")}}
 RESULT_COLUMNS = ["final_val_acc", "best_val_acc", "test_acc", "epochs", "wall_time_s", "cached",
                   "best_ckpt"]
 
@@ -70,17 +72,18 @@ RESULT_COLUMNS = ["final_val_acc", "best_val_acc", "test_acc", "epochs", "wall_t
 
 
 def check_value(name: str, value):
-    """Validate one setting value and return it normalised (``ValueError`` names the bad one)."""
+    """One setting value, normalised (``ValueError`` names the bad one): a model, or a training
+    setting checked by :class:`~labkit.settings.TrainSettings`."""
     if name not in SETTINGS:
         raise ValueError(f"cannot sweep or fix {name!r}; the settings are {', '.join(SETTINGS)}")
-    if name == "model":
-        if isinstance(value, nn.Module):
-            return value
-        if not isinstance(value, str):
-            raise TypeError(f"model must be a registered model name or an nn.Module, got {value!r}")
-        MODELS.get(value)  # ValueError listing the registered names
+    if name != "model":
+        return getattr(TrainSettings(**{name: value}), name)
+    if isinstance(value, nn.Module):
         return value
-    return check_settings(**{name: value})[name]  # train()'s own checks
+    if not isinstance(value, str):
+        raise TypeError(f"model must be a registered model name or an nn.Module, got {value!r}")
+    MODELS.get(value)  # ValueError listing the registered names
+    return value
 
 
 def _check_grid(grid) -> dict:
@@ -494,7 +497,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
             raise ValueError(f"{k!r} is both swept and fixed; drop one")
     base = {k: check_value(k, v) for k, v in {**SETTINGS, "model": model, **fixed}.items()
             if k != "model" or "model" not in grid}
-    check_settings(accelerator=accelerator)
+    check_usable(TrainSettings(accelerator=accelerator).accelerator)
     checks.optional_positive_int("workers", workers)
     name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
     data = _resolve_data(dataset, data)

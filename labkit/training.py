@@ -35,16 +35,15 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 
-from .config import (  # the defaults and allowed values, kept in one place
-    ACCELERATORS, DEFAULTS, LOAD_TYPES, SCHEDULERS, TEST_BATCH_SIZE, default_project)
+from .config import LOAD_TYPES, TEST_BATCH_SIZE, default_project
 from .data import JSCData, JSCDataModule, load_dataset
-from .data.prepare import check_seed
 from .checks import instance_of, path_like, positive_int
 from .lock import project_lock
 from .models import get_model
 from .paths import check_name, outputs_dir
-from .runtime import (available_devices, device_kind, eval_mode, model_device,  # noqa: F401  (some re-exported)
-                      torch_flags_restored, torch_threads)
+from .runtime import (check_usable, device_kind, eval_mode, model_device, torch_flags_restored,
+                      torch_threads, usable_accelerators)  # noqa: F401  (usable_accelerators: re-exported)
+from .settings import DEFAULTS, TrainSettings
 
 
 def _fused_adam_ok(params) -> bool:
@@ -185,81 +184,6 @@ class LitClassifier(pl.LightningModule):
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _check_positive(name, value, kind=int):
-    """``value`` as a positive, finite ``kind`` (a whole number for ``int``), or a ValueError naming it."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-          and (isinstance(value, int) or math.isfinite(value)))
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        what = "a positive integer" if kind is int else "a positive number"
-        infinite = isinstance(value, float) and not math.isfinite(value)
-        raise ValueError(f"{name} must be {what}, got {value!r}" + (" (it must be finite)" if infinite else ""))
-    return kind(value)
-
-
-def _optional(check):
-    """``None`` switches the setting off; anything else must pass ``check``."""
-    return lambda value: None if value is None else check(value)
-
-
-def _check_weight_decay(value):
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not (isinstance(value, int) or math.isfinite(value)) or value < 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_scheduler(value):
-    if value not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {', '.join(map(repr, SCHEDULERS))}, got {value!r}")
-    return None if value == "none" else value
-
-
-def usable_accelerators() -> tuple[str, ...]:
-    """The accelerators this machine can train on now."""
-    found = available_devices()
-    return ("auto", "cpu") + (("gpu", "cuda") if "cuda" in found else ()) + (("mps",) if "mps" in found else ())
-
-
-def _check_accelerator(value):
-    if value not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {value!r}")
-    usable = usable_accelerators()
-    if value not in usable:
-        need = "an Apple-silicon GPU (MPS)" if value == "mps" else "a CUDA GPU"
-        raise ValueError(f"accelerator {value!r} needs {need}, and torch finds none here; "
-                         f"use one of {', '.join(usable)}")
-    return value
-
-
-# setting -> its check, returning the value normalised; what train() accepts, and sweeps vary
-_CHECKS = {
-    "max_epochs": lambda v: _check_positive("max_epochs", v),
-    "batch_size": lambda v: _check_positive("batch_size", v),
-    "learning_rate": lambda v: _check_positive("learning_rate", v, float),
-    "seed": check_seed,
-    "weight_decay": _check_weight_decay,
-    "scheduler": _check_scheduler,
-    "early_stopping": _optional(lambda v: _check_positive("early_stopping (patience in epochs; None: off)", v)),
-    "max_time": _optional(lambda v: _check_positive("max_time (seconds; None: no limit)", v, float)),
-    "num_threads": _optional(lambda v: _check_positive("num_threads", v)),
-    "log_every_n_steps": lambda v: _check_positive("log_every_n_steps", v),
-    "accelerator": _check_accelerator,
-}
-
-
-def check_settings(**settings) -> dict:
-    """Validate training settings (any of :func:`train`'s, by keyword) with errors that name
-    the bad value and what is allowed; returns them normalised (``scheduler="none"`` -> None)."""
-    out = {}
-    for name, value in settings.items():
-        if name not in _CHECKS:
-            raise TypeError(f"unknown training setting {name!r}; the settings are {', '.join(_CHECKS)}")
-        out[name] = _CHECKS[name](value)
-    return out
 
 
 def default_chunk(batch_size: int) -> int:
@@ -530,15 +454,15 @@ def _threads(accel: str, num_threads: int | None) -> int | None:
     return num_threads or (1 if device_kind(accel) == "cpu" else None)
 
 
-def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAULTS["max_epochs"],
-          batch_size: int = DEFAULTS["batch_size"], learning_rate: float = DEFAULTS["learning_rate"],
-          seed: int = DEFAULTS["seed"], project: str | None = None, accelerator: str = DEFAULTS["accelerator"],
-          weight_decay: float = DEFAULTS["weight_decay"], scheduler: str | None = DEFAULTS["scheduler"],
-          early_stopping: int | None = DEFAULTS["early_stopping"], max_time: float | None = DEFAULTS["max_time"],
-          data: JSCData | None = None, chunk: int | None = None, progress: bool = True,
-          log_every_n_steps: int = DEFAULTS["log_every_n_steps"], num_threads: int | None = DEFAULTS["num_threads"],
-          callbacks: list | None = None, verbose: bool = True) -> dict:
+def train(model="jsc-tiny", dataset="jsc-synthetic", *, settings: TrainSettings | None = None,
+          project: str | None = None, data: JSCData | None = None, chunk: int | None = None,
+          progress: bool = True, callbacks: list | None = None, verbose: bool = True, **overrides) -> dict:
     """Train ``model`` (a registry name or an ``nn.Module``) on ``dataset``.
+
+    The training settings are ``settings`` (a :class:`~labkit.settings.TrainSettings`, default:
+    its defaults) with ``overrides`` by keyword: ``max_epochs``, ``batch_size``, ``learning_rate``,
+    ``seed``, ``weight_decay``, ``scheduler``, ``early_stopping``, ``max_time``, ``accelerator``,
+    ``log_every_n_steps``, ``num_threads``.
 
     Checkpoints ``best.ckpt`` (highest val accuracy) and ``last.ckpt`` go to
     ``outputs/<project>/software/training_ckpts/``, CSV and TensorBoard logs to
@@ -546,11 +470,9 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
     accuracy; ``max_time`` a limit in seconds. Returns a dict of plain values, with the
     per-epoch ``history`` as a DataFrame.
     """
-    s = check_settings(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                       accelerator=accelerator, weight_decay=weight_decay, scheduler=scheduler,
-                       early_stopping=early_stopping, max_time=max_time, num_threads=num_threads,
-                       log_every_n_steps=log_every_n_steps)
-    max_epochs, batch_size, learning_rate, seed = s["max_epochs"], s["batch_size"], s["learning_rate"], s["seed"]
+    s = TrainSettings.build(settings, **overrides)
+    check_usable(s.accelerator)
+    max_epochs, batch_size, learning_rate, seed = s.max_epochs, s.batch_size, s.learning_rate, s.seed
     project = _check_project(project)
     all_callbacks: list[Callback] = _check_callbacks(callbacks)
     chunk = None if chunk is None else positive_int("chunk", chunk)
@@ -569,8 +491,8 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
     out = project_dir(project)
     ckpt_dir = out / "training_ckpts"
 
-    lit = LitClassifier(net, learning_rate=learning_rate, weight_decay=s["weight_decay"],
-                        scheduler=s["scheduler"], max_epochs=max_epochs, num_classes=data.info.num_classes,
+    lit = LitClassifier(net, learning_rate=learning_rate, weight_decay=s.weight_decay,
+                        scheduler=s.scheduler, max_epochs=max_epochs, num_classes=data.info.num_classes,
                         model_name=model_name, dataset_name=dataset_name,
                         dataset_fingerprint=data.fingerprint())
     dm = JSCDataModule(dataset_name, batch_size=batch_size, seed=seed, data=data,
@@ -579,23 +501,23 @@ def train(model="jsc-tiny", dataset="jsc-synthetic", *, max_epochs: int = DEFAUL
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     stop = _StopOnInterrupt(ckpt_dir / "last.ckpt")
     all_callbacks = [checkpoint, stop, *all_callbacks]
-    if s["early_stopping"]:
-        all_callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=s["early_stopping"]))
+    if s.early_stopping:
+        all_callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=s.early_stopping))
     loggers = [CSVLogger(out / "logs", name="csv"), TensorBoardLogger(out / "logs", name="tensorboard")]
-    accel = _accelerator(accelerator)
+    accel = _accelerator(s.accelerator)
     # Lightning's deterministic=True would stay on for the whole process; one run at a time
     # per project (see labkit.lock); Ctrl-C stops between steps.
     with torch_flags_restored(), project_lock(out.parent), stop.catching_sigint():
         trainer = pl.Trainer(
             max_epochs=max_epochs, accelerator=accel, devices=1, logger=loggers, callbacks=all_callbacks,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-            log_every_n_steps=s["log_every_n_steps"], deterministic=True if accel == "cpu" else "warn",
-            max_time=dt.timedelta(seconds=s["max_time"]) if s["max_time"] else None,
+            log_every_n_steps=s.log_every_n_steps, deterministic=True if accel == "cpu" else "warn",
+            max_time=dt.timedelta(seconds=s.max_time) if s.max_time else None,
         )
         # Only now that the run is set up: a failure above leaves the old checkpoints in place.
         archived = _archive_previous(ckpt_dir)
         start = time.perf_counter()
-        with (interruptible(), torch_threads(_threads(accel, s["num_threads"])),
+        with (interruptible(), torch_threads(_threads(accel, s.num_threads)),
               _fit_outcome(lit, stop, ckpt_dir, learning_rate, archived)):
             trainer.fit(lit, datamodule=dm)
         wall = time.perf_counter() - start
@@ -745,7 +667,8 @@ def test(model="jsc-tiny", dataset="jsc-synthetic", *, load=None, load_type: str
 
     ``batch_size`` only groups the test rows: any value gives the same accuracy and loss (up
     to float rounding), so the default is large. Threads and Ctrl-C as in :func:`train`."""
-    s = check_settings(batch_size=batch_size, accelerator=accelerator, num_threads=num_threads)
+    s = TrainSettings.build(batch_size=batch_size, accelerator=accelerator, num_threads=num_threads)
+    check_usable(s.accelerator)
     if load is not None:
         path_like("load", load, "a checkpoint path")
     _quiet_lightning()
@@ -755,11 +678,11 @@ def test(model="jsc-tiny", dataset="jsc-synthetic", *, load=None, load_type: str
         _load_into(net, name, load, load_type, by_name=isinstance(model, str))
     check_fits(net, name, data)
     lit = LitClassifier(net, num_classes=data.info.num_classes, model_name=name, dataset_name=data.info.name)
-    dm = JSCDataModule(data.info.name, batch_size=s["batch_size"], eval_batch_size=s["batch_size"], data=data)
-    accel = _accelerator(accelerator)
+    dm = JSCDataModule(data.info.name, batch_size=s.batch_size, eval_batch_size=s.batch_size, data=data)
+    accel = _accelerator(s.accelerator)
     trainer = pl.Trainer(accelerator=accel, devices=1, logger=False,
                          enable_progress_bar=progress, enable_model_summary=False)
-    with interruptible(), torch_threads(_threads(accel, s["num_threads"])):
+    with interruptible(), torch_threads(_threads(accel, s.num_threads)):
         trainer.test(lit, datamodule=dm, verbose=False)
     result = {"model": name, "dataset": data.info.name, "synthetic": data.info.synthetic,
               "checkpoint": str(load) if load else None, **lit._last_test, "n": data.sizes()["test"]}

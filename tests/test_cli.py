@@ -72,12 +72,12 @@ def test_config_file_and_flag_precedence(capsys, tmp_path):
     (["train", "jsc-tiny", "cifar10"], "unknown dataset 'cifar10'"),
     (["train", "jsc-tiny", "jsc-synthetic", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
     (["train", "jsc-tiny", "jsc-synthetic", "--batch-size", "-4"], "batch_size must be a positive integer, got -4"),
-    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "0"], "learning_rate must be > 0, got 0.0"),
-    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "-0.1"], "learning_rate must be > 0"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "0"], "learning_rate must be a finite number > 0, got 0.0"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "-0.1"], "learning_rate must be a finite number > 0, got -0.1"),
     (["train"], "no model given"),
     (["test", "jsc-tiny", "jsc-synthetic", "--load", "/nonexistent/best.ckpt"], "checkpoint not found"),
     (["train", "--config", "/nonexistent.toml"], "config file not found"),
-    (["train", "jsc-tiny", "jsc-synthetic", "--max-time", "inf"], "max_time must be a finite number, got inf"),
+    (["train", "jsc-tiny", "jsc-synthetic", "--max-time", "inf"], "max_time (seconds; None: no limit) must be a finite number > 0, got inf"),
     (["train", "jsc-tiny", "jsc-synthetic", "--learning-rate", "nan"], "learning_rate must be a finite number"),
     (["train", "jsc-tiny", "jsc-synthetic", "--data-size", "50"], "data_size must be at least 100 rows, got 50"),
     (["train", "jsc-tiny", "jsc-synthetic", "--seed", "-1"], "seed must be an integer in [0, 2**32), got -1"),
@@ -98,12 +98,12 @@ def test_unknown_flag_is_an_argparse_error(capsys):
 
 @pytest.mark.parametrize("body, message", [
     ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nbatch_sise = 64\n', "unknown key 'batch_sise'"),
-    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nbatch_size = "64"\n', "batch_size must be int, got '64'"),
-    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nlearning_rate = true\n', "learning_rate must be float or int"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nbatch_size = "64"\n', "bad.toml: batch_size must be a positive integer, got '64'"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nlearning_rate = true\n', "bad.toml: learning_rate must be a finite number > 0, got True"),
     ('model = "jsc-tiny"\nload_type = "pkl"\n', "load_type must be one of pl, pt"),
     ('model = "jsc-tiny\n', "not valid TOML"),
-    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nscheduler = "step"\n', "scheduler must be one of none, cosine"),
-    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nmax_time = inf\n', "max_time must be a finite number"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nscheduler = "step"\n', "bad.toml: scheduler must be one of None, 'none', 'cosine', got 'step'"),
+    ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nmax_time = inf\n', "bad.toml: max_time (seconds; None: no limit) must be a finite number > 0, got inf"),
     ('model = "jsc-tiny"\ndataset = "jsc-synthetic"\nseed = 4294967296\n', "seed must be an integer in [0, 2**32)"),
 ])
 def test_bad_toml_exits_2(capsys, tmp_path, body, message):
