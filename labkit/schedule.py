@@ -119,7 +119,7 @@ class Estimator:
                 xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
 
                 def step():
-                    loss = _losses(stack.forward(xw, True, gens), yk).mean(0).sum()
+                    loss = _losses(stack.forward(xw, True, gens), yk)[0].mean(0).sum()
                     stack.grad_flat.zero_()
                     loss.backward()
                     stack.adam_step()
