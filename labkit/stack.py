@@ -594,9 +594,16 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
         for m in members:
             m.archived = _archive_previous(m.ckpt_dir)
         start = time.perf_counter()
-        with interruptible(), torch_threads(num_threads or 1), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")  # on purpose
-            trainer.fit(lit)
+        try:
+            with interruptible(), torch_threads(num_threads or 1), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")  # on purpose
+                trainer.fit(lit)
+        except BaseException:  # (Ctrl-C, an error) a run that wrote nothing gets its previous files back, as in train()
+            for m in members:
+                if m.archived is not None and not any(m.ckpt_dir.glob("*.ckpt")):
+                    shutil.rmtree(m.ckpt_dir, ignore_errors=True)
+                    shutil.move(str(m.archived), str(m.ckpt_dir))
+            raise
         wall = time.perf_counter() - start
 
     out = []
