@@ -39,6 +39,7 @@ _EXPORTS_BY_MODULE = {
     "plots": ["data_banner", "save_figure", "titled"],
     "executor": ["map_unordered", "ClusterUnavailableError"],
     "lab1": ["lab1_checkpoints", "lab1_settings"],  # the Lab-2 notebooks' shared set-up
+    "stack": ["train_stacked"],  # issue 13: many runs per step
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",
@@ -47,6 +48,7 @@ _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph
 _SUBMODULES += ("executor", "precision_search")  # issue 11
 _SUBMODULES += ("lab1",)
 _SUBMODULES += ("settings", "lit", "checkpoints")
+_SUBMODULES += ("stack", "prefix")  # issue 13
 
 __all__ = list(_EXPORTS)
 # No submodule shares a name with a function exported here (train lives in labkit.training, search in

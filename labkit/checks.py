@@ -79,6 +79,24 @@ def boolean(name: str, value) -> bool:
     return value
 
 
+def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """An ``int`` (not ``True``, not ``8.0``: a config's bit width is written as a whole number)
+    within the bounds given: ``integer("weight_width", w, 1, 32)``."""
+    if (isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo)
+            or (hi is not None and value > hi)):
+        span = (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
+                f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+        raise ValueError(f"{name} must be an integer{span}, got {value!r}")
+    return value
+
+
+def finite_number(name: str, value) -> float:
+    """Any finite number (a scale, a weight: negative is allowed)."""
+    if not (_is_number(value) and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def instance_of(name: str, value, types, what: str):
     """``value`` if it is an instance of ``types``; else a TypeError saying ``what`` to pass."""
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):

@@ -271,49 +271,25 @@ def _layout(nodes: list[fx.Node]) -> dict[fx.Node, tuple[float, int]]:
     return pos
 
 
+_BOX_W, _BOX_H, _DX, _DY = 2.6, 0.72, 3.0, 1.0  # a node's box and the grid it sits on
+
+
 def _draw(graph: MaseGraph, path=None, *, title=None, dpi=120):
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
 
     nodes = graph.nodes
     pos = _layout(nodes)
     n_rows = 1 + max(r for _, r in pos.values())
     n_cols = max(sum(1 for p in pos.values() if p[1] == r) for r in range(n_rows))
-    box_w, box_h, dx, dy = 2.6, 0.72, 3.0, 1.0
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + n_cols * 3.0), 0.6 + n_rows * 1.1))
-    xy = {n: (x * dx, -r * dy) for n, (x, r) in pos.items()}
-
-    for n in nodes:  # edges first, boxes on top
-        x1, y1 = xy[n]
-        for i in _input_nodes(n):
-            x0, y0 = xy[i]
-            skip = abs(pos[n][1] - pos[i][1]) > 1 and abs(x1 - x0) < 1e-9
-            if skip:  # a skip connection: leave and enter on the right, bowing around the boxes
-                start, end, style = (x0 + box_w / 2, y0), (x1 + box_w / 2, y1), "arc3,rad=-0.35"
-            else:
-                start, end, style = (x0, y0 - box_h / 2), (x1, y1 + box_h / 2), "arc3,rad=0"
-            ax.annotate("", xy=end, xytext=start,
-                        arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.0, shrinkA=0, shrinkB=0,
-                                        connectionstyle=style))
+    xy = {n: (x * _DX, -r * _DY) for n, (x, r) in pos.items()}
+    _draw_edges(ax, nodes, pos, xy)  # edges first, boxes on top
     for n in nodes:
-        x, y = xy[n]
-        ax.add_patch(FancyBboxPatch((x - box_w / 2, y - box_h / 2), box_w, box_h,
-                                    boxstyle="round,pad=0.02,rounding_size=0.08",
-                                    fc=_OP_COLOURS.get(n.op, "#eeeeee"), ec="#333333", lw=0.8))
-        op = _mase_op(n)
-        what = node_target_name(n) if n.op not in ("placeholder", "output") else n.op
-        what = n.op if what == n.name else what
-        lines = [n.name, what]
-        if op and op not in (what, n.op):
-            lines.append(op)
-        if _shape_of(n):
-            lines.append(_shape_of(n))
-        label = "\n".join(lines)
-        ax.text(x, y, label, ha="center", va="center", fontsize=7, family="monospace")
+        _draw_box(ax, n, xy[n])
 
     xs = [p[0] for p in xy.values()]
-    ax.set_xlim(min(xs) - box_w, max(xs) + box_w * 1.3)
-    ax.set_ylim(-(n_rows - 1) * dy - box_h, box_h)
+    ax.set_xlim(min(xs) - _BOX_W, max(xs) + _BOX_W * 1.3)
+    ax.set_ylim(-(n_rows - 1) * _DY - _BOX_H, _BOX_H)
     ax.set_aspect("auto")
     ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, fc=c, ec="#333333") for c in _OP_COLOURS.values()]
@@ -325,3 +301,38 @@ def _draw(graph: MaseGraph, path=None, *, title=None, dpi=120):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return fig
+
+
+def _draw_edges(ax, nodes, pos: dict, xy: dict) -> None:
+    """An arrow from each input to its user."""
+    for n in nodes:
+        x1, y1 = xy[n]
+        for i in _input_nodes(n):
+            x0, y0 = xy[i]
+            skip = abs(pos[n][1] - pos[i][1]) > 1 and abs(x1 - x0) < 1e-9
+            if skip:  # a skip connection: leave and enter on the right, bowing around the boxes
+                start, end, style = (x0 + _BOX_W / 2, y0), (x1 + _BOX_W / 2, y1), "arc3,rad=-0.35"
+            else:
+                start, end, style = (x0, y0 - _BOX_H / 2), (x1, y1 + _BOX_H / 2), "arc3,rad=0"
+            ax.annotate("", xy=end, xytext=start,
+                        arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.0, shrinkA=0, shrinkB=0,
+                                        connectionstyle=style))
+
+
+def _draw_box(ax, n, at: tuple) -> None:
+    """A node's box: its name, what it calls, its mase op (when that says more) and its shape."""
+    from matplotlib.patches import FancyBboxPatch
+
+    x, y = at
+    ax.add_patch(FancyBboxPatch((x - _BOX_W / 2, y - _BOX_H / 2), _BOX_W, _BOX_H,
+                                boxstyle="round,pad=0.02,rounding_size=0.08",
+                                fc=_OP_COLOURS.get(n.op, "#eeeeee"), ec="#333333", lw=0.8))
+    op = _mase_op(n)
+    what = node_target_name(n) if n.op not in ("placeholder", "output") else n.op
+    what = n.op if what == n.name else what
+    lines = [n.name, what]
+    if op and op not in (what, n.op):
+        lines.append(op)
+    if _shape_of(n):
+        lines.append(_shape_of(n))
+    ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=7, family="monospace")

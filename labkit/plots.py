@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from .checks import one_of
 from .paths import check_name, figures_dir
 
 
@@ -168,47 +169,52 @@ def plot_layer_distributions(values: dict, title: str = "Weights and activations
     log scale when ``log_counts`` (ReLU outputs pile up at 0 and hide the tail otherwise).
     Returns the matplotlib Figure.
     """
-    import numpy as np
-
-    if kind not in ("box", "hist"):
-        raise ValueError(f"kind must be 'box' or 'hist', got {kind!r}")
+    one_of("kind", kind, ("box", "hist"))
     if not values:
         raise ValueError("no layers to plot: layer_values returned nothing")
+    suptitle = titled(title, data_or_info)
+    fig = _layer_boxes(values) if kind == "box" else _layer_histograms(values, log_counts)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _layer_boxes(values: dict):
+    """Two panels, weights and inputs, one box per layer."""
     names = list(values)
     label = {n: f"{n}\n({values[n]['op']})" for n in names}
     weighted = [n for n in names if values[n]["weight"] is not None]
-    suptitle = titled(title, data_or_info)
+    fig, (aw, aa) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 2.0), gridspec_kw={"width_ratios": [1, 1]})
+    for ax, keys, what in ((aw, weighted, "weight"), (aa, names, "activation")):
+        data = [values[n][what].flatten().numpy() for n in keys]
+        if data:
+            ax.boxplot(data, vert=False, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
+            ax.set_yticks(range(1, len(keys) + 1), [label[n] for n in keys], fontsize=8)
+            ax.invert_yaxis()  # first layer on top, like the graph
+        ax.set_xlabel(f"{what} value" if what == "weight" else "input value (data_in_0)")
+        ax.set_title("weights" if what == "weight" else "input activations", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    return fig
 
-    if kind == "box":
-        fig, (aw, aa) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 2.0),
-                                     gridspec_kw={"width_ratios": [1, 1]})
-        for ax, keys, what in ((aw, weighted, "weight"), (aa, names, "activation")):
-            data = [values[n][what].flatten().numpy() for n in keys]
-            if data:
-                ax.boxplot(data, vert=False, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
-                ax.set_yticks(range(1, len(keys) + 1), [label[n] for n in keys], fontsize=8)
-                ax.invert_yaxis()  # first layer on top, like the graph
-            ax.set_xlabel(f"{what} value" if what == "weight" else "input value (data_in_0)")
-            ax.set_title("weights" if what == "weight" else "input activations", fontsize=9)
-            ax.grid(alpha=0.3, axis="x")
-    else:
-        fig, axes = plt.subplots(len(names), 2, figsize=(10, 1.7 * len(names) + 1.0), squeeze=False)
-        for row, n in zip(axes, names):
-            for ax, what in zip(row, ("weight", "activation")):
-                t = values[n][what]
-                if t is None:
-                    ax.text(0.5, 0.5, "no weight", ha="center", va="center", transform=ax.transAxes,
-                            color="grey")
-                    ax.set_xticks([]), ax.set_yticks([])
-                else:
-                    v = t.flatten().numpy()
-                    ax.hist(v, bins=min(60, max(10, int(np.sqrt(v.size)))), color="#4a7ab5", alpha=0.85)
-                    if what == "activation" and log_counts:
-                        ax.set_yscale("log")
-                ax.set_title(f"{n} ({values[n]['op']}): {'weight' if what == 'weight' else 'input'}", fontsize=8)
-                ax.tick_params(labelsize=7)
-    fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+
+def _layer_histograms(values: dict, log_counts: bool):
+    """A row of two histograms (weight, input) per layer."""
+    import numpy as np
+
+    fig, axes = plt.subplots(len(values), 2, figsize=(10, 1.7 * len(values) + 1.0), squeeze=False)
+    for row, n in zip(axes, values):
+        for ax, what in zip(row, ("weight", "activation")):
+            t = values[n][what]
+            if t is None:
+                ax.text(0.5, 0.5, "no weight", ha="center", va="center", transform=ax.transAxes, color="grey")
+                ax.set_xticks([]), ax.set_yticks([])
+            else:
+                v = t.flatten().numpy()
+                ax.hist(v, bins=min(60, max(10, int(np.sqrt(v.size)))), color="#4a7ab5", alpha=0.85)
+                if what == "activation" and log_counts:
+                    ax.set_yscale("log")  # ReLU outputs pile up at 0 and would hide the tail
+            ax.set_title(f"{n} ({values[n]['op']}): {'weight' if what == 'weight' else 'input'}", fontsize=8)
+            ax.tick_params(labelsize=7)
     return fig
 
 

@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import atomic_write_text, settings_hash
+from .checks import boolean, finite_number, integer, positive_float
 from .paths import check_name, outputs_dir
 
 SEARCH_SPACES = ("graph/quantize/mixed_precision_ptq",)
@@ -92,26 +93,6 @@ def _only(table: dict, key: str, allowed) -> None:
     unknown = [k for k in table if k not in allowed]
     if unknown:
         raise SearchConfigError(f"{key}.{unknown[0]}: unknown key; allowed: {', '.join(allowed)}")
-
-
-def _int(value, key: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise SearchConfigError(f"{key} must be an integer {rng}, got {value!r}")
-    return value
-
-
-def _number(value, key: str, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (positive and value <= 0):
-        raise SearchConfigError(f"{key} must be a finite number{' > 0' if positive else ''}, got {value!r}")
-    return float(value)
-
-
-def _bool(value, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise SearchConfigError(f"{key} must be true or false, got {value!r}")
-    return value
 
 
 def _choices(config: dict, key: str, where: str) -> list:
@@ -154,11 +135,11 @@ def _check_seed(name: str, seed) -> dict:
             raise SearchConfigError(f"{where}.{wkey} is missing; give a list of bit widths, e.g. [4, 8]")
         widths = _choices(config, wkey, where)
         for w in widths:
-            _int(w, f"{where}.{wkey} (choice {w!r})", 1, 32)
+            integer(f"{where}.{wkey} (choice {w!r})", w, 1, 32)
         fracs = _choices(config, fkey, where) if fkey in config else ["NA"]
         for f in fracs:
             if f != "NA":
-                _int(f, f"{where}.{fkey} (choice {f!r})", 0, 32)
+                integer(f"{where}.{fkey} (choice {f!r})", f, 0, 32)
         for f in fracs:
             if f != "NA" and f > max(widths):
                 raise SearchConfigError(
@@ -174,12 +155,38 @@ def check_search_config(search) -> dict:
     """Check a ``[search]`` table (as parsed from TOML) without a model; returns it normalised.
 
     Raises :class:`SearchConfigError` (a ValueError) with one line naming the key."""
+    try:
+        return _check_search(search)
+    except SearchConfigError:
+        raise
+    except ValueError as exc:  # a labkit.checks check: the same one line, as this module's error
+        raise SearchConfigError(str(exc)) from None
+
+
+def _check_search(search) -> dict:
     search = _table(search, "search")
     _only(search, "search", ("search_space", "strategy"))
     for key in ("search_space", "strategy"):
         if key not in search:
             raise SearchConfigError(f"the config has no [search.{key}] table")
-    space = _table(search["search_space"], "search.search_space")
+    by, seeds = _check_space(search["search_space"])
+    strategy = _table(search["strategy"], "search.strategy")
+    _only(strategy, "search.strategy", ("name", "eval_mode", "setup", "sw_runner", "hw_runner", "metrics"))
+    if strategy.get("name") not in STRATEGIES:
+        raise SearchConfigError(f"search.strategy.name must be one of {', '.join(STRATEGIES)}, "
+                                f"got {strategy.get('name')!r}")
+    if not boolean("search.strategy.eval_mode", strategy.get("eval_mode", True)):
+        raise SearchConfigError("search.strategy.eval_mode = false is not supported: post-training quantisation "
+                                "is evaluated in eval mode (train mode would update BatchNorm statistics)")
+    setup = _check_strategy_setup(_table(strategy.get("setup", {}), "search.strategy.setup"))
+    runners = _check_runners(strategy)
+    metrics = _check_metrics(_table(strategy.get("metrics", {}), "search.strategy.metrics"), runners)
+    return {"by": by, "seeds": seeds, "setup": setup, "runners": runners, "metrics": metrics}
+
+
+def _check_space(space) -> tuple[str, dict]:
+    """``[search.search_space]``: ``(by, {seed name: checked seed})``."""
+    space = _table(space, "search.search_space")
     _only(space, "search.search_space", ("name", "setup", "seed"))
     if space.get("name") not in SEARCH_SPACES:
         raise SearchConfigError(f"search.search_space.name must be one of {', '.join(SEARCH_SPACES)}, "
@@ -191,35 +198,33 @@ def check_search_config(search) -> dict:
     seeds = _table(space.get("seed", {}), "search.search_space.seed")
     if not seeds:
         raise SearchConfigError("search.search_space.seed is empty; add [search.search_space.seed.default.config]")
-    seeds = {name: _check_seed(name, seed) for name, seed in seeds.items()}
+    return setup["by"], {name: _check_seed(name, seed) for name, seed in seeds.items()}
 
-    strategy = _table(search["strategy"], "search.strategy")
-    _only(strategy, "search.strategy", ("name", "eval_mode", "setup", "sw_runner", "hw_runner", "metrics"))
-    if strategy.get("name") not in STRATEGIES:
-        raise SearchConfigError(f"search.strategy.name must be one of {', '.join(STRATEGIES)}, "
-                                f"got {strategy.get('name')!r}")
-    if not _bool(strategy.get("eval_mode", True), "search.strategy.eval_mode"):
-        raise SearchConfigError("search.strategy.eval_mode = false is not supported: post-training quantisation "
-                                "is evaluated in eval mode (train mode would update BatchNorm statistics)")
-    st = _table(strategy.get("setup", {}), "search.strategy.setup")
-    _only(st, "search.strategy.setup", ("n_trials", "n_jobs", "timeout", "sampler", "sum_scaled_metrics",
-                                        "direction", "model_parallel", "seed"))
+
+def _check_strategy_setup(st: dict) -> dict:
+    """``[search.strategy.setup]`` with its defaults filled in."""
+    where = "search.strategy.setup"
+    _only(st, where, ("n_trials", "n_jobs", "timeout", "sampler", "sum_scaled_metrics",
+                      "direction", "model_parallel", "seed"))
     sampler = st.get("sampler", "tpe")
     if not isinstance(sampler, str) or sampler.lower() not in SAMPLERS:
-        raise SearchConfigError(f"search.strategy.setup.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    setup_out = {
-        "n_trials": _int(st.get("n_trials", 20), "search.strategy.setup.n_trials", 1),
-        "n_jobs": _int(st.get("n_jobs", 1), "search.strategy.setup.n_jobs", 1, 256),
-        "timeout": _number(st["timeout"], "search.strategy.setup.timeout", positive=True) if "timeout" in st else None,
+        raise SearchConfigError(f"{where}.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    setup = {
+        "n_trials": integer(f"{where}.n_trials", st.get("n_trials", 20), 1),
+        "n_jobs": integer(f"{where}.n_jobs", st.get("n_jobs", 1), 1, 256),
+        "timeout": positive_float(f"{where}.timeout", st["timeout"]) if "timeout" in st else None,
         "sampler": sampler.lower(),
-        "sum_scaled_metrics": _bool(st.get("sum_scaled_metrics", False), "search.strategy.setup.sum_scaled_metrics"),
+        "sum_scaled_metrics": boolean(f"{where}.sum_scaled_metrics", st.get("sum_scaled_metrics", False)),
         "direction": st.get("direction", "maximize"),
-        "seed": _int(st["seed"], "search.strategy.setup.seed", 0) if "seed" in st else None,
+        "seed": integer(f"{where}.seed", st["seed"], 0) if "seed" in st else None,
     }
-    if setup_out["direction"] not in DIRECTIONS:
-        raise SearchConfigError(f"search.strategy.setup.direction must be maximize or minimize, "
-                                f"got {setup_out['direction']!r}")
+    if setup["direction"] not in DIRECTIONS:
+        raise SearchConfigError(f"{where}.direction must be maximize or minimize, got {setup['direction']!r}")
+    return setup
 
+
+def _check_runners(strategy: dict) -> dict:
+    """``[search.strategy.sw_runner.*]`` and ``hw_runner.*``: ``{"sw_runner.x": {key: value}}``."""
     runners = {}
     for kind in ("sw_runner", "hw_runner"):
         table = _table(strategy.get(kind, {}), f"search.strategy.{kind}")
@@ -238,12 +243,15 @@ def check_search_config(search) -> dict:
             raise SearchConfigError(f"search.strategy.sw_runner.basic_evaluation.data_loader must be one of "
                                     f"{', '.join(DATA_LOADERS)}, got {ev['data_loader']!r}")
         if ev["num_samples"] is not None:
-            _int(ev["num_samples"], "search.strategy.sw_runner.basic_evaluation.num_samples", 1)
+            integer("search.strategy.sw_runner.basic_evaluation.num_samples", ev["num_samples"], 1)
     if "hw_runner.average_bitwidth" in runners:
-        _int(runners["hw_runner.average_bitwidth"]["compare_to"],
-             "search.strategy.hw_runner.average_bitwidth.compare_to", 1, 64)
+        integer("search.strategy.hw_runner.average_bitwidth.compare_to",
+                runners["hw_runner.average_bitwidth"]["compare_to"], 1, 64)
+    return runners
 
-    metrics_in = _table(strategy.get("metrics", {}), "search.strategy.metrics")
+
+def _check_metrics(metrics_in: dict, runners: dict) -> dict:
+    """``[search.strategy.metrics.*]``: each a known metric whose runner the config has."""
     if not metrics_in:
         raise SearchConfigError("search.strategy.metrics is empty; add e.g. accuracy.scale = 1.0 and "
                                 "accuracy.direction = \"maximize\"")
@@ -260,8 +268,8 @@ def check_search_config(search) -> dict:
         direction = m.get("direction")
         if direction not in DIRECTIONS:
             raise SearchConfigError(f"{key}.direction must be \"maximize\" or \"minimize\", got {direction!r}")
-        metrics[name] = {"scale": _number(m.get("scale", 1.0), f"{key}.scale"), "direction": direction}
-    return {"by": setup["by"], "seeds": seeds, "setup": setup_out, "runners": runners, "metrics": metrics}
+        metrics[name] = {"scale": finite_number(f"{key}.scale", m.get("scale", 1.0)), "direction": direction}
+    return metrics
 
 
 # --- the search space on a traced graph ------------------------------------------------------------
@@ -618,7 +626,7 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
         {k: v for k, v in setup_over.items() if v is not None})
     checked = check_search_config(raw)
     if workers is not None:
-        checked["setup"]["n_jobs"] = _int(workers, "workers", 1, 256)
+        checked["setup"]["n_jobs"] = integer("workers", workers, 1, 256)
     setup = checked["setup"]
     from .executor import choose_cluster
     target = choose_cluster(cluster, workers)  # the address checked now, contacted when trials run

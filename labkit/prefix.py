@@ -35,7 +35,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from .cache import atomic_write
-from .training import _archive_previous, project_dir
+from .checkpoints import archive_previous, project_dir
 
 PREFIXES = "shared_prefixes"  # the lead's settings entry listing its shorter runs (not a train() setting)
 
@@ -169,7 +169,7 @@ class Snapshots(Callback):
 
     def _copy(self, k: int, folder: str) -> dict:
         ckpt_dir = project_dir(Path(folder)) / "training_ckpts"
-        _archive_previous(ckpt_dir)  # as train() does: an earlier run's files are moved aside
+        archive_previous(ckpt_dir)  # as train() does: an earlier run's files are moved aside
         out = {}
         for which in ("best", "last"):
             src = self.lead_dir / f"{which}.ckpt"
@@ -212,14 +212,25 @@ class Snapshots(Callback):
 def compute_seconds(*results) -> float:
     """Seconds of training the runs of these sweeps (:class:`~labkit.sweep.SweepResult`) took,
     each shared prefix counted once: a run taken from a longer run's training adds nothing
-    (its ``wall_time_s`` is the time that training took to reach its last epoch)."""
+    (its ``wall_time_s`` is the time that training took to reach its last epoch); runs stacked
+    into one training (:mod:`labkit.stack`) add that training's time once."""
     from .cache import ResultCache
     total = 0.0
     for res in results:
-        taken = {e["result"].get("best_ckpt") for e in ResultCache(res.directory).entries()
-                 if isinstance(e.get("result"), dict) and e["result"].get("prefix_of")} - {None}
-        own = ~res.table["best_ckpt"].isin(taken)
-        total += float(res.table.loc[own, "wall_time_s"].sum())  # NaN (a diverged run) adds nothing
+        stored = [e["result"] for e in ResultCache(res.directory).entries() if isinstance(e.get("result"), dict)]
+        taken = {r.get("best_ckpt") for r in stored if r.get("prefix_of")} - {None}
+        # runs trained together as one stacked model (labkit.stack): that training counts once, as
+        # long as its longest member took
+        stacked = {r["best_ckpt"]: r["stacked_in"] for r in stored if r.get("stacked_in") and r.get("best_ckpt")}
+        stacks = {}
+        for ckpt, seconds in zip(res.table["best_ckpt"], res.table["wall_time_s"]):
+            if ckpt in taken or seconds != seconds:  # a prefix taken from a longer run; NaN: diverged
+                continue
+            if ckpt in stacked:
+                stacks[stacked[ckpt]] = max(stacks.get(stacked[ckpt], 0.0), float(seconds))
+            else:
+                total += float(seconds)
+        total += sum(stacks.values())
     return total
 
 

@@ -40,9 +40,6 @@ from .runtime import (check_usable, cpu_threads, eval_mode, interruptible, light
                       usable_accelerators)  # (interruptible, usable_accelerators: also from here)
 from .settings import DEFAULTS, TrainSettings
 
-_archive_previous = archive_previous  # labkit.prefix's name for it
-
-
 def default_chunk(batch_size: int) -> int:
     """Mini-batches per Lightning step: ~32k samples, between 1 and 256 steps."""
     return max(1, min(256, 32768 // batch_size))

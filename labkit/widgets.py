@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .checks import integer, one_of
 from .data import JSCData
 from .models import MODELS
 from .plots import integer_epochs, legend_outside, titled
@@ -111,13 +112,10 @@ def _check_start(model, learning_rate, batch_size, max_epochs, epochs_limit):
             or not lo <= learning_rate <= hi):
         raise ValueError(f"learning_rate must be a number from {lo:g} to {hi:g} (the slider's range), "
                          f"got {learning_rate!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size not in BATCH_SIZES:
-        raise ValueError(f"batch_size must be one of {', '.join(map(str, BATCH_SIZES))} (the slider's stops), "
-                         f"got {batch_size!r}")
-    if isinstance(epochs_limit, bool) or not isinstance(epochs_limit, int) or epochs_limit < 1:
-        raise ValueError(f"epochs_limit must be a positive integer, got {epochs_limit!r}")
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or not 1 <= max_epochs <= epochs_limit:
-        raise ValueError(f"max_epochs must be an integer from 1 to epochs_limit={epochs_limit}, got {max_epochs!r}")
+    # the slider's stops: an int among them (1.0 or True would compare equal to one)
+    one_of("batch_size", integer("batch_size", batch_size), BATCH_SIZES)
+    integer("epochs_limit", epochs_limit, 1)
+    integer(f"max_epochs (at most epochs_limit={epochs_limit})", max_epochs, 1, epochs_limit)
 
 
 

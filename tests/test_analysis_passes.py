@@ -333,7 +333,7 @@ def test_profile_errors():
     data = [dummy_input(4)]
     with pytest.raises(ValueError, match=r"\['linaer'\] match no node by type"):
         profile_statistics_analysis_pass(mg, spec_pass_args(data, target_weight_nodes=["linaer"]))
-    with pytest.raises(ValueError, match="by must be 'type' or 'name'"):
+    with pytest.raises(ValueError, match="by must be one of 'type', 'name', got"):
         profile_statistics_analysis_pass(mg, spec_pass_args(data, by="op"))
     with pytest.raises(ValueError, match="without a weight: \\['seq_blocks_1', 'seq_blocks_3'\\]"):
         profile_statistics_analysis_pass(mg, spec_pass_args(data, target_weight_nodes=["relu"]))

@@ -439,9 +439,9 @@ def test_bad_synthetic_arguments(tmp_path, kwargs, error, match):
 
 
 def test_bad_real_arguments(tmp_path, files):
-    with pytest.raises(ValueError, match="timeout must be a positive"):
+    with pytest.raises(ValueError, match=r"timeout \(seconds\) must be a finite number > 0, got 0"):
         load_dataset("jsc", source=files["arff"], data_dir=tmp_path, timeout=0)
-    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got '30'"):
+    with pytest.raises(ValueError, match=r"timeout \(seconds\) must be a finite number > 0, got '30'"):
         load_dataset("jsc", source=files["arff"], data_dir=tmp_path, timeout="30")
     with pytest.raises(TypeError, match="source must be"):
         load_dataset("jsc", source=42, data_dir=tmp_path)

@@ -352,7 +352,7 @@ def test_auto_frac_width_by_type_minifloat_and_errors(custom):
         auto_frac_width_pass(custom, {"width": 0, "dummy_in": x})
     with pytest.raises(ValueError, match="unknown key 'widht'"):
         auto_frac_width_pass(custom, {"widht": 8})
-    with pytest.raises(ValueError, match="format must be 'integer' or 'minifloat', got 'log'"):
+    with pytest.raises(ValueError, match="format must be one of 'integer', 'minifloat', got 'log'"):
         auto_frac_width_pass(custom, {"width": 8, "format": "log"})
 
 

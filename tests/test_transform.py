@@ -159,11 +159,11 @@ def test_compare_quantization_runs_caches_and_plots(tmp_path, small_data, checkp
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"formats": ("log",)}, "format 'log' cannot be compared"),
-    ({"modes": ("qta",)}, "mode must be one of ptq, qat, got 'qta'"),
-    ({"widths": (8, 0)}, "integer widths must be integers in \\[1, 32\\], got 0"),
-    ({"widths": (1,), "formats": ("minifloat",)}, "minifloat widths must be integers in \\[2, 32\\], got 1"),
+    ({"modes": ("qta",)}, "mode must be one of 'ptq', 'qat', got 'qta'"),
+    ({"widths": (8, 0)}, "each integer width must be an integer in \\[1, 32\\], got 0"),
+    ({"widths": (1,), "formats": ("minifloat",)}, "each minifloat width must be an integer in \\[2, 32\\], got 1"),
     ({"widths": ()}, "widths must be a non-empty list"),
-    ({"widths": 0}, "integer widths must be integers in \\[1, 32\\], got 0"),
+    ({"widths": 0}, "each integer width must be an integer in \\[1, 32\\], got 0"),
 ])
 def test_compare_quantization_bad_arguments(small_data, checkpoints, kwargs, match):
     from labkit.quantize.compare import compare_quantization

@@ -36,10 +36,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import paths
+from ..checks import positive_float
 from .base import DatasetInfo, JSCData, register_dataset
 from .formats import DataFormatError, file_digests, is_stand_in, parse_openml_description, read_table, sniff
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
-                      check_fraction, check_positive, check_seed, check_size, load_or_build, subsample)
+                      check_fraction, check_seed, check_size, load_or_build, subsample)
 
 OPENML_ID = 42468
 OPENML_API_URL = f"https://api.openml.org/api/v1/json/data/{OPENML_ID}"
@@ -281,7 +282,7 @@ def ensure_raw(source=None, data_dir=None, *, timeout: float = DEFAULT_TIMEOUT,
                progress: bool = True) -> RawFile:
     """A valid raw JSC file: a local ``source`` as is, else the cache in ``data_dir``, else
     the first source that downloads and validates. Raises :class:`DataUnavailableError`."""
-    timeout = check_positive("timeout", timeout, unit="seconds")
+    timeout = positive_float("timeout (seconds)", timeout)
     data_dir = Path(data_dir) if data_dir is not None else paths.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     sources = _sources(source)

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from .base import JSCData
-from .prepare import check_positive
+from ..checks import positive_int
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -30,7 +30,7 @@ class BatchIterator:
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, chunk: int = 1):
-        batch_size = check_positive("batch_size", batch_size, integer=True)
+        batch_size = positive_int("batch_size", batch_size)
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         self.x, self.y = x, y
@@ -88,9 +88,9 @@ class JSCDataModule(pl.LightningDataModule):
                  data: JSCData | None = None, **load_kwargs):
         super().__init__()
         self.dataset, self.seed, self.chunk = dataset, seed, chunk
-        self.batch_size = check_positive("batch_size", batch_size, integer=True)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.eval_batch_size = (max(self.batch_size, 8192) if eval_batch_size is None
-                                else check_positive("eval_batch_size", eval_batch_size, integer=True))
+                                else positive_int("eval_batch_size", eval_batch_size))
         self.load_kwargs = load_kwargs
         self.data = data
 

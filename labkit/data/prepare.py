@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import time
 from pathlib import Path
 
@@ -45,18 +44,6 @@ def check_fraction(name: str, value, upper: float = 0.9) -> float:
     if not (0.0 < float(value) <= upper):
         raise ValueError(f"{name} must be in (0, {upper}], got {value!r}")
     return float(value)
-
-
-def check_positive(name: str, value, *, integer: bool = False, unit: str = ""):
-    """``value`` if it is a positive number (a whole one when ``integer``: ``64`` or ``64.0``,
-    never ``2.7`` truncated to 2), else a ValueError naming it."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
-    if ok and integer:
-        ok = float(value).is_integer()
-    if not ok:
-        what = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{name} must be {what}{' of ' + unit if unit else ''}, got {value!r}")
-    return int(value) if integer else float(value)
 
 
 def check_size(size, maximum: int | None = None, of: str = "") -> int:

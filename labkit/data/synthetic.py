@@ -93,48 +93,63 @@ def generate(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> tu
 
     mass = _groomed_mass(rng, cls, pt)
     r = np.maximum(mass, 0.5) / pt                                    # m / pt, ~0.08 for a W
-
-    # Multiplicity: gamma-Poisson (overdispersed), rising a little with mass.
-    mult_mean = _MULT_MEAN[cls] * (1.0 + 0.15 * np.tanh((mass - 60.0) / 60.0))
-    mult = rng.poisson(rng.gamma(9.0, mult_mean / 9.0)) + 1
-    # zlogz = sum z log z over constituents: about -log(effective number of constituents).
-    n_eff = np.maximum(mult ** 0.62 * np.exp(0.25 * rng.standard_normal(size)) * (0.8 + 0.2 * prongs), 1.0)
-    zlogz = -np.log(n_eff) - 0.05 * rng.random(size)
-
-    # Two-point functions e2^(beta) = C1^(beta): beta=0 measures how evenly energy is shared,
-    # beta=1 and 2 scale with the opening angle, i.e. with (m/pt) and (m/pt)^2.
-    # e2^(0) = sum_{i<j} z_i z_j = (1 - sum z_i^2) / 2, and sum z_i^2 ~ 1 / n_eff lies in [1/mult, 1].
-    sum_z2 = np.clip(np.exp(0.25 * rng.standard_normal(size)) / n_eff, 1.0 / mult, 1.0)
-    c1_b0 = 0.5 * (1.0 - sum_z2)
-    c1_b1 = 0.9 * r * np.exp(0.20 * rng.standard_normal(size))
-    c1_b2 = 1.1 * r ** 2 * np.exp(0.25 * rng.standard_normal(size))
-
-    # One shared "prong-ness" latent: D2^(1) ~ e3 / e2^3, small for two-prong jets.
-    d2_b1 = _PRONG_MEDIAN[cls] * np.exp(_PRONG_SPREAD[cls] * rng.standard_normal(size))
-    prongness = np.log(d2_b1)
-    d2_b2 = d2_b1 ** 1.15 * np.exp(0.15 + 0.25 * rng.standard_normal(size))
-    d2_a1_b1 = 0.55 * d2_b1 ** 0.9 * np.exp(0.20 * rng.standard_normal(size))
-    d2_a1_b2 = 0.60 * d2_b2 ** 0.9 * np.exp(0.20 * rng.standard_normal(size))
-    c2_b1 = d2_b1 * c1_b1                                             # C2 = e3/e2^2 = D2 * e2
-    c2_b2 = d2_b2 * c1_b2
-    n2_b1 = 0.11 * np.exp(0.55 * prongness + 0.18 * rng.standard_normal(size))
-    n2_b2 = 0.09 * np.exp(0.60 * prongness + 0.22 * rng.standard_normal(size))
-    m2_b1 = 0.04 * np.exp(0.30 * prongness + 0.35 * rng.standard_normal(size)) * (1 + 3 * c1_b1)
-    m2_b2 = 0.02 * np.exp(0.30 * prongness + 0.40 * rng.standard_normal(size)) * (1 + 3 * c1_b2)
+    # the draws below are in a fixed order (the seed's data depend on it): each helper draws its own
+    mult, n_eff, zlogz = _multiplicity(rng, cls, mass, prongs)
+    c1_b0, c1_b1, c1_b2 = _two_point(rng, r, mult, n_eff)
+    shapes = _prong_shapes(rng, cls, c1_b1, c1_b2)
 
     columns = {
         "j_zlogz": zlogz,
         "j_c1_b0_mmdt": c1_b0, "j_c1_b1_mmdt": c1_b1, "j_c1_b2_mmdt": c1_b2,
-        "j_c2_b1_mmdt": c2_b1, "j_c2_b2_mmdt": c2_b2,
-        "j_d2_b1_mmdt": d2_b1, "j_d2_b2_mmdt": d2_b2,
-        "j_d2_a1_b1_mmdt": d2_a1_b1, "j_d2_a1_b2_mmdt": d2_a1_b2,
-        "j_m2_b1_mmdt": m2_b1, "j_m2_b2_mmdt": m2_b2,
-        "j_n2_b1_mmdt": n2_b1, "j_n2_b2_mmdt": n2_b2,
+        **shapes,
         "j_mass_mmdt": mass,
         "j_multiplicity": mult.astype(np.float64),
     }
     x = np.column_stack([columns[name] for name in FEATURE_NAMES])
     return x, cls.astype(np.int64)
+
+
+def _multiplicity(rng, cls, mass, prongs):
+    """Constituent count (gamma-Poisson, overdispersed, rising a little with mass), the
+    effective number of constituents and zlogz = sum z log z ~ -log(effective number)."""
+    size = len(cls)
+    mult_mean = _MULT_MEAN[cls] * (1.0 + 0.15 * np.tanh((mass - 60.0) / 60.0))
+    mult = rng.poisson(rng.gamma(9.0, mult_mean / 9.0)) + 1
+    n_eff = np.maximum(mult ** 0.62 * np.exp(0.25 * rng.standard_normal(size)) * (0.8 + 0.2 * prongs), 1.0)
+    zlogz = -np.log(n_eff) - 0.05 * rng.random(size)
+    return mult, n_eff, zlogz
+
+
+def _two_point(rng, r, mult, n_eff):
+    """Two-point functions e2^(beta) = C1^(beta): beta=0 measures how evenly energy is shared,
+    beta=1 and 2 scale with the opening angle, i.e. with (m/pt) and (m/pt)^2.
+    e2^(0) = sum_{i<j} z_i z_j = (1 - sum z_i^2) / 2, and sum z_i^2 ~ 1 / n_eff lies in [1/mult, 1]."""
+    size = len(r)
+    sum_z2 = np.clip(np.exp(0.25 * rng.standard_normal(size)) / n_eff, 1.0 / mult, 1.0)
+    c1_b0 = 0.5 * (1.0 - sum_z2)
+    c1_b1 = 0.9 * r * np.exp(0.20 * rng.standard_normal(size))
+    c1_b2 = 1.1 * r ** 2 * np.exp(0.25 * rng.standard_normal(size))
+    return c1_b0, c1_b1, c1_b2
+
+
+def _prong_shapes(rng, cls, c1_b1, c1_b2) -> dict:
+    """The three-point shapes (D2, C2, N2, M2) from one shared "prong-ness" latent:
+    D2^(1) ~ e3 / e2^3, small for two-prong jets."""
+    size = len(cls)
+    d2_b1 = _PRONG_MEDIAN[cls] * np.exp(_PRONG_SPREAD[cls] * rng.standard_normal(size))
+    prongness = np.log(d2_b1)
+    d2_b2 = d2_b1 ** 1.15 * np.exp(0.15 + 0.25 * rng.standard_normal(size))
+    d2_a1_b1 = 0.55 * d2_b1 ** 0.9 * np.exp(0.20 * rng.standard_normal(size))
+    d2_a1_b2 = 0.60 * d2_b2 ** 0.9 * np.exp(0.20 * rng.standard_normal(size))
+    n2_b1 = 0.11 * np.exp(0.55 * prongness + 0.18 * rng.standard_normal(size))
+    n2_b2 = 0.09 * np.exp(0.60 * prongness + 0.22 * rng.standard_normal(size))
+    m2_b1 = 0.04 * np.exp(0.30 * prongness + 0.35 * rng.standard_normal(size)) * (1 + 3 * c1_b1)
+    m2_b2 = 0.02 * np.exp(0.30 * prongness + 0.40 * rng.standard_normal(size)) * (1 + 3 * c1_b2)
+    return {"j_c2_b1_mmdt": d2_b1 * c1_b1, "j_c2_b2_mmdt": d2_b2 * c1_b2,  # C2 = e3/e2^2 = D2 * e2
+            "j_d2_b1_mmdt": d2_b1, "j_d2_b2_mmdt": d2_b2,
+            "j_d2_a1_b1_mmdt": d2_a1_b1, "j_d2_a1_b2_mmdt": d2_a1_b2,
+            "j_m2_b1_mmdt": m2_b1, "j_m2_b2_mmdt": m2_b2,
+            "j_n2_b1_mmdt": n2_b1, "j_n2_b2_mmdt": n2_b2}
 
 
 def synthetic_frame(size: int = DEFAULT_SIZE, seed: int = DEFAULT_GENERATOR_SEED) -> pd.DataFrame:

@@ -37,6 +37,7 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
+from ..checks import one_of, positive_int
 from ..graph import get_node_actual_target
 from ..runtime import available_devices
 from ..registry import Registry
@@ -475,8 +476,7 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
     tensor, statistic and value), ``stats`` (the same, nested) and ``num_batches``.
     """
     args = check_pass_args(pass_args, _DEFAULTS, "profile_statistics_analysis_pass")
-    if args["by"] not in ("type", "name"):
-        raise ValueError(f"profile_statistics_analysis_pass: by must be 'type' or 'name', got {args['by']!r}")
+    one_of("profile_statistics_analysis_pass: by", args["by"], ("type", "name"))
     gm = graph_module(graph, "profile_statistics_analysis_pass")
     nodes = list(gm.graph.nodes)
     for n in nodes:
@@ -486,9 +486,25 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
             raise TypeError(f"{key} must be a dict {{stat name: config}}, got {type(args[key]).__name__}")
 
     results = {}  # node name -> tensor name -> stat name -> values
+    _profile_weights(_match(nodes, args["target_weight_nodes"], args["by"], "target_weight_nodes"), args, results)
+    act_nodes = _match(nodes, args["target_activation_nodes"], args["by"], "target_activation_nodes")
+    num_batches = _profile_inputs(gm, act_nodes, args, results) if act_nodes else 0
+    ops = {n.name: get_mase_op(n) for n in nodes}
+    rows = [{"node": node, "mase_op": ops[node], "tensor": tensor, "statistic": stat, "key": key, "value": value}
+            for node, tensors in results.items() for tensor, stats in tensors.items()
+            for stat, values in stats.items() for key, value in values.items()]
+    table = pd.DataFrame(rows, columns=["node", "mase_op", "tensor", "statistic", "key", "value"])
+    return graph, {"table": table, "stats": results, "num_batches": num_batches}
 
-    # weights: straight from the modules, no data needed
-    weight_nodes = _match(nodes, args["target_weight_nodes"], args["by"], "target_weight_nodes")
+
+def _store(node: fx.Node, arg: str, name: str, value, results: dict) -> None:
+    """One statistic of one tensor: on the node's software metadata and in the pass's results."""
+    _stat_slot(node, arg)[name] = value
+    results.setdefault(node.name, {}).setdefault(arg, {})[name] = value
+
+
+def _profile_weights(weight_nodes: list, args: dict, results: dict) -> None:
+    """Weights: straight from the modules, no data needed."""
     if weight_nodes and not args["weight_statistics"]:
         raise ValueError("profile_statistics_analysis_pass: target_weight_nodes given but no weight_statistics")
     no_weight = [n.name for n in weight_nodes if n.op != "call_module"
@@ -502,39 +518,26 @@ def profile_statistics_analysis_pass(graph, pass_args=None):
             for name, cfg in args["weight_statistics"].items():
                 stat = make_statistic(name, cfg)
                 stat.update(param)
-                value = stat.compute()
-                _stat_slot(n, arg)[name] = value
-                results.setdefault(n.name, {}).setdefault(arg, {})[name] = value
+                _store(n, arg, name, stat.compute(), results)
 
-    # activations: run batches through the graph
-    act_nodes = _match(nodes, args["target_activation_nodes"], args["by"], "target_activation_nodes")
-    num_batches = 0
-    if act_nodes:
-        if not args["activation_statistics"]:
-            raise ValueError("profile_statistics_analysis_pass: target_activation_nodes given but no "
-                             "activation_statistics")
-        if args["input_generator"] is None:
-            raise ValueError("profile_statistics_analysis_pass: activation profiling needs an "
-                             "input_generator (a LightningDataModule or an iterable of batches)")
-        num_samples = args["num_samples"]
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int (samples to profile, in whole batches), "
-                             f"got {num_samples!r}")
-        for name, cfg in args["activation_statistics"].items():
-            make_statistic(name, cfg)  # a bad config fails here, before any batch runs
-        stats, num_batches = profile_activations(
-            gm, act_nodes, args["activation_statistics"], _batches(args["input_generator"], args["split"]),
-            num_samples, progress=args["progress"])
-        if num_batches == 0:
-            raise ValueError("profile_statistics_analysis_pass: input_generator yielded no batches")
-        for n in act_nodes:
-            for name, value in stats[n.name].items():
-                _stat_slot(n, "data_in_0")[name] = value
-                results.setdefault(n.name, {}).setdefault("data_in_0", {})[name] = value
 
-    ops = {n.name: get_mase_op(n) for n in nodes}
-    rows = [{"node": node, "mase_op": ops[node], "tensor": tensor, "statistic": stat, "key": key, "value": value}
-            for node, tensors in results.items() for tensor, stats in tensors.items()
-            for stat, values in stats.items() for key, value in values.items()]
-    table = pd.DataFrame(rows, columns=["node", "mase_op", "tensor", "statistic", "key", "value"])
-    return graph, {"table": table, "stats": results, "num_batches": num_batches}
+def _profile_inputs(gm: fx.GraphModule, act_nodes: list, args: dict, results: dict) -> int:
+    """Activations: run batches through the graph; returns the number of batches run."""
+    if not args["activation_statistics"]:
+        raise ValueError("profile_statistics_analysis_pass: target_activation_nodes given but no "
+                         "activation_statistics")
+    if args["input_generator"] is None:
+        raise ValueError("profile_statistics_analysis_pass: activation profiling needs an "
+                         "input_generator (a LightningDataModule or an iterable of batches)")
+    num_samples = positive_int("num_samples", args["num_samples"])  # samples, run in whole batches
+    for name, cfg in args["activation_statistics"].items():
+        make_statistic(name, cfg)  # a bad config fails here, before any batch runs
+    stats, num_batches = profile_activations(
+        gm, act_nodes, args["activation_statistics"], _batches(args["input_generator"], args["split"]),
+        num_samples, progress=args["progress"])
+    if num_batches == 0:
+        raise ValueError("profile_statistics_analysis_pass: input_generator yielded no batches")
+    for n in act_nodes:
+        for name, value in stats[n.name].items():
+            _store(n, "data_in_0", name, value, results)
+    return num_batches

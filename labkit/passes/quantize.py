@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from ..cache import atomic_write_text
-from ..checks import boolean
+from ..checks import boolean, integer, one_of, positive_int
 from ..graph import MaseGraph, get_node_actual_target, node_target_name
 from ..quantize.modules import (FUNCTIONAL_OPS, OPERAND_ARGS, QUANTIZED_OPS, can_quantize, quantize_module,
                                 quantized_class)
@@ -546,11 +546,8 @@ def _auto_args(pass_args) -> dict:
     if not isinstance(pass_args, dict):
         raise ValueError(f"auto_frac_width_pass needs a dict of pass_args, got {pass_args!r}")
     args = check_pass_args(pass_args, _AUTO_DEFAULTS, "auto_frac_width_pass")
-    fmt = args["format"]
-    if fmt not in ("integer", "minifloat"):
-        raise ValueError(f"auto_frac_width_pass: format must be 'integer' or 'minifloat', got {fmt!r}")
-    if args["by"] not in BY:
-        raise ValueError(f"auto_frac_width_pass: by must be 'name' or 'type', got {args['by']!r}")
+    fmt = one_of("auto_frac_width_pass: format", args["format"], ("integer", "minifloat"))
+    one_of("auto_frac_width_pass: by", args["by"], BY)
     ops = args["ops"]
     if not isinstance(ops, (list, tuple)) or not all(isinstance(op, str) and op in QUANTIZABLE_OPS for op in ops):
         raise ValueError(f"auto_frac_width_pass: ops must be a list of {', '.join(QUANTIZABLE_OPS)}, got {ops!r}")
@@ -560,20 +557,15 @@ def _auto_args(pass_args) -> dict:
     if set(widths) != set(OPERANDS):
         raise ValueError(f"auto_frac_width_pass: width must be an int or a dict with keys "
                          f"{', '.join(OPERANDS)}, got {args['width']!r}")
-    lowest = 1 if fmt == "integer" else 2
+    lowest = 1 if fmt == "integer" else 2  # a minifloat needs a sign bit and an exponent bit
     for operand, w in widths.items():
-        if isinstance(w, bool) or not isinstance(w, int) or not lowest <= w <= 32:
-            raise ValueError(f"auto_frac_width_pass: {operand} width must be an integer in [{lowest}, 32], got {w!r}")
+        integer(f"auto_frac_width_pass: {operand} width", w, lowest, 32)
     args["width"] = widths
-    e = args["exponent_width"]
-    if e is not None:
+    if args["exponent_width"] is not None:
         if fmt != "minifloat":
             raise ValueError(f"auto_frac_width_pass: exponent_width is for format='minifloat', not {fmt!r}")
-        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= 8:
-            raise ValueError(f"auto_frac_width_pass: exponent_width must be an integer in [1, 8], got {e!r}")
-    n = args["num_samples"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"auto_frac_width_pass: num_samples must be a positive int (rows of data), got {n!r}")
+        integer("auto_frac_width_pass: exponent_width", args["exponent_width"], 1, 8)
+    args["num_samples"] = positive_int("auto_frac_width_pass: num_samples", args["num_samples"])
     return args
 
 
@@ -599,71 +591,91 @@ def auto_frac_width_pass(graph, pass_args: dict):
     """
     args = _auto_args(pass_args)
     gm = graph_module(graph, "auto_frac_width_pass")
-    fmt, by, ops, widths = args["format"], args["by"], args["ops"], args["width"]
-
-    targets = [n for n in gm.graph.nodes if node_mase_op(n, gm)[0] in ops
+    targets = [n for n in gm.graph.nodes if node_mase_op(n, gm)[0] in args["ops"]
                and (n.op == "call_module" or _is_functional(n, node_mase_op(n, gm)[0]))]
-    ranges = {n.name: _ranges_from_stats(n) for n in targets}
-    missing = [n for n in targets if "data_in_0" not in ranges[n.name]]
-    if missing:
-        x = _calibration_input(args)
-        if x is None:
-            raise ValueError(f"auto_frac_width_pass: no activation ranges for {', '.join(n.name for n in missing)}; "
-                             "pass a calibration batch as 'dummy_in' (or 'data'), or run "
-                             "profile_statistics_analysis_pass first")
-        stats, _ = profile_activations(gm, missing, {"range_min_max": {}}, iter([x]))
-        for name, s in stats.items():
-            ranges[name]["data_in_0"] = (float(s["range_min_max"]["min"]), float(s["range_min_max"]["max"]))
-
+    ranges = _activation_ranges(gm, targets, args)
     rows, configs = [], {}
     for node in targets:
         op = node_mase_op(node, gm)[0]
-        module = get_node_actual_target(node) if node.op == "call_module" else None
-        config = {"name": fmt}
-        for operand in QUANTIZED_OPS[op].operands:
-            if operand != "data_in":
-                t = getattr(module, operand, None) if module is not None else None
-                if t is None:
-                    lo = hi = 0.0
-                else:
-                    lo, hi = float(t.detach().min()), float(t.detach().max())
-            else:
-                lo, hi = ranges[node.name].get(OPERAND_ARGS[operand], (0.0, 0.0))
-            w = widths[operand]
-            config[f"{operand}_width"] = w
-            if fmt == "integer":
-                if op == "relu" and operand == "data_in":
-                    # a ReLU's input is quantised unsigned (MASE's ReLUInteger): w unsigned bits reach
-                    # as high as w + 1 signed ones, and negatives all become 0 anyway
-                    choice = integer_frac_width(0.0, max(hi, 0.0), w + 1)
-                else:
-                    choice = integer_frac_width(lo, hi, w)
-                config[f"{operand}_frac_width"] = choice
-            else:
-                e = min(args["exponent_width"] or default_exponent_width(w), w - 1)
-                choice = minifloat_exponent_bias(lo, hi, w, e)
-                config[f"{operand}_exponent_width"] = e
-                config[f"{operand}_exponent_bias"] = choice
-            rows.append({"node": node.name, "op": op, "operand": operand, "min": lo, "max": hi,
-                         "width": w, "frac_width" if fmt == "integer" else "exponent_bias": choice})
-        configs[node.name] = (op, config)
-
-    out = {"by": by, "default": {"config": {"name": None}}}
-    if by == "name":
+        configs[node.name] = (op, _auto_config(node, op, ranges[node.name], args, rows))
+    out = {"by": args["by"], "default": {"config": {"name": None}}}
+    if args["by"] == "name":
         out.update({name: {"config": cfg} for name, (_, cfg) in configs.items()})
-    else:  # one config per op: the most conservative (smallest frac / bias) over its nodes
-        for name, (op, cfg) in configs.items():
-            if op not in out:
-                out[op] = {"config": dict(cfg)}
-                continue
-            merged = out[op]["config"]
-            for k, v in cfg.items():
-                if k.endswith(("_frac_width", "_exponent_bias")):
-                    merged[k] = min(merged[k], v)
+    else:
+        out.update(_merge_by_op(configs))
     table = pd.DataFrame(rows)
     if args["verbose"] and len(table):
         print(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
     return graph, {"pass_args": out, "table": table}
+
+
+def _activation_ranges(gm: fx.GraphModule, targets: list, args: dict) -> dict:
+    """``{node name: {"data_in_0": (lo, hi), ...}}``: the profiler's stored ranges, and for
+    nodes without one, ``range_min_max`` measured now on the calibration batch."""
+    ranges = {n.name: _ranges_from_stats(n) for n in targets}
+    missing = [n for n in targets if "data_in_0" not in ranges[n.name]]
+    if not missing:
+        return ranges
+    x = _calibration_input(args)
+    if x is None:
+        raise ValueError(f"auto_frac_width_pass: no activation ranges for {', '.join(n.name for n in missing)}; "
+                         "pass a calibration batch as 'dummy_in' (or 'data'), or run "
+                         "profile_statistics_analysis_pass first")
+    stats, _ = profile_activations(gm, missing, {"range_min_max": {}}, iter([x]))
+    for name, s in stats.items():
+        ranges[name]["data_in_0"] = (float(s["range_min_max"]["min"]), float(s["range_min_max"]["max"]))
+    return ranges
+
+
+def _operand_range(node: fx.Node, operand: str, ranges: dict) -> tuple[float, float]:
+    """(lo, hi) of one operand: a parameter's own values, or the activation range measured."""
+    if operand == "data_in":
+        return ranges.get(OPERAND_ARGS[operand], (0.0, 0.0))
+    module = get_node_actual_target(node) if node.op == "call_module" else None
+    t = getattr(module, operand, None) if module is not None else None
+    return (0.0, 0.0) if t is None else (float(t.detach().min()), float(t.detach().max()))
+
+
+def _auto_config(node: fx.Node, op: str, ranges: dict, args: dict, rows: list) -> dict:
+    """The config of one node: per operand the finest format that holds its range; one row
+    per operand is appended to ``rows`` (the pass's table)."""
+    fmt = args["format"]
+    config = {"name": fmt}
+    for operand in QUANTIZED_OPS[op].operands:
+        lo, hi = _operand_range(node, operand, ranges)
+        w = args["width"][operand]
+        config[f"{operand}_width"] = w
+        if fmt == "integer":
+            if op == "relu" and operand == "data_in":
+                # a ReLU's input is quantised unsigned (MASE's ReLUInteger): w unsigned bits reach
+                # as high as w + 1 signed ones, and negatives all become 0 anyway
+                choice = integer_frac_width(0.0, max(hi, 0.0), w + 1)
+            else:
+                choice = integer_frac_width(lo, hi, w)
+            config[f"{operand}_frac_width"] = choice
+        else:
+            e = min(args["exponent_width"] or default_exponent_width(w), w - 1)
+            choice = minifloat_exponent_bias(lo, hi, w, e)
+            config[f"{operand}_exponent_width"] = e
+            config[f"{operand}_exponent_bias"] = choice
+        rows.append({"node": node.name, "op": op, "operand": operand, "min": lo, "max": hi,
+                     "width": w, "frac_width" if fmt == "integer" else "exponent_bias": choice})
+    return config
+
+
+def _merge_by_op(configs: dict) -> dict:
+    """by="type": one config per op, the most conservative (smallest frac / bias) over its
+    nodes, so that none of them saturates."""
+    out = {}
+    for name, (op, cfg) in configs.items():
+        if op not in out:
+            out[op] = {"config": dict(cfg)}
+            continue
+        merged = out[op]["config"]
+        for k, v in cfg.items():
+            if k.endswith(("_frac_width", "_exponent_bias")):
+                merged[k] = min(merged[k], v)
+    return out
 
 
 def auto_quantize_config(graph, width, *, format: str = "integer", ops=("linear", "relu"), by: str = "name",

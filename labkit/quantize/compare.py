@@ -66,7 +66,11 @@ def model_size_bits(model: nn.Module) -> int:
     return int(total)
 
 
-def _check(widths, formats, modes):
+def _check(widths, formats, modes) -> tuple[tuple, tuple, tuple]:
+    """The three run axes as tuples (a single value is one run), each value checked."""
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    widths = (widths,) if isinstance(widths, int) else tuple(widths)
     if not len(widths):
         raise ValueError(f"widths must be a non-empty list of bit widths, got {widths!r}")
     for fmt in formats:
@@ -75,13 +79,12 @@ def _check(widths, formats, modes):
             raise ValueError(f"format {fmt!r} cannot be compared (its widths are not chosen automatically); "
                              f"formats: {known}")
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        checks.one_of("mode", mode, MODES)
     for fmt in formats:
-        lowest = 1 if fmt == "integer" else 2
+        lowest = 1 if fmt == "integer" else 2  # a minifloat needs a sign bit and an exponent bit
         for w in widths:
-            if isinstance(w, bool) or not isinstance(w, int) or not lowest <= w <= 32:
-                raise ValueError(f"{fmt} widths must be integers in [{lowest}, 32], got {w!r}")
+            checks.integer(f"each {fmt} width", w, lowest, 32)
+    return widths, formats, modes
 
 
 def _float_graph(model_name, checkpoint, load_type, data, calibration, ops):
@@ -177,14 +180,10 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
     ``workers`` is not given): where the runs go, as in :func:`labkit.sweep.grid_sweep`.
     """
     from ..data import load_dataset
-    from ..training import evaluate, torch_threads
+    from ..training import torch_threads
 
-    formats = (formats,) if isinstance(formats, str) else tuple(formats)
-    modes = (modes,) if isinstance(modes, str) else tuple(modes)
-    widths = (widths,) if isinstance(widths, int) else tuple(widths)
-    _check(widths, formats, modes)
-    checks.optional_positive_int("workers", workers)
-    target = executor.choose_cluster(cluster, workers)
+    widths, formats, modes = _check(widths, formats, modes)
+    target = executor.choose_cluster(cluster, checks.optional_positive_int("workers", workers))
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
@@ -199,43 +198,59 @@ def compare_quantization(model_name: str, checkpoint, dataset="jsc-synthetic", *
            "accelerator": accelerator, "device": device}
     base_key = {"version": COMPARE_VERSION, "model": model_name, "checkpoint": sha256_file(checkpoint)[:16],
                 "data": data.identity(), "ops": sorted(ops), "calibration_samples": calibration_samples}
-
     # tiny models: one CPU thread is fastest, and spares a busy machine (restored afterwards)
     with torch_threads(1 if device == "cpu" else None):
         mg = _float_graph(model_name, checkpoint, load_type, data, calibration, list(ops))
-        float_metrics = evaluate(mg.model, data, "test")
-        rows = [{"format": "float", "width": 32, "mode": "float", "test_acc": float_metrics["acc"],
-                 "test_loss": float_metrics["loss"], "size_bits": model_size_bits(mg.model), "config": "",
-                 "cached": False}]
-
+        float_row = _float_row(mg, data)  # before any run, from the float graph every run copies
         runs = [(fmt, w, mode) for fmt in formats for mode in modes for w in widths]
-        keys = {}
-        for fmt, width, mode in runs:
-            keys[fmt, width, mode] = {**base_key, "format": fmt, "width": width, "mode": mode}
-            if mode == "qat":
-                keys[fmt, width, mode]["qat"] = {k: v for k, v in qat.items() if k != "accelerator"}
+        keys = {run: _run_key(base_key, qat, *run) for run in runs}
         results = {run: cache.get(keys[run]) for run in runs}
         cached = {run for run, r in results.items() if r is not None}
-        missing = [run for run in runs if run not in cached]
-        bar = tqdm(total=len(runs), initial=len(cached), desc="quantisation runs", disable=not progress)
-        try:
-            tasks, fn, init, initargs, n = _plan(missing, model_name, checkpoint, load_type, data, calibration,
-                                                 list(ops), qat, mg, device, workers, target, root)
-            with contextlib.closing(executor.map_unordered(fn, tasks, workers=n, cluster=target or False,
-                                                           initializer=init, initargs=initargs)) as done:
-                for (fmt, width, mode, *_), result in done:
-                    cache.put(keys[fmt, width, mode], result)  # stored as soon as it arrives
-                    results[fmt, width, mode] = result
-                    bar.set_postfix_str(f"{fmt} {width}b {mode}")
-                    bar.update()
-        finally:
-            bar.close()
-        for fmt, width, mode in runs:
-            rows.append({"format": fmt, "width": width, "mode": mode, **results[fmt, width, mode],
-                         "cached": (fmt, width, mode) in cached})
+        plan = _plan([run for run in runs if run not in cached], model_name, checkpoint, load_type, data,
+                     calibration, list(ops), qat, mg, device, workers, target, root)
+        with tqdm(total=len(runs), initial=len(cached), desc="quantisation runs", disable=not progress) as bar:
+            _run_missing(plan, target, keys, cache, results, bar)
+    rows = [{"format": fmt, "width": width, "mode": mode, **results[fmt, width, mode],
+             "cached": (fmt, width, mode) in cached} for fmt, width, mode in runs]
+    return _frame(float_row, rows, data)
 
-    df = pd.DataFrame(rows)
-    df["float_acc"] = float_metrics["acc"]
+
+def _run_key(base_key: dict, qat: dict, fmt: str, width: int, mode: str) -> dict:
+    """A run's cache key: QAT runs also depend on how they train (not on the accelerator's
+    name, only on the device it resolved to)."""
+    key = {**base_key, "format": fmt, "width": width, "mode": mode}
+    if mode == "qat":
+        key["qat"] = {k: v for k, v in qat.items() if k != "accelerator"}
+    return key
+
+
+def _run_missing(plan: tuple, target, keys: dict, cache, results: dict, bar) -> None:
+    """Run the planned tasks (here, in workers or on a cluster); each result is cached as
+    soon as it arrives, so an interrupted comparison keeps the runs it finished."""
+    tasks, fn, init, initargs, n = plan
+    with contextlib.closing(executor.map_unordered(fn, tasks, workers=n, cluster=target or False,
+                                                   initializer=init, initargs=initargs)) as done:
+        for (fmt, width, mode, *_), result in done:
+            cache.put(keys[fmt, width, mode], result)
+            results[fmt, width, mode] = result
+            bar.set_postfix_str(f"{fmt} {width}b {mode}")
+            bar.update()
+
+
+def _float_row(mg, data) -> dict:
+    """The unquantised model's row: its test accuracy and loss, and its size."""
+    from ..training import evaluate
+
+    metrics = evaluate(mg.model, data, "test")
+    return {"format": "float", "width": 32, "mode": "float", "test_acc": metrics["acc"], "test_loss": metrics["loss"],
+            "size_bits": model_size_bits(mg.model), "config": "", "cached": False}
+
+
+def _frame(float_row: dict, rows: list, data) -> pd.DataFrame:
+    """The result table: the float model's row, then the runs' rows, each with its drop from
+    the float model; the key columns first."""
+    df = pd.DataFrame([float_row, *rows])
+    df["float_acc"] = float_row["test_acc"]
     df["acc_drop"] = df["float_acc"] - df["test_acc"]
     df["dataset_label"] = data.info.label
     first = ["format", "width", "mode", "test_acc", "acc_drop", "size_bits", "float_acc"]
@@ -282,32 +297,12 @@ def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | Non
         raise ValueError(f"df lacks columns {sorted(need - set(df.columns))}; pass compare_quantization's result")
     panels = axes_for[x]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    from ..plots import MODE_STYLE, format_colours, legend_outside
+    from ..plots import legend_outside
 
     quant = df[df["format"] != "float"]
     floats = df[df["format"] == "float"]
-    colours = format_colours(quant["format"])
     for ax, col in zip(axes[0], panels):
-        for (fmt, mode), group in quant.groupby(["format", "mode"], sort=True):
-            g = group.sort_values(col)
-            xs = g[col] / 1000 if col == "size_bits" else g[col]
-            ax.plot(xs, g["test_acc"], color=colours[fmt], label=f"{fmt} {mode.upper()}",
-                    **MODE_STYLE.get(mode, {}))
-        if len(floats):
-            ax.axhline(float(floats["test_acc"].iloc[0]), color="grey", ls=":", label="float32")
-            if col == "size_bits":  # the float model's size is a point on this axis too
-                ax.plot(float(floats["size_bits"].iloc[0]) / 1000, float(floats["test_acc"].iloc[0]), "*",
-                        color="grey", ms=11)
-        if col == "width":
-            ax.set_xscale("log", base=2)
-            ticks = sorted(quant["width"].unique())
-            ax.set_xticks(ticks, [str(t) for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("bits per value (weights, biases and activations)")
-        else:
-            ax.set_xlabel("model size (kbit of parameters)")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
+        _accuracy_panel(ax, col, quant, floats)
     legend_outside(axes[0][-1])  # one legend, right of the last panel, for both
     label = df["dataset_label"].iloc[0] if "dataset_label" in df.columns and len(df) else "unknown data"
     fig.suptitle(title or f"Accuracy vs bits: {label}", fontsize=10)
@@ -317,3 +312,29 @@ def plot_accuracy_vs_bits(df: pd.DataFrame, *, x: str = "both", title: str | Non
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
+
+
+def _accuracy_panel(ax, col: str, quant: pd.DataFrame, floats: pd.DataFrame) -> None:
+    """Accuracy against ``col`` ("width" or "size_bits"): a line per (format, mode), float dashed."""
+    from ..plots import MODE_STYLE, format_colours
+
+    colours = format_colours(quant["format"])
+    for (fmt, mode), group in quant.groupby(["format", "mode"], sort=True):
+        g = group.sort_values(col)
+        xs = g[col] / 1000 if col == "size_bits" else g[col]
+        ax.plot(xs, g["test_acc"], color=colours[fmt], label=f"{fmt} {mode.upper()}", **MODE_STYLE.get(mode, {}))
+    if len(floats):
+        ax.axhline(float(floats["test_acc"].iloc[0]), color="grey", ls=":", label="float32")
+        if col == "size_bits":  # the float model's size is a point on this axis too
+            ax.plot(float(floats["size_bits"].iloc[0]) / 1000, float(floats["test_acc"].iloc[0]), "*",
+                    color="grey", ms=11)
+    if col == "width":
+        ax.set_xscale("log", base=2)  # widths halve: 16, 8, 4, 2 evenly spaced
+        ticks = sorted(quant["width"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("bits per value (weights, biases and activations)")
+    else:
+        ax.set_xlabel("model size (kbit of parameters)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)

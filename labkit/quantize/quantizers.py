@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ..checks import boolean
+from ..checks import boolean, integer
 from ..registry import Registry
 
 QUANTIZERS = Registry("quantiser")
@@ -131,13 +131,7 @@ class Quantizer:
         return key if key in self.shared else self._prefix + key
 
     def _int_param(self, key: str, lo: int | None = None, hi: int | None = None) -> int:
-        value = getattr(self, key)
-        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) \
-                or (hi is not None and value > hi):
-            span = (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
-                    f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
-            raise ValueError(f"{self._where}: {self._key(key)} must be an integer{span}, got {value!r}")
-        return value
+        return integer(f"{self._where}: {self._key(key)}", getattr(self, key), lo, hi)
 
     def _exponent_bias_param(self, default: int) -> int:
         """``exponent_bias``: MASE's configs write "none" (or None) for "the format's default"."""
@@ -146,10 +140,7 @@ class Quantizer:
         return self._int_param("exponent_bias")
 
     def _bool_param(self, key: str) -> bool:
-        value = getattr(self, key)
-        if not isinstance(value, bool):
-            raise ValueError(f"{self._where}: {self._key(key)} must be true or false, got {value!r}")
-        return value
+        return boolean(f"{self._where}: {self._key(key)}", getattr(self, key))
 
     def _float32_error(self, what: str, exponent: int, fix: str):
         """Values are fake-quantised in float32: a format reaching past it is an error, not a cap."""

@@ -1,0 +1,672 @@
+"""Many models per step: runs that differ only in learning rate, weight decay, seed, max_epochs
+or early stopping train together, in one process, as one *stacked* model.
+
+A JSC model has 100-3,000 parameters, so a CPU training step is almost all per-operation
+overhead, and K separate runs pay it K times. Here K runs of the same architecture and batch
+size hold K copies of every parameter and each mini-batch step is one batched computation
+over the K models, so the overhead is paid once:
+
+    results = train_stacked("jsc-tiny", data, [{"learning_rate": 1e-3}, {"learning_rate": 1e-2}],
+                            max_epochs=10, batch_size=128)
+    results[0]["best_ckpt"], results[1]["history"]     # each run's own, as train() returns them
+
+How the K models stay K independent runs:
+
+* activations are *wide*, ``[batch, K * features]`` (model k's features are columns
+  ``k*C .. (k+1)*C``). BatchNorm1d over the wide tensor is torch's own ``batch_norm`` kernel,
+  whose per-column statistics are exactly each model's own; its running mean and variance are
+  updated in place in the stacked buffers (``vmap`` cannot update buffers in place). A Linear
+  is one ``baddbmm`` over a ``[K, batch, in]`` view; ReLU is elementwise. Dropout draws each
+  model's mask from the model's own generator, seeded as its own run's would be.
+* the loss is the sum of the K models' mean losses, so each model's gradient is its own;
+* Adam works on one flat buffer of all K models' parameters with a per-element learning rate
+  and weight decay, in the fused Adam kernel's arithmetic order (``training.py`` uses fused
+  Adam), about ten operations per step whatever K is;
+* when seeds differ, each model gets its own shuffle order (gathered rows ``x[perm_k]``);
+* each model keeps its metrics, history, early stopping, best/last checkpoints (normal
+  single-model Lightning checkpoints: ``load_model`` and ``labkit test --load`` read them)
+  and leaves the stack when it finishes (its ``max_epochs``, early stopping or a non-finite loss).
+
+Training runs under a Lightning ``Trainer`` with manual optimisation and chunks of mini-batches
+per Lightning step, as a single run does. A stacked run matches the same run trained alone to
+float rounding (batched matrix products and the Adam update sum in a different order), not
+bit for bit; ``tests/test_stack.py`` checks both, and that a model with ``learning_rate=0``
+never moves. What the stacker cannot handle (layer types other than Linear, BatchNorm1d, ReLU
+and Dropout, models whose forward is not their layers in order, a GPU, a scheduler or a time
+limit) is trained one run at a time by :func:`labkit.training.train` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from . import models as zoo
+from .cache import atomic_write
+from .config import default_project
+from .data.loaders import epoch_permutation
+from .lock import project_lock
+from .progress import report
+from .checkpoints import archive_previous, model_and_name, project_dir
+from .lit import LitClassifier, _fused_adam_ok
+from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
+from .settings import DEFAULTS, TrainSettings
+from .training import TrainingDiverged, _check_project, _data, check_fits, default_chunk
+
+STACKED = "stacked_runs"  # a sweep lead's settings entry: the runs that train with it (not a train() setting)
+VARY = ("learning_rate", "weight_decay", "seed", "max_epochs", "early_stopping")  # may differ within a stack
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as LitClassifier uses them
+
+# Models whose forward applies their leaf modules in registration order (checked on a probe too).
+_SEQUENTIAL = (zoo.JSC_Tiny, zoo.JSC_Toy, zoo.JSC_Custom, zoo.JSC_S, zoo.JSC_TRT, nn.Sequential)
+
+
+# -- which models can be stacked ------------------------------------------------------------------
+
+
+def _leaves(net: nn.Module):
+    """``(name, module)`` of the layers, in order, if every one is a kind the stacker knows."""
+    if type(net) not in _SEQUENTIAL:
+        return None
+    out = []
+    for name, m in net.named_modules():
+        if list(m.children()):
+            continue
+        kind = type(m)
+        if kind is nn.BatchNorm1d:
+            if not (m.affine and m.track_running_stats and m.momentum is not None):
+                return None
+        elif kind not in (nn.Linear, nn.ReLU, nn.Dropout):
+            return None
+        out.append((name, m))
+    params = list(net.parameters())
+    if not out or not params or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        return None
+    return out
+
+
+def stackable(net: nn.Module) -> bool:
+    """Can :func:`train_stacked` train this model? Known layer kinds applied in order (checked
+    by comparing the stacked forward with the model's own on a few rows, in eval mode)."""
+    if _leaves(net) is None:
+        return False
+    width = next(m for _, m in _leaves(net) if isinstance(m, (nn.Linear, nn.BatchNorm1d)))
+    width = width.in_features if isinstance(width, nn.Linear) else width.num_features
+    x = torch.randn(4, width, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            was = net.training
+            net.eval()
+            try:
+                want = net(x)
+            finally:
+                net.train(was)
+            got = _Stack([net], [0.0], [0.0]).forward(x.repeat(1, 1), training=False, gens=None)
+    except Exception:  # a forward that does more than its layers, or other shapes
+        return False
+    return got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+# -- K models' parameters, buffers and Adam state ----------------------------------------------------
+
+
+class _Stack:
+    """K copies of one architecture: each parameter stacked as ``[K, *shape]``, all of them in
+    one flat buffer (``flat``; gradients in ``grad_flat``, Adam's moments in ``m`` and ``v``),
+    so the optimiser step is a few operations on whole buffers."""
+
+    def __init__(self, nets, lrs, wds, steps: int = 0, moments=None):
+        self.K = len(nets)
+        net0 = nets[0]
+        self.names = [n for n, _ in net0.named_parameters()]
+        shapes = [p.shape for p in net0.parameters()]
+        sizes = [p.numel() for p in net0.parameters()]
+        K = self.K
+        total = K * sum(sizes)
+        self.flat = torch.empty(total)
+        self.grad_flat = torch.zeros(total)
+        self.m, self.v = torch.zeros(total), torch.zeros(total)
+        self.params, self.index = [], {}
+        owner = []
+        per = [dict(n.named_parameters()) for n in nets]
+        o = 0
+        for i, (name, shape, n) in enumerate(zip(self.names, shapes, sizes)):
+            view = self.flat[o:o + K * n].view(K, *shape)
+            view.copy_(torch.stack([p[name].detach() for p in per]))
+            if moments is not None:  # Adam state carried over (the stack was rebuilt)
+                self.m[o:o + K * n].view(K, *shape).copy_(torch.stack([mm[0][i] for mm in moments]))
+                self.v[o:o + K * n].view(K, *shape).copy_(torch.stack([mm[1][i] for mm in moments]))
+            view.requires_grad_()  # a leaf sharing the flat buffer's memory
+            view.grad = self.grad_flat[o:o + K * n].view(K, *shape)  # autograd accumulates into it in place
+            self.params.append(view)
+            self.index[name] = i
+            owner.append(torch.arange(K).repeat_interleave(n))
+            o += K * n
+        self.owner = torch.cat(owner)  # element -> model
+        self.lrs = [float(x) for x in lrs]
+        self.wd = torch.tensor([float(x) for x in wds], dtype=torch.float32)[self.owner]
+        self.any_wd = any(float(x) != 0 for x in wds)
+        self.steps = steps
+        self.layers = []  # (kind, module, tensors)
+        self.buffers = {}  # state-dict name -> [K, C] running statistics
+        for name, m in _leaves(net0):
+            get = lambda what: self.params[self.index[f"{name}.{what}"]]  # noqa: E731
+            if isinstance(m, nn.Linear):
+                self.layers.append(("linear", m, (get("weight"), get("bias") if m.bias is not None else None)))
+            elif isinstance(m, nn.BatchNorm1d):
+                subs = [dict(n.named_modules())[name] for n in nets]
+                rm = torch.stack([s.running_mean for s in subs]).float().contiguous()
+                rv = torch.stack([s.running_var for s in subs]).float().contiguous()
+                self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"] = rm, rv
+                self.layers.append(("bn", m, (get("weight"), get("bias"), rm, rv)))
+            elif isinstance(m, nn.ReLU):
+                self.layers.append(("relu", m, ()))
+            else:
+                self.layers.append(("dropout", m, ()))
+        self.template = net0
+
+    def forward(self, h, training: bool, gens):
+        """``h``: ``[batch, K * in]`` -> ``[batch, K * classes]``."""
+        K, B = self.K, h.shape[0]
+        for kind, m, t in self.layers:
+            if kind == "linear":
+                w, b = t
+                h3 = h.view(B, K, -1).transpose(0, 1)  # [K, B, in], no copy
+                y = torch.baddbmm(b.unsqueeze(1), h3, w.transpose(1, 2)) if b is not None else \
+                    torch.bmm(h3, w.transpose(1, 2))
+                h = y.transpose(0, 1).reshape(B, -1)
+            elif kind == "bn":
+                w, b, rm, rv = t
+                h = F.batch_norm(h, rm.view(-1), rv.view(-1), w.view(-1), b.view(-1), training, m.momentum, m.eps)
+            elif kind == "relu":
+                h = torch.relu(h)
+            elif training and m.p > 0:
+                if m.p >= 1:  # as F.dropout: all zeros, no random numbers drawn
+                    h = h * torch.zeros(())
+                else:  # each model's mask from its own generator, drawn as F.dropout draws it on the CPU
+                    C = h.shape[1] // K
+                    noise = torch.stack([torch.empty(B, C).bernoulli_(1 - m.p, generator=g) for g in gens], 1)
+                    noise.div_(1 - m.p)
+                    h = (h.view(B, K, C) * noise).view(B, K * C)
+        return h
+
+    @torch.no_grad()
+    def adam_step(self):
+        """One Adam step for all K models, in the fused CPU kernel's order of operations."""
+        self.steps += 1
+        bc1 = 1 - BETA1 ** self.steps
+        bc2 = 1 - BETA2 ** self.steps
+        neg_step = torch.tensor([-(lr / bc1) for lr in self.lrs], dtype=torch.float32)[self.owner]
+        g = self.grad_flat
+        if self.any_wd:
+            g = torch.addcmul(g, self.flat, self.wd)  # grad + param * weight_decay
+        self.m.lerp_(g, 1 - BETA1)
+        self.v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+        denom = self.v.sqrt().div_(math.sqrt(bc2)).add_(EPS)
+        self.flat.add_(self.m.mul(neg_step).div_(denom))
+
+    # -- one model out of the stack ------------------------------------------------------------------
+    def state_dict(self, k: int) -> dict:
+        """Model ``k``'s ``state_dict`` (keys and order as the model's own)."""
+        out = {}
+        for name in self.template.state_dict():
+            if name in self.index:
+                out[name] = self.params[self.index[name]][k].detach().clone()
+            elif name in self.buffers:
+                out[name] = self.buffers[name][k].clone()
+            elif name.endswith("num_batches_tracked"):
+                out[name] = torch.tensor(self.steps, dtype=torch.long)
+            else:  # cannot happen for the layer kinds allowed
+                raise KeyError(name)
+        return out
+
+    def moments(self, k: int):
+        """Model ``k``'s Adam moments, per parameter (lists of tensors)."""
+        ms, vs, o = [], [], 0
+        for p in self.params:
+            n = p[0].numel()
+            ms.append(self.m[o:o + self.K * n].view(p.shape)[k].clone())
+            vs.append(self.v[o:o + self.K * n].view(p.shape)[k].clone())
+            o += self.K * n
+        return ms, vs
+
+    def net(self, k: int) -> nn.Module:
+        net = copy.deepcopy(self.template)
+        net.load_state_dict(self.state_dict(k))
+        return net
+
+    def keep(self, ks, lrs, wds) -> "_Stack":
+        """A stack of the models ``ks`` only (their weights, statistics and Adam state)."""
+        return _Stack([self.net(k) for k in ks], lrs, wds, self.steps, [self.moments(k) for k in ks])
+
+
+# -- the Lightning module that trains a stack ------------------------------------------------------
+
+
+class _Member:
+    """One run in the stack: its settings, files, metrics and fate."""
+
+    def __init__(self, i, net, name, settings, project, data, gen):
+        self.i, self.settings, self.gen = i, settings, gen
+        self.out = project_dir(project)
+        self.ckpt_dir = self.out / "training_ckpts"
+        self.project = project
+        # A LitClassifier only to write the same hyperparameters into the checkpoints.
+        self.lit = LitClassifier(net, learning_rate=settings["learning_rate"], weight_decay=settings["weight_decay"],
+                                 scheduler=None, max_epochs=settings["max_epochs"],
+                                 num_classes=data.info.num_classes, model_name=name,
+                                 dataset_name=data.info.name, dataset_fingerprint=data.fingerprint())
+        opt = torch.optim.Adam(net.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"],
+                               fused=_fused_adam_ok(net.parameters()))
+        self.param_groups = opt.state_dict()["param_groups"]
+        self.checkpoint = ModelCheckpoint(dirpath=self.ckpt_dir, filename="best", monitor="val_acc", mode="max",
+                                          save_last=True, save_top_k=1, enable_version_counter=False)
+        patience = settings.get("early_stopping")
+        self.stopper = EarlyStopping(monitor="val_acc", mode="max", patience=patience) if patience else None
+        self.history: list[dict] = []
+        self.archived = None
+        self.diverged = None  # (loss value, epoch, before_any_update)
+        self.finished_at = None  # seconds since the start when it left the stack
+        self.steps = 0
+
+
+class _StackedLit(pl.LightningModule):
+    """All members' training under one Trainer: each Lightning step is a chunk of mini-batches."""
+
+    def __init__(self, members, stack, data, batch_size, chunk):
+        super().__init__()
+        self.automatic_optimization = False
+        self.members, self.live, self.stack = members, list(members), stack
+        self.data, self.batch_size, self.chunk = data, batch_size, chunk
+        self.n_train = len(data.y_train)
+        self.start = None
+
+    def configure_optimizers(self):
+        return None  # the stack steps its own Adam (one update of all K models per mini-batch)
+
+    def train_dataloader(self):
+        return _Ranges(self.n_train, self.batch_size, self.chunk)
+
+    def val_dataloader(self):
+        from .data.loaders import BatchIterator
+        return BatchIterator(*self.data.split("val"), max(self.batch_size, 8192))
+
+    def on_train_start(self):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_start(self):
+        seeds = [m.settings["seed"] for m in self.live]
+        e = self.current_epoch
+        if len(set(seeds)) == 1:  # one shuffle for all: gather the rows once, as a single run does
+            perm = epoch_permutation(self.n_train, seeds[0], e)
+            self._x, self._y, self._perms = self.data.x_train[perm], self.data.y_train[perm], None
+        else:
+            self._perms = torch.stack([epoch_permutation(self.n_train, s, e) for s in seeds], 1)  # [N, K]
+        K = len(self.live)
+        self._sums = torch.zeros(K)
+        self._correct = torch.zeros(K, dtype=torch.long)
+        self._n = 0
+
+    def _batch(self, a, b):
+        K = len(self.live)
+        if self._perms is None:
+            x, y = self._x[a:b], self._y[a:b]
+            return x.repeat(1, K), y.unsqueeze(1).expand(-1, K)
+        idx = self._perms[a:b]
+        return self.data.x_train[idx].view(b - a, -1), self.data.y_train[idx]
+
+    def training_step(self, chunk, chunk_idx):
+        stack, K = self.stack, len(self.live)
+        gens = [m.gen for m in self.live]
+        first = None
+        sums = torch.zeros(K)
+        for a, b in chunk:
+            x, y = self._batch(a, b)
+            out = stack.forward(x, True, gens)
+            losses = _losses(out, y).mean(0)  # each model's mean loss over its batch
+            logits = out.detach().view(b - a, K, -1)
+            if first is None:
+                first = losses.detach()
+            stack.grad_flat.zero_()
+            losses.sum().backward()  # the sum: each model's gradient is its own loss's
+            stack.adam_step()
+            sums += losses.detach() * (b - a)
+            self._correct += (logits.argmax(-1) == y).sum(0)
+            self._n += b - a
+        # As a single run: one check per chunk; a model whose loss is non-finite has diverged
+        # in this epoch (its checkpoints on disk stay those of the last finite epoch).
+        bad = ~torch.isfinite(sums)
+        if bool(bad.any()):
+            for k in bad.nonzero().flatten().tolist():
+                m = self.live[k]
+                if m.diverged is None:
+                    before = self.global_step == 0 and not bool(torch.isfinite(first[k]))
+                    m.diverged = (float(sums[k]), self.current_epoch + 1, before)
+                    m.finished_at = time.perf_counter() - self.start
+        self._sums += sums
+        loop = self.trainer.fit_loop.epoch_loop.manual_optimization
+        loop.optim_step_progress.increment_by(len(chunk))  # global_step counts mini-batch steps, as in a single run
+
+    # -- validation: every live model on the whole split ------------------------------------------------
+    def on_validation_epoch_start(self):
+        K = len(self.live)
+        self._val_sum, self._val_correct, self._val_n = torch.zeros(K), torch.zeros(K, dtype=torch.long), 0
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        K, B = len(self.live), len(y)
+        out = self.stack.forward(x.repeat(1, K), False, None)
+        logits = out.view(B, K, -1)
+        self._val_sum += _losses(out, y.unsqueeze(1).expand(-1, K)).sum(0)
+        self._val_correct += (logits.argmax(-1) == y.unsqueeze(1)).sum(0)
+        self._val_n += B
+
+    def on_validation_end(self):
+        # What ModelCheckpoint does at this point of a single run: best and last, if better.
+        n = max(1, self._val_n)
+        dump = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        self._val = []
+        for k, m in enumerate(self.live):
+            val = {"val_loss": float(self._val_sum[k]) / n, "val_acc": _accuracy(self._val_correct[k], self._val_n)}
+            self._val.append(val)
+            if m.diverged is not None:
+                continue
+            score = torch.tensor(val["val_acc"])
+            if not torch.isfinite(score):
+                score = torch.tensor(float("-inf"))
+            ck = m.checkpoint
+            best = str(m.ckpt_dir / "best.ckpt")
+            if ck.best_model_score is None or bool(score > ck.best_model_score):
+                ck.best_k_models = {best: score}
+                ck.kth_best_model_path, ck.kth_value = best, score
+                ck.best_model_path, ck.best_model_score, ck.current_score = best, score, score
+                self._save(dump, k, m, best)
+                # Lightning 2.6 writes last.ckpt only in a step that saved a top-k checkpoint
+                # (so a single run's last.ckpt is that of its best epoch); the same here.
+                ck.last_model_path = str(m.ckpt_dir / "last.ckpt")
+                self._save(dump, k, m, ck.last_model_path)
+
+    def _save(self, dump, k, m, path):
+        ckpt = dict(dump)
+        ckpt["state_dict"] = {f"model.{name}": t for name, t in self.stack.state_dict(k).items()}
+        ms, vs = self.stack.moments(k)
+        step = torch.tensor(float(self.stack.steps))
+        ckpt["optimizer_states"] = [{"state": {i: {"step": step.clone(), "exp_avg": a, "exp_avg_sq": b}
+                                               for i, (a, b) in enumerate(zip(ms, vs))},
+                                     "param_groups": copy.deepcopy(m.param_groups)}]
+        ckpt["lr_schedulers"] = []
+        ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in (m.checkpoint, m.stopper) if cb is not None}
+        ckpt["hparams_name"] = m.lit._hparams_name
+        ckpt["hyper_parameters"] = dict(m.lit.hparams)
+        atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))
+
+    def on_train_epoch_end(self):
+        done, keep = 0, []
+        e = self.current_epoch + 1
+        for k, m in enumerate(self.live):
+            if m.diverged is not None:  # left the stack in this epoch: no row for it
+                continue
+            row = {"epoch": e, "train_loss": float(self._sums[k]) / max(1, self._n),
+                   "train_acc": _accuracy(self._correct[k], self._n) if self._n else float("nan")}
+            row.update(self._val[k])
+            row["lr"] = m.settings["learning_rate"]
+            m.history.append(row)
+            m.steps = int(self.global_step)
+            done += 1
+            stop = e >= m.settings["max_epochs"]
+            if m.stopper is not None:
+                should, reason = m.stopper._evaluate_stopping_criteria(torch.tensor(row["val_acc"]))
+                if should:  # as EarlyStopping's own check at this point of a single run
+                    m.stopper.stopped_epoch, m.stopper.stopping_reason_message = self.current_epoch, reason
+                    stop = True
+            if stop:
+                m.finished_at = time.perf_counter() - self.start
+            else:
+                keep.append(m)
+        report(done)  # epochs finished, for the sweep's progress bar
+        if len(keep) != len(self.live):
+            self._keep(keep)
+
+    def _keep(self, keep):
+        if keep:
+            ks = [self.live.index(m) for m in keep]
+            self.stack = self.stack.keep(ks, [m.settings["learning_rate"] for m in keep],
+                                         [m.settings["weight_decay"] for m in keep])
+        self.live = keep
+        if not keep:
+            self.trainer.should_stop = True
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of class-major logits ``z`` ``[C, rows, K]`` against ``y`` ``[rows, K]``.
+
+    The same function as ``F.cross_entropy(reduction="none")``, but every step is an elementwise
+    or leading-dimension operation over all rows at once: torch's log_softmax over a last
+    dimension of 5 classes runs about 25 ns per element on one CPU thread, which at batch 1024
+    and K models would be the most expensive part of the stacked step."""
+
+    @staticmethod
+    def forward(ctx, z, y):
+        shifted = z - z.amax(0)
+        e = shifted.exp()
+        total = e.sum(0)
+        ctx.save_for_backward(e, total, y)
+        return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        e, total, y = ctx.saved_tensors
+        p = e / total  # softmax
+        p.scatter_add_(0, y.unsqueeze(0), torch.full_like(grad, -1.0).unsqueeze(0))  # minus the one-hot target
+        return p.mul_(grad), None
+
+
+def _losses(logits, y):
+    """``logits`` ``[rows, K * C]`` (wide), ``y`` ``[rows, K]`` -> per-row losses ``[rows, K]``."""
+    rows, K = y.shape
+    z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
+    return _CrossEntropy.apply(z, y)
+
+
+def _accuracy(correct, n) -> float:
+    """As torchmetrics' micro accuracy: the float32 quotient."""
+    return float(torch.as_tensor(correct).float() / torch.tensor(float(n)))
+
+
+class _Ranges:
+    """``(start, stop)`` row ranges of each mini-batch, grouped ``chunk`` to a Lightning step;
+    the module gathers the rows (each model's own order when the seeds differ)."""
+
+    def __init__(self, n, batch_size, chunk):
+        self.n, self.b, self.chunk = n, batch_size, chunk
+
+    def __len__(self):
+        return -(-(-(-self.n // self.b)) // self.chunk)
+
+    def __iter__(self):
+        ranges = [(a, min(a + self.b, self.n)) for a in range(0, self.n, self.b)]
+        for c in range(0, len(ranges), self.chunk):
+            yield ranges[c:c + self.chunk]
+
+
+class NotStackable(ValueError):
+    """The model's layers are not ones :func:`train_stacked` can batch."""
+
+
+# -- training a stack -----------------------------------------------------------------------------------
+
+
+def _diverged(m: _Member) -> TrainingDiverged:
+    """What :func:`labkit.training.train` raises for this run: the same message and partial result."""
+    value, epoch, before = m.diverged
+    ckpt_dir, done = m.ckpt_dir, len(m.history)
+    if m.archived is not None and not any(ckpt_dir.glob("*.ckpt")):  # nothing written: the old files go back
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.move(str(m.archived), str(ckpt_dir))
+    on_disk = any(ckpt_dir.glob("*.ckpt"))
+    kept = (f"the checkpoints of epoch {done}, the last finite one, are kept in {ckpt_dir}" if done and on_disk
+            else f"no epoch had finished; the previous run's checkpoints stay in {ckpt_dir}" if on_disk
+            else "no epoch had finished, so no checkpoint was written")
+    lr = m.settings["learning_rate"]
+    why = (f"the loss was already non-finite before any update, so the data or the model produce non-finite "
+           f"values (learning_rate={lr:g} is not the cause)" if before
+           else f"learning_rate={lr:g} is probably too large; try a smaller one")
+    last = ckpt_dir / "last.ckpt"
+    best = next(iter(ckpt_dir.glob("best*.ckpt")), None) if done else None
+    return TrainingDiverged(
+        f"training diverged: the training loss became {value} in epoch {epoch}; {why}; {kept}",
+        {"history": pd.DataFrame(m.history), "epochs": done, "best_ckpt": str(best) if best else None,
+         "last_ckpt": str(last) if done and last.is_file() else None})
+
+
+def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_size: int = DEFAULTS["batch_size"],
+                  projects=None, data=None, chunk: int | None = None, progress: bool = False,
+                  accelerator: str = "cpu", num_threads: int | None = None, **common) -> list:
+    """Train several runs of ``model`` at ``batch_size`` together as one stacked model.
+
+    ``runs``: one dict per run of the settings that may differ (``learning_rate``,
+    ``weight_decay``, ``seed``, ``max_epochs``, ``early_stopping``); ``common`` gives the
+    others' values for all (defaults as :func:`labkit.training.train`). ``projects``: one
+    output folder per run (a name under outputs/ or a ``Path``; default ``<project>-stack<k>``).
+    Returns, per run, what :func:`~labkit.training.train` returns, or the
+    :class:`~labkit.training.TrainingDiverged` it would have raised. CPU only."""
+    if not isinstance(runs, (list, tuple)) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise TypeError(f"runs must be a non-empty list of dicts of settings, got {runs!r}")
+    for r in runs:
+        for k in r:
+            if k not in VARY:
+                raise TypeError(f"a run may set {', '.join(VARY)}; {k!r} is the same for all (pass it once)")
+    for k in common:
+        if k not in VARY:
+            raise TypeError(f"unknown setting {k!r} for train_stacked; settings: batch_size, {', '.join(VARY)}")
+    if accelerator != "cpu":
+        raise ValueError(f"train_stacked runs on the CPU only (accelerator 'cpu'), got {accelerator!r}")
+    batch_size = TrainSettings(batch_size=batch_size).batch_size
+    settings = []
+    for r in runs:
+        checked = TrainSettings.build(**{**common, **r})  # train()'s own checks and normalisation
+        settings.append({k: getattr(checked, k) for k in VARY})
+    if projects is None:
+        projects = [None] * len(runs)
+    if not isinstance(projects, (list, tuple)) or len(projects) != len(runs):
+        raise ValueError(f"projects must be one folder per run ({len(runs)}), got {projects!r}")
+    projects = [_check_project(p) for p in projects]
+    quiet_lightning()
+    data = _data(dataset, data)
+
+    members, nets = [], []
+    for i, (s, p) in enumerate(zip(settings, projects)):
+        pl.seed_everything(s["seed"], verbose=False)  # as train(): the weights depend on it
+        src = copy.deepcopy(model) if isinstance(model, nn.Module) else model
+        net, name = model_and_name(src, data.info)
+        gen = torch.Generator().manual_seed(0)
+        gen.set_state(torch.get_rng_state())  # the dropout stream this run would draw from
+        check_fits(net, name, data)
+        p = p or f"{default_project(name, data.info.name)}-stack{i}"
+        members.append(_Member(i, net, name, s, p, data, gen))
+        nets.append(net)
+    if not stackable(nets[0]):
+        raise NotStackable(f"model {members[0].lit.hparams.model_name!r} cannot be stacked: its layers must be "
+                         f"Linear, BatchNorm1d, ReLU and Dropout applied in order (train the runs one by one)")
+    stack = _Stack(nets, [s["learning_rate"] for s in settings], [s["weight_decay"] for s in settings])
+    lit = _StackedLit(members, stack, data, batch_size, chunk or default_chunk(batch_size))
+    with torch_flags_restored(), contextlib.ExitStack() as locks:
+        for m in members:
+            locks.enter_context(project_lock(m.out.parent))
+        trainer = pl.Trainer(max_epochs=max(s["max_epochs"] for s in settings), accelerator="cpu", devices=1,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=progress,
+                             enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
+        for m in members:
+            m.archived = archive_previous(m.ckpt_dir)
+        start = time.perf_counter()
+        with interruptible(), torch_threads(num_threads or 1), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")  # on purpose
+            trainer.fit(lit)
+        wall = time.perf_counter() - start
+
+    out = []
+    for m in members:
+        if m.diverged is not None:
+            out.append(_diverged(m))
+            continue
+        h = pd.DataFrame(m.history)
+        ck = m.checkpoint
+        last = m.ckpt_dir / "last.ckpt"
+        out.append({
+            "model": m.lit.hparams.model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
+            "device": "cpu", "project": m.project, "output_dir": str(m.out),
+            "best_ckpt": ck.best_model_path or None, "last_ckpt": str(last) if last.exists() else None,
+            "best_val_acc": float(ck.best_model_score) if ck.best_model_score is not None else float("nan"),
+            "final_val_acc": float(h["val_acc"].iloc[-1]) if len(h) else float("nan"),
+            "final_val_loss": float(h["val_loss"].iloc[-1]) if len(h) else float("nan"),
+            "final_train_acc": float(h["train_acc"].iloc[-1]) if len(h) else float("nan"),
+            "epochs": len(h), "max_epochs": m.settings["max_epochs"], "batch_size": batch_size,
+            "learning_rate": m.settings["learning_rate"], "seed": m.settings["seed"], "steps": m.steps,
+            "wall_time_s": m.finished_at if m.finished_at is not None else wall,
+            "stopped_early": len(h) < m.settings["max_epochs"],
+            "archived_previous": str(m.archived) if m.archived else None, "history": h,
+            "stacked_with": len(members)})
+    return out
+
+
+# -- in a sweep ---------------------------------------------------------------------------------------
+
+
+def run_in_sweep(settings: dict, data, project, accelerator: str) -> dict:
+    """A sweep's stacked training (:mod:`labkit.schedule` planned it): the lead run's result, as
+    :func:`labkit.sweep._run_one` returns it, with every other member's under :data:`STACKED`.
+    A model that cannot be stacked after all trains each run alone, with the same results."""
+    from . import sweep  # (sweep imports this module)
+    lead = {k: v for k, v in settings.items() if k != STACKED}
+    members = [(None, lead, project), *settings[STACKED]]
+    model = lead["model"]
+    try:
+        outs = train_stacked(model, data.info.name, [{k: s[k] for k in VARY} for _, s, _ in members], data=data,
+                             batch_size=lead["batch_size"], projects=[Path(p) for _, _, p in members],
+                             accelerator=accelerator)
+    except NotStackable:
+        outs = None
+    results = []
+    for n, (j, s, p) in enumerate(members):
+        if outs is None:
+            results.append(sweep._run_one(s, data, p, accelerator))
+            continue
+        r = outs[n]
+        if isinstance(r, TrainingDiverged):  # recorded, as for a run trained alone
+            results.append(sweep._diverged_result(r))
+            continue
+        out = {k: r[k] for k in ("best_val_acc", "final_val_acc", "final_train_acc", "epochs", "steps",
+                                 "wall_time_s", "stopped_early", "best_ckpt", "last_ckpt")}
+        out["test_acc"] = sweep._test_acc(model, r["best_ckpt"], data) if r["best_ckpt"] else float("nan")
+        out["history"] = r["history"].to_dict(orient="records")
+        out["diverged"] = None
+        results.append(out)
+    if outs is not None:
+        # Provenance only (no table column reads it): these runs' time was spent in one training,
+        # so summing wall_time_s over them counts it again (labkit.prefix.compute_seconds does not).
+        for r in results:
+            r["stacked_in"] = Path(project).name
+    return {**results[0], STACKED: [(j, r) for (j, _, _), r in zip(members[1:], results[1:])]}
+
+
+def split(i: int, result: dict):
+    """``(index, result)`` for a finished training and every run stacked with it."""
+    result = dict(result)
+    stacked = result.pop(STACKED, None) or []
+    yield i, result
+    yield from ((j, r) for j, r in stacked)
+
+
+__all__ = ["train_stacked", "stackable", "run_in_sweep", "split", "NotStackable", "STACKED", "VARY"]
