@@ -212,14 +212,25 @@ class Snapshots(Callback):
 def compute_seconds(*results) -> float:
     """Seconds of training the runs of these sweeps (:class:`~labkit.sweep.SweepResult`) took,
     each shared prefix counted once: a run taken from a longer run's training adds nothing
-    (its ``wall_time_s`` is the time that training took to reach its last epoch)."""
+    (its ``wall_time_s`` is the time that training took to reach its last epoch); runs stacked
+    into one training (:mod:`labkit.stack`) add that training's time once."""
     from .cache import ResultCache
     total = 0.0
     for res in results:
-        taken = {e["result"].get("best_ckpt") for e in ResultCache(res.directory).entries()
-                 if isinstance(e.get("result"), dict) and e["result"].get("prefix_of")} - {None}
-        own = ~res.table["best_ckpt"].isin(taken)
-        total += float(res.table.loc[own, "wall_time_s"].sum())  # NaN (a diverged run) adds nothing
+        stored = [e["result"] for e in ResultCache(res.directory).entries() if isinstance(e.get("result"), dict)]
+        taken = {r.get("best_ckpt") for r in stored if r.get("prefix_of")} - {None}
+        # runs trained together as one stacked model (labkit.stack): that training counts once, as
+        # long as its longest member took
+        stacked = {r["best_ckpt"]: r["stacked_in"] for r in stored if r.get("stacked_in") and r.get("best_ckpt")}
+        stacks = {}
+        for ckpt, seconds in zip(res.table["best_ckpt"], res.table["wall_time_s"]):
+            if ckpt in taken or seconds != seconds:  # a prefix taken from a longer run; NaN: diverged
+                continue
+            if ckpt in stacked:
+                stacks[stacked[ckpt]] = max(stacks.get(stacked[ckpt], 0.0), float(seconds))
+            else:
+                total += float(seconds)
+        total += sum(stacks.values())
     return total
 
 

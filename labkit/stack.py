@@ -334,16 +334,16 @@ class _StackedLit(pl.LightningModule):
         sums = torch.zeros(K)
         for a, b in chunk:
             x, y = self._batch(a, b)
-            logits = stack.forward(x, True, gens).view(b - a, K, -1)
-            losses = F.cross_entropy(logits.reshape((b - a) * K, -1), y.reshape(-1), reduction="none")
-            losses = losses.view(b - a, K).mean(0)  # each model's mean loss over its batch
+            out = stack.forward(x, True, gens)
+            losses = _losses(out, y).mean(0)  # each model's mean loss over its batch
+            logits = out.detach().view(b - a, K, -1)
             if first is None:
                 first = losses.detach()
             stack.grad_flat.zero_()
             losses.sum().backward()  # the sum: each model's gradient is its own loss's
             stack.adam_step()
             sums += losses.detach() * (b - a)
-            self._correct += (logits.detach().argmax(-1) == y).sum(0)
+            self._correct += (logits.argmax(-1) == y).sum(0)
             self._n += b - a
         # As a single run: one check per chunk; a model whose loss is non-finite has diverged
         # in this epoch (its checkpoints on disk stay those of the last finite epoch).
@@ -367,10 +367,9 @@ class _StackedLit(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         K, B = len(self.live), len(y)
-        logits = self.stack.forward(x.repeat(1, K), False, None).view(B, K, -1)
-        losses = F.cross_entropy(logits.reshape(B * K, -1), y.unsqueeze(1).expand(-1, K).reshape(-1),
-                                 reduction="none").view(B, K).sum(0)
-        self._val_sum += losses
+        out = self.stack.forward(x.repeat(1, K), False, None)
+        logits = out.view(B, K, -1)
+        self._val_sum += _losses(out, y.unsqueeze(1).expand(-1, K)).sum(0)
         self._val_correct += (logits.argmax(-1) == y.unsqueeze(1)).sum(0)
         self._val_n += B
 
@@ -450,6 +449,37 @@ class _StackedLit(pl.LightningModule):
             self.trainer.should_stop = True
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of class-major logits ``z`` ``[C, rows, K]`` against ``y`` ``[rows, K]``.
+
+    The same function as ``F.cross_entropy(reduction="none")``, but every step is an elementwise
+    or leading-dimension operation over all rows at once: torch's log_softmax over a last
+    dimension of 5 classes runs about 25 ns per element on one CPU thread, which at batch 1024
+    and K models would be the most expensive part of the stacked step."""
+
+    @staticmethod
+    def forward(ctx, z, y):
+        shifted = z - z.amax(0)
+        e = shifted.exp()
+        total = e.sum(0)
+        ctx.save_for_backward(e, total, y)
+        return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        e, total, y = ctx.saved_tensors
+        p = e / total  # softmax
+        p.scatter_add_(0, y.unsqueeze(0), torch.full_like(grad, -1.0).unsqueeze(0))  # minus the one-hot target
+        return p.mul_(grad), None
+
+
+def _losses(logits, y):
+    """``logits`` ``[rows, K * C]`` (wide), ``y`` ``[rows, K]`` -> per-row losses ``[rows, K]``."""
+    rows, K = y.shape
+    z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
+    return _CrossEntropy.apply(z, y)
+
+
 def _accuracy(correct, n) -> float:
     """As torchmetrics' micro accuracy: the float32 quotient."""
     return float(torch.as_tensor(correct).float() / torch.tensor(float(n)))
@@ -469,6 +499,10 @@ class _Ranges:
         ranges = [(a, min(a + self.b, self.n)) for a in range(0, self.n, self.b)]
         for c in range(0, len(ranges), self.chunk):
             yield ranges[c:c + self.chunk]
+
+
+class NotStackable(ValueError):
+    """The model's layers are not ones :func:`train_stacked` can batch."""
 
 
 # -- training a stack -----------------------------------------------------------------------------------
@@ -544,7 +578,7 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
         members.append(_Member(i, net, name, s, p, data, gen))
         nets.append(net)
     if not stackable(nets[0]):
-        raise ValueError(f"model {members[0].lit.hparams.model_name!r} cannot be stacked: its layers must be "
+        raise NotStackable(f"model {members[0].lit.hparams.model_name!r} cannot be stacked: its layers must be "
                          f"Linear, BatchNorm1d, ReLU and Dropout applied in order (train the runs one by one)")
     stack = _Stack(nets, [s["learning_rate"] for s in settings], [s["weight_decay"] for s in settings])
     lit = _StackedLit(members, stack, data, batch_size, chunk or default_chunk(batch_size))
@@ -587,4 +621,52 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
     return out
 
 
-__all__ = ["train_stacked", "stackable", "STACKED", "VARY"]
+# -- in a sweep ---------------------------------------------------------------------------------------
+
+
+def run_in_sweep(settings: dict, data, project, accelerator: str) -> dict:
+    """A sweep's stacked training (:mod:`labkit.schedule` planned it): the lead run's result, as
+    :func:`labkit.sweep._run_one` returns it, with every other member's under :data:`STACKED`.
+    A model that cannot be stacked after all trains each run alone, with the same results."""
+    from . import sweep  # (sweep imports this module)
+    lead = {k: v for k, v in settings.items() if k != STACKED}
+    members = [(None, lead, project), *settings[STACKED]]
+    model = lead["model"]
+    try:
+        outs = train_stacked(model, data.info.name, [{k: s[k] for k in VARY} for _, s, _ in members], data=data,
+                             batch_size=lead["batch_size"], projects=[Path(p) for _, _, p in members],
+                             accelerator=accelerator)
+    except NotStackable:
+        outs = None
+    results = []
+    for n, (j, s, p) in enumerate(members):
+        if outs is None:
+            results.append(sweep._run_one(s, data, p, accelerator))
+            continue
+        r = outs[n]
+        if isinstance(r, TrainingDiverged):  # recorded, as for a run trained alone
+            results.append(sweep._diverged_result(r))
+            continue
+        out = {k: r[k] for k in ("best_val_acc", "final_val_acc", "final_train_acc", "epochs", "steps",
+                                 "wall_time_s", "stopped_early", "best_ckpt", "last_ckpt")}
+        out["test_acc"] = sweep._test_acc(model, r["best_ckpt"], data) if r["best_ckpt"] else float("nan")
+        out["history"] = r["history"].to_dict(orient="records")
+        out["diverged"] = None
+        results.append(out)
+    if outs is not None:
+        # Provenance only (no table column reads it): these runs' time was spent in one training,
+        # so summing wall_time_s over them counts it again (labkit.prefix.compute_seconds does not).
+        for r in results:
+            r["stacked_in"] = Path(project).name
+    return {**results[0], STACKED: [(j, r) for (j, _, _), r in zip(members[1:], results[1:])]}
+
+
+def split(i: int, result: dict):
+    """``(index, result)`` for a finished training and every run stacked with it."""
+    result = dict(result)
+    stacked = result.pop(STACKED, None) or []
+    yield i, result
+    yield from ((j, r) for j, r in stacked)
+
+
+__all__ = ["train_stacked", "stackable", "run_in_sweep", "split", "NotStackable", "STACKED", "VARY"]

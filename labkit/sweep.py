@@ -50,7 +50,9 @@ from .data import JSCData, load_dataset
 from .data.base import tensor_digest
 from .models import MODELS, get_model
 from .paths import check_name, outputs_dir
-from .prefix import Snapshots, share as share_prefixes_of, split as split_prefixes
+from .prefix import Snapshots, split as split_prefixes
+from .schedule import check_flags, plan as plan_runs, planned_epochs
+from .stack import STACKED, run_in_sweep, split as split_stacked
 from .progress import EpochCounter, epoch_callback, install as install_progress
 from .runtime import device_kind
 from .runtime import check_usable
@@ -151,6 +153,8 @@ def label_of(setting: dict) -> str:
 
 def _run_one(settings: dict, data: JSCData, project: str, accelerator: str) -> dict:
     """Train with ``settings``, test the best checkpoint, return plain JSON-able values."""
+    if settings.get(STACKED):  # several runs as one stacked model (labkit.stack)
+        return run_in_sweep(settings, data, project, accelerator)
     model = settings["model"]
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)  # every run starts from the same weights
@@ -475,7 +479,7 @@ def _default_name(model, params) -> str:
 
 def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, workers: int | None = None,
                accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
-               cluster=None, share_prefixes: bool = True, **fixed) -> SweepResult:
+               cluster=None, share_prefixes: bool = True, stack_runs: bool = True, **fixed) -> SweepResult:
     """Train once for every combination in ``grid`` (``{"batch_size": [64, 128], ...}``).
 
     ``fixed`` sets the other settings (``max_epochs``, ``learning_rate``, ``seed``, ...;
@@ -485,7 +489,10 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     ``cluster``: a Dask scheduler address or ``Client`` to run on (default: ``$LABKIT_CLUSTER``
     when ``workers`` is not given); see :mod:`labkit.executor`.
     ``share_prefixes``: runs that differ only in ``max_epochs`` train once, to the largest
-    (:mod:`labkit.prefix`; same results, bit for bit on the CPU).
+    (:mod:`labkit.prefix`; same results, bit for bit on the CPU). ``stack_runs``: on the CPU, runs of
+    one model and batch size that differ in learning rate, weight decay, seed, max_epochs or early
+    stopping train together as one stacked model (:mod:`labkit.stack`; the same runs to float
+    rounding). The plan (:mod:`labkit.schedule`) is printed before training.
     """
     start = time.perf_counter()
     grid = _check_grid(grid)
@@ -499,6 +506,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
             if k != "model" or "model" not in grid}
     check_usable(TrainSettings(accelerator=accelerator).accelerator)
     checks.optional_positive_int("workers", workers)
+    check_flags(share_prefixes=share_prefixes, stack_runs=stack_runs)
     name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
     data = _resolve_data(dataset, data)
     device = device_kind(accelerator)
@@ -531,18 +539,23 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         return (directory / "runs" / settings_hash(runs[i][2])).resolve()
 
     # Runs that differ only in max_epochs: the longest trains and carries the others.
-    missing = share_prefixes_of(runs, missing, project, enabled=share_prefixes, name=name, show=progress)
+    # Runs that differ only in max_epochs: the longest trains and carries the others; runs that differ
+    # in learning rate, seed, ...: one stacked training; longest first, balanced over the workers.
+    missing = plan_runs(runs, missing, project, data=data, device=device, share_prefixes=share_prefixes,
+                        stack_runs=stack_runs, name=name, show=progress and bool(missing),
+                        workers=1 if device != "cpu" else workers or _cpu_count())
 
-    epochs = EpochCounter(sum(runs[i][1]["max_epochs"] for i in missing), f"sweep {name}",
+    epochs = EpochCounter(sum(planned_epochs(runs[i][1]) for i in missing), f"sweep {name}",
                           disable=not progress or not missing)
 
     def store(i, result):
-        for j, r in split_prefixes(i, result):  # the run, and the shorter runs it carried
-            cache.put(runs[j][2], r)
-            results[j] = r
-            if j != i:
-                bar.update()
-        epochs.run_finished(runs[i][1]["max_epochs"], int(result.get("epochs") or 0))
+        for s, rs in split_stacked(i, result):  # the run, and the runs stacked with it
+            for j, r in split_prefixes(s, rs):  # each, and the shorter runs it carried
+                cache.put(runs[j][2], r)
+                results[j] = r
+                if j != i:
+                    bar.update()
+            epochs.run_finished(runs[s][1]["max_epochs"], int(rs.get("epochs") or 0))
 
     target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
     bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
@@ -599,14 +612,14 @@ def _run_missing(missing, runs, data, project, accelerator, device, workers, tar
 
 def sweep(model, dataset, param: str, values, *, data: JSCData | None = None, workers: int | None = None,
           accelerator: str = "cpu", cache_dir=None, name: str | None = None, progress: bool = True,
-          cluster=None, share_prefixes: bool = True, **fixed) -> SweepResult:
+          cluster=None, share_prefixes: bool = True, stack_runs: bool = True, **fixed) -> SweepResult:
     """Train ``model`` once per value of one setting, e.g. ``sweep("jsc-tiny", data,
     "batch_size", [64, 128, 256], max_epochs=10)``. See :func:`grid_sweep` for the options."""
     if not isinstance(param, str):
         raise TypeError(f"param must be a setting name (str), got {param!r}")
     return grid_sweep(model, dataset, {param: values}, data=data, workers=workers, accelerator=accelerator,
                       cache_dir=cache_dir, name=name or _default_name(model, [param]), progress=progress,
-                      cluster=cluster, share_prefixes=share_prefixes, **fixed)
+                      cluster=cluster, share_prefixes=share_prefixes, stack_runs=stack_runs, **fixed)
 
 
 # -- browsing what is on disk ----------------------------------------------------------------

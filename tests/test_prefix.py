@@ -92,7 +92,7 @@ def test_a_max_epochs_sweep_trains_once_and_equals_each_run_alone(data, tmp_path
     assert trainings == [3]  # one training, to the largest max_epochs
     assert "3 runs as 1 trainings" in capsys.readouterr().err  # the plan, printed before training
     alone = sweep("jsc-tiny", data, "max_epochs", [1, 2, 3], cache_dir=tmp_path / "alone",
-                  share_prefixes=False, **kw)
+                  share_prefixes=False, stack_runs=False, **kw)
     assert trainings == [3, 3, 2, 1]
     _compare(shared, alone, tmp_path / "shared", tmp_path / "alone", [1, 2, 3])
     # the best checkpoint is the best within each run's prefix, tested on its own
@@ -113,7 +113,7 @@ def test_early_stopping_stops_the_shorter_runs_at_the_same_epoch(data, tmp_path,
     values = [2, 4, 6, 7, 8]  # with these settings it stops after epoch 6
     shared = sweep("jsc-tiny", data, "max_epochs", values, cache_dir=tmp_path / "shared", **kw)
     alone = sweep("jsc-tiny", data, "max_epochs", values, cache_dir=tmp_path / "alone",
-                  share_prefixes=False, **kw)
+                  share_prefixes=False, stack_runs=False, **kw)
     assert trainings[0] == 8 and len(trainings) == 1 + len(values)
     # the cases this test is about happened: runs that stop early, and shorter ones that end first
     assert (alone.table["epochs"] < alone.table["max_epochs"]).sum() >= 2  # a shorter run stops early too
@@ -124,7 +124,7 @@ def test_early_stopping_stops_the_shorter_runs_at_the_same_epoch(data, tmp_path,
 def test_a_diverged_training_diverges_every_run_it_carries(data, tmp_path):
     kw = dict(data=data, workers=1, learning_rate=1e308, progress=False)
     shared = sweep("jsc-tiny", data, "max_epochs", [1, 2], cache_dir=tmp_path / "shared", **kw)
-    alone = sweep("jsc-tiny", data, "max_epochs", [1, 2], cache_dir=tmp_path / "alone", share_prefixes=False, **kw)
+    alone = sweep("jsc-tiny", data, "max_epochs", [1, 2], cache_dir=tmp_path / "alone", share_prefixes=False, stack_runs=False, **kw)
     assert shared.table["diverged"].all() and alone.table["diverged"].all()
     s, a = _stored(tmp_path / "shared"), _stored(tmp_path / "alone")
     for k in (1, 2):
@@ -155,7 +155,7 @@ def test_in_worker_processes_a_grid_shares_per_batch_size(data, tmp_path):
     grid = {"batch_size": [256, 512], "max_epochs": [1, 2]}
     kw = dict(data=data, learning_rate=1e-2, progress=False)
     shared = grid_sweep("jsc-tiny", data, grid, workers=2, cache_dir=tmp_path / "shared", **kw)
-    alone = grid_sweep("jsc-tiny", data, grid, workers=1, cache_dir=tmp_path / "alone", share_prefixes=False, **kw)
+    alone = grid_sweep("jsc-tiny", data, grid, workers=1, cache_dir=tmp_path / "alone", share_prefixes=False, stack_runs=False, **kw)
     entries = lambda d: [json.loads(p.read_text()) for p in (tmp_path / d).glob("*.json")]  # noqa: E731
     s, a = [{(e["settings"]["batch_size"], e["settings"]["max_epochs"]): (e["settings"], e["result"])
              for e in entries(d)} for d in ("shared", "alone")]

@@ -72,11 +72,11 @@ def counters(monkeypatch):
 def test_in_process_sweep_counts_every_epoch_of_every_run(tmp_path, counters):
     data = load_dataset("jsc-synthetic", size=3000, progress=False)
     sweep("jsc-tiny", data, "max_epochs", [1, 2], learning_rate=1e-3, workers=1, progress=False, cache_dir=tmp_path,
-          share_prefixes=False)
+          share_prefixes=False, stack_runs=False)
     assert [(c.total, c.done) for c in counters] == [(3, 3)]
     # a re-run trains nothing, so it plans no epochs
     sweep("jsc-tiny", data, "max_epochs", [1, 2], learning_rate=1e-3, workers=1, progress=False, cache_dir=tmp_path,
-          share_prefixes=False)
+          share_prefixes=False, stack_runs=False)
     assert (counters[1].total, counters[1].done) == (0, 0)
     assert progress._SINK is None  # the sweep uninstalls its sink
 

@@ -164,3 +164,118 @@ def test_what_cannot_be_stacked(data, tmp_path):
         train_stacked("jsc-tiny", data, [{"learning_rate": -1.0}], data=data)
     with pytest.raises(ValueError, match="CPU"):
         train_stacked("jsc-tiny", data, [{}], data=data, accelerator="gpu")
+
+
+# -- in a sweep (labkit.schedule plans it) ---------------------------------------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import labkit.sweep as sw  # noqa: E402
+from labkit.models import MODELS, register_model  # noqa: E402
+from labkit.prefix import compute_seconds  # noqa: E402
+from labkit.schedule import balance, makespan  # noqa: E402
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    calls = []
+    real = sw.train
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("learning_rate"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "train", counting)
+    return calls
+
+
+def _entries(directory: Path) -> dict:
+    out = {}
+    for p in directory.glob("*.json"):
+        e = json.loads(p.read_text())
+        out[e["settings"]["learning_rate"]] = e
+    return out
+
+
+def _same_entries(a: Path, b: Path, exact: bool):
+    ea, eb = _entries(a), _entries(b)
+    assert sorted(ea) == sorted(eb)
+    for lr in ea:
+        assert ea[lr]["settings"] == eb[lr]["settings"]  # the same cache key: indistinguishable entries
+        ra, rb = ea[lr]["result"], eb[lr]["result"]
+        for k in ("epochs", "steps", "stopped_early", "diverged"):
+            assert ra[k] == rb[k], k
+        for k in ("best_val_acc", "final_val_acc", "final_train_acc", "test_acc"):
+            assert ra[k] == (rb[k] if exact else pytest.approx(rb[k], abs=ATOL)), k
+        ha, hb = pd.DataFrame(ra["history"]), pd.DataFrame(rb["history"])
+        pd.testing.assert_frame_equal(ha, hb, check_exact=exact, atol=None if exact else ATOL, rtol=None if exact else 0)
+
+
+def test_a_learning_rate_sweep_is_one_stacked_training(data, tmp_path, trainings, capsys):
+    lrs = [1e-3, 1e-2, 1e-1]
+    kw = dict(max_epochs=2, batch_size=128, workers=1)
+    stacked = sw.sweep("jsc-tiny", data, "learning_rate", lrs, cache_dir=tmp_path / "stacked", **kw)
+    err = capsys.readouterr().err
+    assert trainings == []  # no run trained alone
+    assert "3 runs as 1 trainings" in err and "stack" in err and "est." in err  # the plan, before training
+    alone = sw.sweep("jsc-tiny", data, "learning_rate", lrs, cache_dir=tmp_path / "alone", stack_runs=False, **kw)
+    assert trainings == lrs
+    _same_entries(tmp_path / "stacked", tmp_path / "alone", exact=False)
+    for row in stacked.table.itertuples():  # the checkpoints are the runs' own, and tested as any
+        assert tmp_path / "stacked" in Path(row.best_ckpt).parents
+        net = load_model("jsc-tiny", row.best_ckpt, info=data.info)
+        from labkit.training import evaluate
+        assert row.test_acc == evaluate(net, data, "test")["acc"]
+    # one training: its time counts once
+    assert compute_seconds(stacked) == pytest.approx(stacked.table["wall_time_s"].max())
+    assert compute_seconds(alone) == pytest.approx(alone.table["wall_time_s"].sum())
+    again = sw.sweep("jsc-tiny", data, "learning_rate", lrs, cache_dir=tmp_path / "stacked", **kw)
+    assert again.table["cached"].all() and len(trainings) == 3
+
+
+def test_a_model_that_cannot_be_stacked_trains_run_by_run_with_the_same_results(data, tmp_path, trainings):
+    @register_model("t-stack-tanh")
+    class TanhNet(nn.Module):
+        def __init__(self, info):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(info.num_features, 8), nn.Tanh(), nn.Linear(8, info.num_classes))
+
+        def forward(self, x):
+            return self.seq(x)
+
+    try:
+        kw = dict(max_epochs=1, batch_size=256, workers=1, progress=False)
+        sw.sweep("t-stack-tanh", data, "learning_rate", [1e-3, 1e-2], cache_dir=tmp_path / "a", **kw)
+        assert trainings == [1e-3, 1e-2]  # each trained alone
+        sw.sweep("t-stack-tanh", data, "learning_rate", [1e-3, 1e-2], cache_dir=tmp_path / "b", stack_runs=False, **kw)
+        _same_entries(tmp_path / "a", tmp_path / "b", exact=True)
+    finally:
+        MODELS._entries.pop("t-stack-tanh", None)
+
+
+def test_stacks_in_worker_processes(data, tmp_path):
+    grid = {"batch_size": [256, 512], "learning_rate": [1e-3, 1e-2]}
+    kw = dict(max_epochs=1, progress=False)
+    sw.grid_sweep("jsc-tiny", data, grid, workers=2, cache_dir=tmp_path / "stacked", **kw)
+    sw.grid_sweep("jsc-tiny", data, grid, workers=1, cache_dir=tmp_path / "alone", stack_runs=False, **kw)
+    a = {(e["settings"]["batch_size"], e["settings"]["learning_rate"]): e for e in
+         (json.loads(p.read_text()) for p in (tmp_path / "stacked").glob("*.json"))}
+    b = {(e["settings"]["batch_size"], e["settings"]["learning_rate"]): e for e in
+         (json.loads(p.read_text()) for p in (tmp_path / "alone").glob("*.json"))}
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for k in a:
+        assert a[k]["settings"] == b[k]["settings"]
+        assert a[k]["result"]["stacked_in"] and "stacked_in" not in b[k]["result"]
+        pd.testing.assert_frame_equal(pd.DataFrame(a[k]["result"]["history"]), pd.DataFrame(b[k]["result"]["history"]),
+                                      check_exact=False, atol=ATOL, rtol=0)
+
+
+def test_the_plan_splits_a_stack_when_that_shortens_the_wall_time():
+    cost = lambda t: 10.0 + 2.0 * len(t)  # noqa: E731  (a stack of K: ~10 s + 2 s per model)
+    assert makespan([5, 4, 3, 3], 2) == 8
+    assert balance([[0, 1, 2, 3, 4, 5]], cost, 1) == [[0, 1, 2, 3, 4, 5]]  # one worker: never split
+    assert sorted(balance([[0, 1, 2, 3, 4, 5]], cost, 2)) == [[0, 2, 4], [1, 3, 5]]  # 16 s on 2 workers, not 22 s
+    assert balance([[0, 1], [2], [3]], cost, 2) == [[0, 1], [2], [3]]  # both workers busy already
+    with pytest.raises(TypeError, match="stack_runs"):
+        sw.sweep("jsc-tiny", "jsc-synthetic", "learning_rate", [1e-3], stack_runs="yes", progress=False)

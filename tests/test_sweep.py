@@ -18,7 +18,9 @@ from labkit.training import interruptible
 from labkit.training import evaluate, load_model
 
 FAST = dict(max_epochs=2, learning_rate=1e-3, workers=1, progress=False)
-LR_FAST = {k: v for k, v in FAST.items() if k != "learning_rate"}  # for sweeps over the learning rate
+# for sweeps over the learning rate, run by run: these tests count train() calls (a stacked sweep,
+# labkit.stack, trains such runs as one model: tests/test_stack.py)
+LR_FAST = {**{k: v for k, v in FAST.items() if k != "learning_rate"}, "stack_runs": False}
 
 
 @pytest.fixture(scope="module")
