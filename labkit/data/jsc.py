@@ -36,11 +36,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import paths
+from .. import checks
 from ..checks import positive_float
 from .base import DatasetInfo, JSCData, register_dataset
 from .formats import DataFormatError, file_digests, is_stand_in, parse_openml_description, read_table, sniff
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
-                      check_fraction, check_seed, check_size, load_or_build, subsample)
+                      check_fraction, check_size, load_or_build, subsample)
 
 OPENML_ID = 42468
 OPENML_API_URL = f"https://api.openml.org/api/v1/json/data/{OPENML_ID}"
@@ -325,7 +326,7 @@ def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int =
     Raises :class:`DataUnavailableError` (saying what failed and where to put the file by
     hand) when no source works.
     """
-    settings = {"dataset": "jsc", "seed": check_seed(seed),
+    settings = {"dataset": "jsc", "seed": checks.seed("seed", seed),
                 "val_fraction": check_fraction("val_fraction", val_fraction),
                 "test_fraction": check_fraction("test_fraction", test_fraction),
                 "size": None if size is None else check_size(size)}

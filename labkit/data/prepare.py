@@ -65,12 +65,6 @@ def subsample(x: np.ndarray, y: np.ndarray, size: int | None, seed: int):
     return x[keep], y[keep]
 
 
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
-
-
 def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove repeated (features, label) rows, keeping first occurrences in order."""
     table = pd.DataFrame(x)
