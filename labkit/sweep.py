@@ -505,11 +505,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
     cache = ResultCache(directory)
     runs = _grid_runs(grid, base, data, device)
-    results = {}
-    for i, (_, _, key) in enumerate(runs):
-        hit = cache.get(key, valid=_valid_result)
-        if hit is not None:
-            results[i] = hit
+    results = _cached_results(runs, cache)
     cached = set(results)
     missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
 
@@ -564,6 +560,16 @@ def _grid_runs(grid: dict, base: dict, data: JSCData, device: str) -> list:
                **{k: v for k, v in full.items() if k != "model"}}
         runs.append((shown, full, key))
     return runs
+
+
+def _cached_results(runs, cache: ResultCache) -> dict:
+    """``{run index: stored result}`` for the runs ``cache`` already holds."""
+    results = {}
+    for i, (_, _, key) in enumerate(runs):
+        hit = cache.get(key, valid=_valid_result)
+        if hit is not None:
+            results[i] = hit
+    return results
 
 
 def _train_missing(missing, runs, results: dict, cache: ResultCache, n_cached: int, *, progress: bool, name: str,
