@@ -48,7 +48,7 @@ from labkit.data.synthetic import DEFAULT_SIZE
 from labkit.models import get_model
 from labkit.paths import outputs_dir
 from labkit.sweep import sweep
-from labkit.training import _quiet_lightning
+from labkit.runtime import quiet_lightning
 
 FIXED = {"batch_size": 128, "learning_rate": 1e-5, "max_epochs": 10}  # MASE's defaults, 10 epochs
 SWEEPS = [
@@ -141,7 +141,7 @@ def main():
     if not 0 < args.scale <= 1:
         raise SystemExit(f"--scale must be in (0, 1], got {args.scale}")
     torch.set_num_threads(1)
-    _quiet_lightning()
+    quiet_lightning()
 
     size = max(5000, round(DEFAULT_SIZE * args.scale))
     data = load_dataset("jsc-synthetic", size=size, progress=True)

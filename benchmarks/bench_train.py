@@ -27,7 +27,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from labkit.data import epoch_permutation, load_dataset
 from labkit.models import get_model
-from labkit.training import LitClassifier, _quiet_lightning, default_chunk
+from labkit.lit import LitClassifier
+from labkit.runtime import quiet_lightning
+from labkit.training import default_chunk
 from labkit.data import JSCDataModule
 
 
@@ -80,7 +82,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    _quiet_lightning()
+    quiet_lightning()
     kwargs = {"size": args.rows} if args.rows else {}
     data = load_dataset("jsc-synthetic", progress=False, **kwargs)
     x, y = data.split("train")

@@ -17,7 +17,8 @@ _EXPORTS_BY_MODULE = {
              "JSCData", "JSCDataModule", "choose_dataset", "epoch_permutation", "load_dataset", "raw_frame",
              "register_dataset"],
     "settings": ["TrainSettings"],
-    "training": ["LitClassifier", "checkpoint_or_train", "evaluate", "load_model", "test", "train"],
+    "lit": ["LitClassifier"],
+    "training": ["checkpoint_or_train", "evaluate", "load_model", "test", "train"],
     "graph": ["GraphTraceError", "MaseGraph", "deepcopy_mase_graph", "get_node_actual_target"],
     "passes": [  # every pass, MASE names (labkit.passes.__all__)
         "MaseMetadata", "init_metadata_analysis_pass", "add_common_metadata_analysis_pass",
@@ -46,7 +47,7 @@ _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph
                "widgets")
 _SUBMODULES += ("executor", "precision_search")  # issue 11
 _SUBMODULES += ("lab1",)
-_SUBMODULES += ("settings",)
+_SUBMODULES += ("settings", "lit", "checkpoints")
 _SUBMODULES += ("stack", "prefix")  # issue 13
 
 __all__ = list(_EXPORTS)

@@ -65,6 +65,15 @@ def fraction(name: str, value) -> float:
     return float(value)
 
 
+def proportion(name: str, value, upper: float = 0.9) -> float:
+    """A share of the rows in (0, ``upper``]: a validation or test split (none, or all, is a mistake)."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number in (0, {upper}], got {value!r}")
+    if not 0.0 < float(value) <= upper:
+        raise ValueError(f"{name} must be in (0, {upper}], got {value!r}")
+    return float(value)
+
+
 def one_of(name: str, value, allowed):
     """``value`` if it is one of ``allowed``."""
     if value not in allowed:

@@ -36,43 +36,19 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
-    def common(sp, load=False, batch_help=None):
-        sp.add_argument("model", nargs="?", help="model name (see `labkit ls`)")
-        sp.add_argument("dataset", nargs="?", help="dataset name: jsc or jsc-synthetic")
-        sp.add_argument("--config", help="TOML file with the same keys (flags override it)")
-        sp.add_argument("--data-size", dest="data_size", type=int, default=None,
-                        help=f"use only this many rows of the dataset (quick runs; at least {cfg.MIN_DATA_SIZE})")
-        for name in COMMON_SETTINGS:
-            _setting_flag(sp, name, help=batch_help if name == "batch_size" else None)
-        sp.add_argument("--project", default=None,
-                        help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
-        mase_flags(sp)
-        if load:
-            sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
-                            help="checkpoint to load (relative paths may also be relative to the project root)")
-            sp.add_argument("--load-type", dest="load_type", choices=cfg.LOAD_TYPES, default=None,
-                            help="pl: Lightning .ckpt, pt: torch state dict")
-
-    tr = sub.add_parser("train", help="train a model")
-    common(tr, load=True)
-    tr.set_defaults(func=cmd_train)
+    tr = _model_action(sub, "train", "train a model", cmd_train)
     for name in TRAIN_FLAGS:
         if name in SETTING_FIELDS and name not in COMMON_SETTINGS:
             _setting_flag(tr, name)
     tr.add_argument("--no-progress", dest="progress", action="store_false")
 
-    te = sub.add_parser("test", help="test a trained model on the test split")
-    common(te, load=True, batch_help=f"evaluation batch size (default {cfg.TEST_BATCH_SIZE}); "
-                                     f"it groups the test rows and does not change the results")
-    te.set_defaults(func=cmd_test)
+    _model_action(sub, "test", "test a trained model on the test split", cmd_test,
+                  batch_help=f"evaluation batch size (default {cfg.TEST_BATCH_SIZE}); "
+                             f"it groups the test rows and does not change the results")
+    _model_action(sub, "transform", "load a checkpoint and run transform passes (quantisation)", cmd_transform)
 
-    tf = sub.add_parser("transform", help="load a checkpoint and run transform passes (quantisation)")
-    common(tf, load=True)
-    tf.set_defaults(func=cmd_transform)
-
-    se = sub.add_parser("search", help="mixed-precision search ([search] in the --config TOML, MASE's schema)")
-    common(se, load=True)
-    se.set_defaults(func=cmd_search)
+    se = _model_action(sub, "search", "mixed-precision search ([search] in the --config TOML, MASE's schema)",
+                       cmd_search)
     se.add_argument("--n-trials", dest="n_trials", type=int, default=None, help="overrides search.strategy.setup")
     se.add_argument("--n-jobs", dest="n_jobs", type=int, default=None, help="worker processes evaluating trials")
     se.add_argument("--sampler", default=None, help="tpe, nsgaii, random or bruteforce")
@@ -93,6 +69,28 @@ def _parser() -> argparse.ArgumentParser:
                          "to notebooks/student/ (or --output-dir)")
     _cluster_flag(nb)
     return p
+
+
+def _model_action(sub, action: str, help: str, func, batch_help: str | None = None):
+    """An action on a model and a dataset (train, test, transform, search) with the flags they
+    share: --config, --data-size, the common settings, --project, MASE's flags, --load."""
+    sp = sub.add_parser(action, help=help)
+    sp.set_defaults(func=func)
+    sp.add_argument("model", nargs="?", help="model name (see `labkit ls`)")
+    sp.add_argument("dataset", nargs="?", help="dataset name: jsc or jsc-synthetic")
+    sp.add_argument("--config", help="TOML file with the same keys (flags override it)")
+    sp.add_argument("--data-size", dest="data_size", type=int, default=None,
+                    help=f"use only this many rows of the dataset (quick runs; at least {cfg.MIN_DATA_SIZE})")
+    for name in COMMON_SETTINGS:
+        _setting_flag(sp, name, help=batch_help if name == "batch_size" else None)
+    sp.add_argument("--project", default=None,
+                    help="output folder name under outputs/ (letters, digits, . _ -; at most 64)")
+    mase_flags(sp)
+    sp.add_argument("--load", dest="load_name", default=None, metavar="PATH",
+                    help="checkpoint to load (relative paths may also be relative to the project root)")
+    sp.add_argument("--load-type", dest="load_type", choices=cfg.LOAD_TYPES, default=None,
+                    help="pl: Lightning .ckpt, pt: torch state dict")
+    return sp
 
 
 def _setting_flag(sp, name: str, help: str | None = None):

@@ -189,43 +189,12 @@ def _pool_map(fn, tasks, n, initializer, initargs):
     while True:
         ctx = mp.get_context("spawn")  # safe with threads, notebooks and CUDA; workers import labkit
         pool = cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_pool_init, initargs=(initializer, initargs))
-        pending = {}
         clean = False
-
-        def fill():
-            while len(pending) < 2 * n:  # one queued task per worker beyond the running ones
-                task = retry.pop(0) if retry else next(source, _DONE)
-                if task is _DONE:
-                    return
-                pending[pool.submit(fn, task)] = task
-
         try:
-            fill()
-            broken = False
-            while pending and not broken:
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    task = pending.pop(fut)
-                    try:
-                        result = fut.result()
-                    except cf.process.BrokenProcessPool:
-                        retry.append(task)
-                        broken = True
-                        continue
-                    yield task, result
-                if not broken:
-                    fill()
+            broken = yield from _drain_pool(pool, fn, source, retry, n)
             if not broken:
                 clean = True
                 return
-            # A worker died (killed, out of memory): finished results are handed back; what
-            # was running or queued goes to a fresh pool, a bounded number of times.
-            for fut, task in list(pending.items()):
-                if fut.done() and fut.exception() is None:
-                    yield task, fut.result()
-                else:
-                    retry.append(task)
-            pending.clear()
             restarts += 1
             if restarts > MAX_RESTARTS:
                 raise RuntimeError(f"local worker processes died {restarts} times (killed, or out of memory?); "
@@ -237,6 +206,43 @@ def _pool_map(fn, tasks, n, initializer, initargs):
                 pool.shutdown(wait=True)
             else:
                 _stop_pool(pool)
+
+
+def _drain_pool(pool, fn, source, retry: list, n: int):
+    """Run the ``retry`` tasks, then ``source``'s, on ``pool`` (one queued per worker beyond the
+    running ones), yielding ``(task, result)`` as each finishes. Returns True when a worker
+    died: finished results are handed back, what was running or queued is put in ``retry``."""
+    pending = {}
+
+    def fill():
+        while len(pending) < 2 * n:
+            task = retry.pop(0) if retry else next(source, _DONE)
+            if task is _DONE:
+                return
+            pending[pool.submit(fn, task)] = task
+
+    fill()
+    while pending:
+        done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        broken = False
+        for fut in done:
+            task = pending.pop(fut)
+            try:
+                result = fut.result()
+            except cf.process.BrokenProcessPool:
+                retry.append(task)
+                broken = True
+                continue
+            yield task, result
+        if broken:
+            for fut, task in list(pending.items()):
+                if fut.done() and fut.exception() is None:
+                    yield task, fut.result()
+                else:
+                    retry.append(task)
+            return True
+        fill()
+    return False
 
 
 # -- a Dask cluster --------------------------------------------------------------------------
@@ -283,21 +289,12 @@ def _dask_map(fn, tasks, cluster, initializer, initargs):
 
 
 def _dask_iter(client, owned, fn, tasks, initializer, initargs):
-    from concurrent.futures import CancelledError
-
     import cloudpickle
     from distributed import as_completed
-    from distributed.scheduler import KilledWorker
 
     pending = {}
     try:
-        info = client.scheduler_info()
-        workers = info.get("workers", {})
-        board = client.dashboard_link or "none"
-        if importlib.util.find_spec("bokeh") is None:  # the page needs bokeh (an optional extra)
-            board += " (its pages need bokeh: pip install bokeh)"
-        print(f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s); dashboard: {board}", flush=True)
-        window = 2 * max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        window = 2 * max(1, _announce(client))  # one queued task per worker thread beyond the running ones
         token = uuid.uuid4().hex
         # Sent once to every worker, held there for the whole call (not once per task).
         init = None
@@ -321,15 +318,7 @@ def _dask_iter(client, owned, fn, tasks, initializer, initargs):
         fill()
         for fut in running:
             task = pending.pop(fut)
-            try:
-                result = fut.result()
-            except KilledWorker as e:
-                raise RuntimeError(_lost_message(task, e)) from None
-            except ModuleNotFoundError as e:
-                raise RuntimeError(_import_message(task, e)) from e
-            except CancelledError as e:  # the scheduler dropped it (restarted, or the client was cut off)
-                raise RuntimeError(f"run {describe(task)} was cancelled on the Dask cluster: {e}; finished runs "
-                                   f"are kept") from None
+            result = _dask_result(fut, task)
             fut.release()
             yield task, result
             fill()
@@ -338,6 +327,32 @@ def _dask_iter(client, owned, fn, tasks, initializer, initargs):
             client.cancel(list(pending), force=True)
         if owned:
             client.close()
+
+
+def _announce(client) -> int:
+    """Print the cluster's address, worker count and dashboard; returns its worker threads."""
+    workers = client.scheduler_info().get("workers", {})
+    board = client.dashboard_link or "none"
+    if importlib.util.find_spec("bokeh") is None:  # the page needs bokeh (an optional extra)
+        board += " (its pages need bokeh: pip install bokeh)"
+    print(f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s); dashboard: {board}", flush=True)
+    return sum(w.get("nthreads", 1) for w in workers.values())
+
+
+def _dask_result(fut, task):
+    """A finished task's result, or a RuntimeError saying in one line why the cluster lost it."""
+    from concurrent.futures import CancelledError
+
+    from distributed.scheduler import KilledWorker
+    try:
+        return fut.result()
+    except KilledWorker as e:
+        raise RuntimeError(_lost_message(task, e)) from None
+    except ModuleNotFoundError as e:
+        raise RuntimeError(_import_message(task, e)) from e
+    except CancelledError as e:  # the scheduler dropped it (restarted, or the client was cut off)
+        raise RuntimeError(f"run {describe(task)} was cancelled on the Dask cluster: {e}; finished runs "
+                           f"are kept") from None
 
 
 __all__ = ["map_unordered", "connect", "cluster_from_env", "choose_cluster", "uses_cluster",

@@ -42,6 +42,7 @@ trials are never evaluated again (a configuration sampled twice reuses the first
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import fcntl
@@ -604,10 +605,51 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
     ``cluster``: a Dask scheduler address or ``Client`` to evaluate trials on (default:
     ``$LABKIT_CLUSTER`` when ``workers`` is not given); see :mod:`labkit.executor`.
     """
-    import optuna
+    config, checked = _search_config(config, overrides, workers)
+    setup = checked["setup"]
+    from .executor import choose_cluster
+    target = choose_cluster(cluster, workers)  # the address checked now, contacted when trials run
 
+    # the model and the rows, then the space on the traced graph: all checked before any trial
+    model, model_name, ckpt, data = _search_model(config, model, data, progress, verbose)
+    project = check_name(config.get("project") or f"{model_name}_{data.info.name}", "project")
+    split, x, y = _evaluation_rows(checked, data)
+    local = Evaluator(model, x, y, checked["runners"])  # traces once; checks the graph
+    space = build_search_space(local.graph, checked)
+    distributions = space.distributions()
+
+    # the study: one per (space, objectives, data, weights), in one SQLite file per project
+    directions = _directions(checked)
+    from .data.base import tensor_digest
+    identity = {"space": {k: d.choices for k, d in distributions.items()}, "metrics": checked["metrics"],
+                "sum": setup["sum_scaled_metrics"], "direction": setup["direction"], "runners": checked["runners"],
+                "data": data.fingerprint() if hasattr(data, "fingerprint") else data.info.name, "split": split,
+                "n": len(y), "weights": tensor_digest(model.state_dict().values()), "model": model_name}
+    study_name = f"{project}-{settings_hash(identity)[:12]}"
+    out = outputs_dir() / project / "search"
+    with _study_lock(out):
+        stored, mem, seen = _open_study(out, study_name, directions, setup, config)
+        stats = _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
+                     target)
+        trials = stored.get_trials(deepcopy=False, states=(_complete(),))
+        if not trials:
+            raise RuntimeError(f"no trial finished within timeout = {setup['timeout']} s; allow more time")
+        result = _results(trials, space, checked, directions, config, project, model_name, ckpt, data, out,
+                          study_name, stats)
+        result.evaluator = local
+    if verbose:
+        print(f"[labkit] search {study_name}: {len(result.trials)} trials ({stats['evaluated']} evaluated now, "
+              f"{stats['reused']} reused) in {stats['seconds']:.1f} s; Pareto front {len(result.pareto)}; "
+              f"best: trial {int(result.best['trial'])} "
+              + ", ".join(f"{m} {result.best[m]:.4g}" for m in checked["metrics"]))
+        print(f"[labkit] outputs: {out}")
+    return result
+
+
+def _search_config(config, overrides: dict | None, workers) -> tuple[dict, dict]:
+    """The config (a TOML path or a dict, never changed) with ``overrides`` applied, and its
+    ``[search]`` section checked."""
     from .config import load_config, validate
-    from .data import load_dataset
 
     if isinstance(config, (str, Path)):
         config = load_config(config)
@@ -627,11 +669,14 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
     checked = check_search_config(raw)
     if workers is not None:
         checked["setup"]["n_jobs"] = integer("workers", workers, 1, 256)
-    setup = checked["setup"]
-    from .executor import choose_cluster
-    target = choose_cluster(cluster, workers)  # the address checked now, contacted when trials run
+    return config, checked
 
-    # the model and the rows, then the space on the traced graph: all checked before any trial
+
+def _search_model(config: dict, model, data, progress: bool, verbose: bool):
+    """``(model in eval mode on the CPU, its name, its checkpoint or None, data)``: the given
+    ones, or those the config names (an untrained model when it names no checkpoint)."""
+    from .data import load_dataset
+
     if data is None:
         if not config.get("dataset"):
             raise SearchConfigError("the search config needs dataset = \"...\"")
@@ -654,27 +699,21 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
             if verbose:
                 print(f"[labkit] search: no load_name given, searching an UNTRAINED {model_name} "
                       "(pass --load best.ckpt for a trained one)")
-    model = model.cpu().eval()
-    project = check_name(config.get("project") or f"{model_name}_{data.info.name}", "project")
+    return model.cpu().eval(), model_name, ckpt, data
+
+
+def _evaluation_rows(checked: dict, data) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The split and the rows every trial is evaluated on (``num_samples`` of them, if set)."""
     ev = checked["runners"].get("sw_runner.basic_evaluation", {"data_loader": "val_dataloader", "num_samples": None})
     split = DATA_LOADERS[ev["data_loader"]]
     x, y = data.split(split)
     n = len(y) if ev["num_samples"] is None else min(ev["num_samples"], len(y))
-    x, y = x[:n].contiguous(), y[:n].contiguous()
-    local = Evaluator(model, x, y, checked["runners"])  # traces once; checks the graph
-    space = build_search_space(local.graph, checked)
-    distributions = space.distributions()
+    return split, x[:n].contiguous(), y[:n].contiguous()
 
-    # the study: one per (space, objectives, data, weights), in one SQLite file per project
-    directions = _directions(checked)
-    from .data.base import tensor_digest
-    weights = tensor_digest(model.state_dict().values())
-    identity = {"space": {k: d.choices for k, d in distributions.items()}, "metrics": checked["metrics"],
-                "sum": setup["sum_scaled_metrics"], "direction": setup["direction"], "runners": checked["runners"],
-                "data": data.fingerprint() if hasattr(data, "fingerprint") else data.info.name, "split": split,
-                "n": n, "weights": weights, "model": model_name}
-    study_name = f"{project}-{settings_hash(identity)[:12]}"
-    out = outputs_dir() / project / "search"
+
+@contextlib.contextmanager
+def _study_lock(out: Path):
+    """One search at a time on a project's study file (a second one fails at once)."""
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / "study.lock", "w")
     try:
@@ -684,38 +723,120 @@ def search(config, *, data=None, model=None, overrides: dict | None = None, work
         raise OSError(f"another search is running on {out / 'study.db'}; wait for it to finish or use "
                       "another project") from None
     try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = _sqlite_storage(out / "study.db")
-        stored = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
-                                     load_if_exists=True)
-        done = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        seed = setup["seed"] if setup["seed"] is not None else int(config.get("seed") or 0)
-        # the sampler works on a study in memory (fast); finished trials are copied to SQLite
-        mem = optuna.create_study(directions=directions, sampler=_sampler(setup["sampler"], seed + len(done)))
-        mem.add_trials(done)
-        seen = {_key(t.params): (t.number, t.user_attrs["metrics"]) for t in done}
-        stats = _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
-                     target)
-        trials = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if not trials:
-            raise RuntimeError(f"no trial finished within timeout = {setup['timeout']} s; allow more time")
-        result = _results(trials, space, checked, directions, config, project, model_name, ckpt, data, out,
-                          study_name, stats)
-        result.evaluator = local
+        yield
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
-    if verbose:
-        print(f"[labkit] search {study_name}: {len(result.trials)} trials ({stats['evaluated']} evaluated now, "
-              f"{stats['reused']} reused) in {stats['seconds']:.1f} s; Pareto front {len(result.pareto)}; "
-              f"best: trial {int(result.best['trial'])} "
-              + ", ".join(f"{m} {result.best[m]:.4g}" for m in checked["metrics"]))
-        print(f"[labkit] outputs: {out}")
-    return result
+
+
+def _complete():
+    import optuna
+    return optuna.trial.TrialState.COMPLETE
+
+
+def _open_study(out: Path, study_name: str, directions: list, setup: dict, config: dict):
+    """``(stored study, study in memory, seen)``: the sampler works on a study in memory (fast),
+    holding the stored one's finished trials; finished trials are copied to SQLite.
+    ``seen``: params key -> (trial number, metrics) of each stored trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stored = optuna.create_study(storage=_sqlite_storage(out / "study.db"), study_name=study_name,
+                                 directions=directions, load_if_exists=True)
+    done = stored.get_trials(deepcopy=False, states=(_complete(),))
+    seed = setup["seed"] if setup["seed"] is not None else int(config.get("seed") or 0)
+    mem = optuna.create_study(directions=directions, sampler=_sampler(setup["sampler"], seed + len(done)))
+    mem.add_trials(done)
+    return stored, mem, {_key(t.params): (t.number, t.user_attrs["metrics"]) for t in done}
 
 
 def _key(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
+
+
+class _Trials:
+    """The ask/tell bookkeeping of one search run: which trials are asked, reused from an
+    earlier identical one, waiting for an evaluation under way, or stored.
+
+    ``seen``: params key -> (stored trial number, metrics) of every finished trial."""
+
+    def __init__(self, mem, stored, distributions, space, checked, seen, target, deadline, bar):
+        self.mem, self.stored, self.distributions, self.space = mem, stored, distributions, space
+        self.checked, self.seen, self.target, self.deadline, self.bar = checked, seen, target, deadline, bar
+        self.asked = len(seen)
+        self.n_stored = len(stored.get_trials(deepcopy=False))
+        self.evaluated = self.reused = 0
+        self.times = []    # each evaluation's metrics (with its timings)
+        self.busy = {}     # params key -> trials waiting for the evaluation already under way
+        self.pending = {}  # task number -> (trial, params key) being evaluated
+
+    def finish(self, trial, metrics, duplicate_of=None) -> int:
+        """Tell the sampler and store the trial; returns its number in the stored study."""
+        frozen = copy.copy(self.mem.tell(trial, _values(metrics, self.checked)))
+        attrs = {"metrics": metrics}
+        if duplicate_of is not None:
+            attrs["duplicate_of"] = duplicate_of
+        frozen.user_attrs = attrs
+        self.stored.add_trial(frozen)  # one transaction: the trial is safe on disk from here on
+        self.n_stored += 1
+        self.bar.update()
+        return self.n_stored - 1
+
+    def tasks(self):
+        """``(task number, pass_args)`` of each configuration not evaluated yet, asked until
+        n_trials are asked or the time is up."""
+        i = 0
+        while self.asked < self.target and (self.deadline is None or time.perf_counter() < self.deadline):
+            trial = self.mem.ask(self.distributions)
+            key = _key(trial.params)
+            self.asked += 1
+            if key in self.seen:  # sampled before: reuse the result, evaluate nothing
+                self.finish(trial, self.seen[key][1], self.seen[key][0])
+                self.reused += 1
+            elif key in self.busy:  # being evaluated right now: take its result when it comes
+                self.busy[key].append(trial)
+            else:
+                self.busy[key] = []
+                self.pending[i] = (trial, key)
+                yield i, self.space.to_pass_args(trial.params)
+                i += 1
+
+    def record(self, i: int, metrics: dict) -> None:
+        """Task ``i`` is evaluated: store it, and every trial that waited for the same configuration."""
+        trial, key = self.pending.pop(i)
+        number = self.finish(trial, metrics)
+        self.evaluated += 1
+        self.times.append(metrics)
+        self.seen[key] = (number, metrics)
+        for waiting in self.busy.pop(key):
+            self.finish(waiting, metrics, number)
+            self.reused += 1
+
+
+def _trial_workers(workers: int, cluster, model, verbose: bool) -> int:
+    """Worker processes for the trials; 1 when the model cannot be rebuilt in one."""
+    from .sweep import _importable, _spawn_works
+
+    if cluster is None and workers > 1 and not (_importable(type(model)) and _spawn_works()):
+        if verbose:
+            print(f"[labkit] search: {type(model).__name__} cannot be rebuilt in a worker process "
+                  "(defined in a notebook or script?); evaluating in this process")
+        return 1
+    return workers
+
+
+def _evaluations(tasks, workers: int, cluster, local, model, x, y, runners):
+    """``((task number, pass_args), metrics)`` as each evaluation finishes: on a Dask cluster
+    (the model and rows sent once per worker), here, or in worker processes."""
+    from .executor import map_unordered
+
+    if cluster is not None:
+        return map_unordered(_run_trial, tasks, cluster=cluster, initializer=_init_worker,
+                             initargs=(model, x, y, runners))
+    if workers <= 1:
+        return map_unordered(local_trial(local), tasks, workers=0)
+    return map_unordered(_run_trial, tasks, workers=workers, initializer=_init_worker,
+                         initargs=(model, x, y, runners))
 
 
 def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, progress, verbose,
@@ -725,81 +846,20 @@ def _run(mem, stored, space, distributions, checked, seen, local, model, x, y, p
     ``seen``: params key -> (stored trial number, metrics) of every finished trial."""
     from tqdm.auto import tqdm
 
-    from .executor import map_unordered
-    from .sweep import _importable, _spawn_works
-
     setup = checked["setup"]
     target = setup["n_trials"]
     if setup["sampler"] == "bruteforce":
         target = min(target, space.size())  # the grid has no more to give
     start = time.perf_counter()
     deadline = start + setup["timeout"] if setup["timeout"] else None
-    state = {"told": len(seen), "asked": len(seen), "evaluated": 0, "reused": 0, "times": [],
-             "stored": len(stored.get_trials(deepcopy=False))}
-    busy = {}  # params key -> trials waiting for the evaluation already under way
-
-    def finish(trial, metrics, duplicate_of=None):
-        frozen = copy.copy(mem.tell(trial, _values(metrics, checked)))
-        attrs = {"metrics": metrics}
-        if duplicate_of is not None:
-            attrs["duplicate_of"] = duplicate_of
-        frozen.user_attrs = attrs
-        stored.add_trial(frozen)  # one transaction: the trial is safe on disk from here on
-        state["stored"] += 1
-        state["told"] += 1
-        bar.update()
-        return state["stored"] - 1
-
-    def tasks():
-        while state["asked"] < target and (deadline is None or time.perf_counter() < deadline):
-            trial = mem.ask(distributions)
-            key = _key(trial.params)
-            state["asked"] += 1
-            if key in seen:  # sampled before: reuse the result, evaluate nothing
-                finish(trial, seen[key][1], seen[key][0])
-                state["reused"] += 1
-            elif key in busy:  # being evaluated right now: take its result when it comes
-                busy[key].append(trial)
-            else:
-                busy[key] = []
-                yield (trial, key), space.to_pass_args(trial.params)
-
-    workers = setup["n_jobs"]
-    if cluster is None and workers > 1 and not (_importable(type(model)) and _spawn_works()):
-        if verbose:
-            print(f"[labkit] search: {type(model).__name__} cannot be rebuilt in a worker process "
-                  "(defined in a notebook or script?); evaluating in this process")
-        workers = 1
-    bar = tqdm(total=target, initial=len(seen), desc="search", unit="trial", disable=not progress)
-    pending = {}
-
-    def work():
-        for i, (tag, args) in enumerate(tasks()):
-            pending[i] = tag
-            yield i, args
-    try:
-        if cluster is not None:  # trials on a Dask cluster: the model and rows sent once per worker
-            results = map_unordered(_run_trial, work(), cluster=cluster, initializer=_init_worker,
-                                    initargs=(model, x, y, checked["runners"]))
-        elif workers <= 1:
-            results = map_unordered(local_trial(local), work(), workers=0)
-        else:
-            results = map_unordered(_run_trial, work(), workers=workers, initializer=_init_worker,
-                                    initargs=(model, x, y, checked["runners"]))
-        for (i, _args), metrics in results:
-            trial, key = pending.pop(i)
-            number = finish(trial, metrics)
-            state["evaluated"] += 1
-            state["times"].append(metrics)
-            seen[key] = (number, metrics)
-            for waiting in busy.pop(key):
-                finish(waiting, metrics, number)
-                state["reused"] += 1
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - start
-    share = {k: sum(t[k] for t in state["times"]) for k in ("quantise_s", "evaluate_s", "hw_s")}
-    return {"evaluated": state["evaluated"], "reused": state["reused"], "seconds": elapsed,
+    workers = _trial_workers(setup["n_jobs"], cluster, model, verbose)
+    with tqdm(total=target, initial=len(seen), desc="search", unit="trial", disable=not progress) as bar:
+        trials = _Trials(mem, stored, distributions, space, checked, seen, target, deadline, bar)
+        for (i, _args), metrics in _evaluations(trials.tasks(), workers, cluster, local, model, x, y,
+                                                checked["runners"]):
+            trials.record(i, metrics)
+    share = {k: sum(t[k] for t in trials.times) for k in ("quantise_s", "evaluate_s", "hw_s")}
+    return {"evaluated": trials.evaluated, "reused": trials.reused, "seconds": time.perf_counter() - start,
             "trace_s": local.trace_seconds, "trial_seconds": share, "workers": workers}
 
 

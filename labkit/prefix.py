@@ -35,7 +35,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from .cache import atomic_write
-from .training import _archive_previous, project_dir
+from .checkpoints import archive_previous, project_dir
 
 PREFIXES = "shared_prefixes"  # the lead's settings entry listing its shorter runs (not a train() setting)
 
@@ -169,7 +169,7 @@ class Snapshots(Callback):
 
     def _copy(self, k: int, folder: str) -> dict:
         ckpt_dir = project_dir(Path(folder)) / "training_ckpts"
-        _archive_previous(ckpt_dir)  # as train() does: an earlier run's files are moved aside
+        archive_previous(ckpt_dir)  # as train() does: an earlier run's files are moved aside
         out = {}
         for which in ("best", "last"):
             src = self.lead_dir / f"{which}.ckpt"

@@ -4,7 +4,7 @@ A sweep trains in worker processes, so a bar that only moves when a whole run fi
 still for minutes. Here every finished *epoch* is counted instead:
 
 * In each process that trains, :func:`install` a sink (a callable, or a queue from the parent)
-  and add :class:`EpochCallback` to the trainer; it calls :func:`report` after every epoch.
+  and add :func:`epoch_callback` to the trainer; it calls :func:`report` after every epoch.
 * In the parent, an :class:`EpochCounter` owns the bar: ``counter.sink()`` is what to install
   in this process, ``counter.worker_sink(ctx)`` a queue to hand to worker processes through
   the pool's ``initializer``/``initargs`` (so :func:`labkit.executor.map_unordered` passes it
@@ -51,14 +51,10 @@ def report(n: int = 1) -> None:
 
 
 def epoch_callback():
-    """A Lightning callback that calls :func:`report` after every training epoch."""
-    import pytorch_lightning as pl
-
-    class EpochCallback(pl.Callback):
-        def on_train_epoch_end(self, trainer, lit):
-            report(1)
-
-    return EpochCallback()
+    """A Lightning callback that calls :func:`report` after every training epoch
+    (:class:`labkit.lit.ReportEpochs`; imported here on use: this module does not load Lightning)."""
+    from .lit import ReportEpochs
+    return ReportEpochs()
 
 
 class EpochCounter:

@@ -1,13 +1,18 @@
-"""How torch runs while labkit works: CPU threads, eval mode, global flags.
+"""How torch runs while labkit works: CPU threads, the device, eval mode, global flags, and how
+Lightning talks (its log lines, its answer to Ctrl-C).
 
-Small context managers that change one piece of process-wide torch state for a while and
-always put it back. Only torch is imported here, so passes can use them cheaply.
+Small helpers that change one piece of process-wide state for a while and always put it back.
+Only torch is imported here (not Lightning), so passes can use them cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
+import threading
+import warnings
 
 import torch
 import torch.nn as nn
@@ -73,9 +78,34 @@ def device_kind(accelerator: str) -> str:
     raise ValueError(f"accelerator must be one of auto, cpu, gpu, cuda, mps, got {accelerator!r}")
 
 
+def lightning_accelerator(accelerator: str) -> str:
+    """The name Lightning's ``Trainer`` takes for an accelerator setting (it has no ``"cuda"``)."""
+    return "gpu" if accelerator == "cuda" else accelerator
+
+
+def cpu_threads(accelerator: str, num_threads: int | None) -> int | None:
+    """CPU threads for a run: as asked, else one on the CPU (see :func:`torch_threads`)."""
+    return num_threads or (1 if device_kind(accelerator) == "cpu" else None)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device ``model``'s parameters are on (the CPU for a model without parameters)."""
     return next(iter(model.parameters()), torch.zeros(())).device
+
+
+_TORCH_DEVICE = {"cpu": "cpu", "gpu": "cuda", "mps": "mps"}  # device_kind -> torch's device type
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, accelerator: str):
+    """Move ``model`` to the device ``accelerator`` names (:func:`device_kind`) for a while, then
+    back to where it was."""
+    before = model_device(model)
+    model.to(_TORCH_DEVICE[device_kind(accelerator)])
+    try:
+        yield model
+    finally:
+        model.to(before)
 
 
 @contextlib.contextmanager
@@ -138,3 +168,45 @@ def exit_with_parent(parent_pid: int | None = None, interval: float = 0.5) -> No
         os._exit(1)  # nothing to clean up that the OS does not: checkpoints are written atomically
 
     threading.Thread(target=watch, name="labkit-exit-with-parent", daemon=True).start()
+
+
+_NOISE = (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*",
+          ".*treespec.*", ".*GPU available but not used.*")
+
+
+def quiet_lightning():
+    """Keep Lightning's banner and advice out of the way (once per process)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    known = {f[1].pattern for f in warnings.filters if f[0] == "ignore" and f[1] is not None}
+    for pattern in _NOISE:
+        if pattern not in known:
+            warnings.filterwarnings("ignore", message=pattern)
+
+
+def _lightning_exit(exc: SystemExit) -> bool:
+    """Was this the ``sys.exit(1)`` Lightning raises after catching Ctrl-C?"""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return exc.code == 1 and "lightning" in tb.tb_frame.f_code.co_filename
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Make Ctrl-C during a Lightning fit a plain ``KeyboardInterrupt``.
+
+    Lightning answers Ctrl-C by calling ``sys.exit(1)`` (having ignored SIGINT meanwhile):
+    fine for a script, but in a notebook it ends the cell with ``SystemExit`` instead of an
+    interrupt. We turn it back into KeyboardInterrupt, with the SIGINT handler as before.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as exc:
+        if not _lightning_exit(exc):
+            raise
+        if main and signal.getsignal(signal.SIGINT) is not handler and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt("training interrupted") from None

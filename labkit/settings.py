@@ -37,14 +37,15 @@ class TrainSettings:
     learning_rate: float = _setting(1e-5, "Adam learning rate", type=float)
     seed: int = _setting(0, "random seed, in [0, 2**32)", type=int)
     weight_decay: float = _setting(0.0, "Adam weight decay", type=float)
-    scheduler: str | None = _setting(None, "learning-rate schedule: cosine, or none",
+    scheduler: str | None = _setting(None, "learning-rate schedule: cosine, or none (the default: a constant rate)",
                                      choices=[s for s in SCHEDULERS if s])
-    early_stopping: int | None = _setting(None, "early-stopping patience in epochs (val accuracy)",
+    early_stopping: int | None = _setting(None, "early-stopping patience in epochs on val accuracy (default: off)",
                                           type=int, metavar="PATIENCE")
-    max_time: float | None = _setting(None, "training time limit in seconds", type=float, metavar="SECONDS")
-    accelerator: str = _setting("auto", ", ".join(ACCELERATORS), choices=ACCELERATORS)
+    max_time: float | None = _setting(None, "training time limit in seconds (default: none)", type=float, metavar="SECONDS")
+    accelerator: str = _setting("auto", "device to train on: auto (as Lightning chooses), cpu, gpu or cuda, mps",
+                                choices=ACCELERATORS)
     log_every_n_steps: int = _setting(50, "Lightning logging interval", type=int)
-    num_threads: int | None = _setting(None, "CPU threads for torch", type=int)
+    num_threads: int | None = _setting(None, "CPU threads for torch (default: one when training on the CPU)", type=int)
 
     def __post_init__(self):
         # Each value is checked, then stored normalised (64.0 -> 64, "none" -> None): the one

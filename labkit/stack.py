@@ -59,11 +59,11 @@ from .config import default_project
 from .data.loaders import epoch_permutation
 from .lock import project_lock
 from .progress import report
-from .runtime import torch_flags_restored, torch_threads
+from .checkpoints import archive_previous, model_and_name, project_dir
+from .lit import LitClassifier, _fused_adam_ok
+from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
 from .settings import DEFAULTS, TrainSettings
-from .training import (LitClassifier, TrainingDiverged, _archive_previous, _check_project, _data,
-                       _fused_adam_ok, _model_and_name, _quiet_lightning, check_fits, default_chunk,
-                       interruptible, project_dir)
+from .training import TrainingDiverged, _check_project, _data, check_fits, default_chunk
 
 STACKED = "stacked_runs"  # a sweep lead's settings entry: the runs that train with it (not a train() setting)
 VARY = ("learning_rate", "weight_decay", "seed", "max_epochs", "early_stopping")  # may differ within a stack
@@ -565,7 +565,7 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
     if not isinstance(projects, (list, tuple)) or len(projects) != len(runs):
         raise ValueError(f"projects must be one folder per run ({len(runs)}), got {projects!r}")
     projects = [_check_project(p) for p in projects]
-    _quiet_lightning()
+    quiet_lightning()
     data = _data(dataset, data)
 
     members, nets = [], []
@@ -573,7 +573,7 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
     for i, (s, p) in enumerate(zip(settings, projects)):
         pl.seed_everything(s["seed"], verbose=False)  # as train(): the weights depend on it
         src = copy.deepcopy(model) if isinstance(model, nn.Module) else model
-        net, name = _model_and_name(src, data.info)
+        net, name = model_and_name(src, data.info)
         gen = torch.Generator().manual_seed(0)
         gen.set_state(torch.get_rng_state())  # the dropout stream this run would draw from
         check_fits(net, name, data)
@@ -592,7 +592,7 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
                              logger=False, enable_checkpointing=False, enable_progress_bar=progress,
                              enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
         for m in members:
-            m.archived = _archive_previous(m.ckpt_dir)
+            m.archived = archive_previous(m.ckpt_dir)
         start = time.perf_counter()
         try:
             with interruptible(), torch_threads(num_threads or 1), warnings.catch_warnings():

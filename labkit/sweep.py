@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -54,8 +55,7 @@ from .prefix import Snapshots, split as split_prefixes
 from .schedule import check_flags, plan as plan_runs, planned_epochs
 from .stack import STACKED, run_in_sweep, split as split_stacked
 from .progress import EpochCounter, epoch_callback, install as install_progress
-from .runtime import device_kind
-from .runtime import check_usable
+from .runtime import check_usable, device_kind
 from .settings import TrainSettings
 from .training import TrainingDiverged, evaluate, load_model, read_checkpoint, torch_threads, train
 
@@ -496,15 +496,7 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     """
     start = time.perf_counter()
     grid = _check_grid(grid)
-    for k in fixed:
-        if k not in SETTINGS or k == "model":
-            raise TypeError(f"unknown setting {k!r} for a sweep; fixed settings can be "
-                            f"{', '.join(s for s in SETTINGS if s != 'model')}")
-        if k in grid:
-            raise ValueError(f"{k!r} is both swept and fixed; drop one")
-    base = {k: check_value(k, v) for k, v in {**SETTINGS, "model": model, **fixed}.items()
-            if k != "model" or "model" not in grid}
-    check_usable(TrainSettings(accelerator=accelerator).accelerator)
+    base = _base_settings(model, grid, fixed, accelerator)
     checks.optional_positive_int("workers", workers)
     check_flags(share_prefixes=share_prefixes, stack_runs=stack_runs)
     name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
@@ -512,13 +504,54 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     device = device_kind(accelerator)
     directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
     cache = ResultCache(directory)
+    runs = _grid_runs(grid, base, data, device)
+    results = _cached_results(runs, cache)
+    cached = set(results)
+    missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
 
+    def project(i):
+        # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
+        return (directory / "runs" / settings_hash(runs[i][2])).resolve()
+
+    # Runs that differ only in max_epochs: the longest trains and carries the others; runs that differ
+    # in learning rate, seed, ...: one stacked training; longest first, balanced over the workers.
+    missing = plan_runs(runs, missing, project, data=data, device=device, share_prefixes=share_prefixes,
+                        stack_runs=stack_runs, name=name, show=progress and bool(missing),
+                        workers=1 if device != "cpu" else workers or _cpu_count())
+    target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
+    _train_missing(missing, runs, results, cache, len(cached), progress=progress, name=name, data=data,
+                   project=project, accelerator=accelerator, device=device, workers=workers, target=target)
+    rows = [_row(runs[i][0], results[i], i in cached) for i in range(len(runs))]
+    histories = {label_of(runs[i][0]): _history(results[i]) for i in range(len(runs))}
+    return SweepResult(name, list(grid), pd.DataFrame(rows), histories, data.info, directory,
+                       time.perf_counter() - start)
+
+
+def _base_settings(model, grid: dict, fixed: dict, accelerator: str) -> dict:
+    """The settings every run shares: ``fixed`` over train()'s defaults, checked as one
+    :class:`~labkit.settings.TrainSettings`, and the model unless the grid varies it."""
+    for k in fixed:
+        if k not in SETTINGS or k == "model":
+            raise TypeError(f"unknown setting {k!r} for a sweep; fixed settings can be "
+                            f"{', '.join(s for s in SETTINGS if s != 'model')}")
+        if k in grid:
+            raise ValueError(f"{k!r} is both swept and fixed; drop one")
+    settings = TrainSettings(**fixed)
+    check_usable(TrainSettings(accelerator=accelerator).accelerator)
+    base = {"model": check_value("model", model)} if "model" not in grid else {}
+    return {**base, "settings": settings}
+
+
+def _grid_runs(grid: dict, base: dict, data: JSCData, device: str) -> list:
+    """One ``(setting shown in the table: modules by name, full settings, cache key)`` per grid
+    point; each point's training settings are the base's with ``dataclasses.replace``."""
+    runs, model_ids = [], {}  # once per model: a module's weights digest is not free
     data_id = data.identity()
-    runs = []  # (setting shown in the table: modules by name, full settings, cache key)
-    model_ids = {}  # once per model: a module's weights digest is not free
     for combo in itertools.product(*grid.values()):
         setting = dict(zip(grid, combo))
-        full = {**base, **setting}
+        point = dataclasses.replace(base["settings"], **{k: v for k, v in setting.items() if k != "model"})
+        full = {"model": setting.get("model", base.get("model")),
+                **{k: getattr(point, k) for k in SETTINGS if k != "model"}}
         mkey = _model_key(full["model"])
         if mkey not in model_ids:
             model_ids[mkey] = model_identity(full["model"], data.info)
@@ -526,27 +559,27 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         key = {"recipe": RECIPE_VERSION, "dataset": data_id, "device": device, **model_ids[mkey],
                **{k: v for k, v in full.items() if k != "model"}}
         runs.append((shown, full, key))
+    return runs
 
-    results, cached = {}, set()
+
+def _cached_results(runs, cache: ResultCache) -> dict:
+    """``{run index: stored result}`` for the runs ``cache`` already holds."""
+    results = {}
     for i, (_, _, key) in enumerate(runs):
         hit = cache.get(key, valid=_valid_result)
         if hit is not None:
-            results[i], _ = hit, cached.add(i)
-    missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
+            results[i] = hit
+    return results
 
-    def project(i):
-        # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
-        return (directory / "runs" / settings_hash(runs[i][2])).resolve()
 
-    # Runs that differ only in max_epochs: the longest trains and carries the others.
-    # Runs that differ only in max_epochs: the longest trains and carries the others; runs that differ
-    # in learning rate, seed, ...: one stacked training; longest first, balanced over the workers.
-    missing = plan_runs(runs, missing, project, data=data, device=device, share_prefixes=share_prefixes,
-                        stack_runs=stack_runs, name=name, show=progress and bool(missing),
-                        workers=1 if device != "cpu" else workers or _cpu_count())
-
+def _train_missing(missing, runs, results: dict, cache: ResultCache, n_cached: int, *, progress: bool, name: str,
+                   data, project, accelerator, device, workers, target):
+    """Train the ``missing`` runs with a bar of runs and one of epochs, storing each result (and
+    the runs stacked with it, and the shorter runs each carried) in ``cache`` and ``results``
+    as it arrives."""
     epochs = EpochCounter(sum(planned_epochs(runs[i][1]) for i in missing), f"sweep {name}",
                           disable=not progress or not missing)
+    bar = tqdm(total=len(runs), initial=n_cached, desc=f"sweep {name}", unit="run", disable=not progress)
 
     def store(i, result):
         for s, rs in split_stacked(i, result):  # the run, and the runs stacked with it
@@ -557,8 +590,6 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
                     bar.update()
             epochs.run_finished(runs[s][1]["max_epochs"], int(rs.get("epochs") or 0))
 
-    target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
-    bar = tqdm(total=len(runs), initial=len(cached), desc=f"sweep {name}", unit="run", disable=not progress)
     try:
         if missing:
             _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar, epochs,
@@ -567,11 +598,6 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
         install_progress(None)
         epochs.close()
         bar.close()
-
-    rows = [_row(runs[i][0], results[i], i in cached) for i in range(len(runs))]
-    histories = {label_of(runs[i][0]): _history(results[i]) for i in range(len(runs))}
-    return SweepResult(name, list(grid), pd.DataFrame(rows), histories, data.info, directory,
-                       time.perf_counter() - start)
 
 
 def _run_missing(missing, runs, data, project, accelerator, device, workers, target, store, bar, epochs, name):

@@ -90,44 +90,22 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
     ``data`` (a JSCData) overrides loading ``dataset``. Returns accuracies before/after,
     the summary DataFrames, both graphs and the paths written.
     """
-    from .data import load_dataset
-    from .graph import MaseGraph, deepcopy_mase_graph
-    from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
-    from .passes.quantize import quantize_transform_pass, summarize_quantization_analysis_pass
-    from .training import evaluate, load_model
+    from .passes.quantize import summarize_quantization_analysis_pass
+    from .training import evaluate
 
     config = _config_dict(config)
     for key in ("model", "dataset"):
         if not config.get(key):
             raise ValueError(f"the transform config needs {key} = \"...\"")
     quant_args = check_passes(config.get("passes"))["quantize"]
-    model_name = config["model"]
     # no load_name: MASE's transform quantises the freshly initialised (seeded) model
     ckpt = resolve_checkpoint(config["load_name"]) if config.get("load_name") else None
-    load_type = config.get("load_type") or "pl"
-
-    if data is None:
-        kwargs = {"size": config["data_size"]} if config.get("data_size") else {}
-        data = load_dataset(config["dataset"], **kwargs)
-    torch.manual_seed(int(config.get("seed") or 0))
-    if ckpt is None:
-        from .models import get_model
-        print(f"labkit: warning: no load_name: transforming an untrained {model_name} "
-              f"(initialised with seed {int(config.get('seed') or 0)}), as MASE does", file=sys.stderr)
-        model = get_model(model_name, data.info)
-    else:
-        model = load_model(model_name, ckpt, load_type, info=data.info)
-    model.eval()
-
-    batch = data.split("train")[0][: int(config.get("batch_size") or 128)]
-    mg = MaseGraph(model=model)
-    mg, _ = init_metadata_analysis_pass(mg, None)
-    mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": batch}})
-    ori_mg = deepcopy_mase_graph(mg)  # the pass quantises mg itself (as MASE's does): keep a float copy
-    mg, qinfo = quantize_transform_pass(mg, quant_args)
+    data = data if data is not None else _load_data(config)
+    model = _model_to_transform(config, ckpt, data)
+    mg, ori_mg, qinfo = _quantise(model, data, config, quant_args)
 
     project = check_name(config["project"], "project") if config.get("project") else \
-        default_project(model_name, data.info.name)
+        default_project(config["model"], data.info.name)
     out = outputs_dir() / project / "transform"
     # One transform or training at a time per project; a re-run archives the previous outputs.
     with project_lock(out.parent) if save else contextlib.nullcontext():
@@ -136,32 +114,72 @@ def run_transform(config, *, data=None, save: bool = True, verbose: bool = True)
             out.mkdir(parents=True, exist_ok=True)
         _, summary = summarize_quantization_analysis_pass(
             mg, {"original_graph": ori_mg, "save_dir": out if save else None, "verbose": verbose})
-
         before, after = evaluate(ori_mg.model, data, "test"), evaluate(mg.model, data, "test")
         result = {
-            "model": model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
+            "model": config["model"], "dataset": data.info.name, "synthetic": data.info.synthetic,
             "checkpoint": str(ckpt) if ckpt else None, "project": project,
             "test_acc_before": before["acc"], "test_acc_after": after["acc"],
             "test_loss_before": before["loss"], "test_loss_after": after["loss"], "n_test": after["n"],
             "changed": qinfo["changed"],
         }
         if verbose:
-            print(f"[labkit] transform {model_name} on {data.info.label}: test acc {before['acc']:.4f} -> "
+            print(f"[labkit] transform {config['model']} on {data.info.label}: test acc {before['acc']:.4f} -> "
                   f"{after['acc']:.4f} after quantisation ({len(qinfo['changed'])} nodes changed)")
         if save:
-            state_path, config_path = out / "transformed.pt", out / "config.json"
-            saved = {"state_dict": mg.model.state_dict(), "model_name": model_name,
-                     "dataset_name": data.info.name, "dataset_info": _info_dict(data.info),
-                     "quantize": copy.deepcopy(quant_args)}
-            atomic_write(state_path, lambda tmp: torch.save(saved, tmp))
-            atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
-            atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
-            result.update(output_dir=str(out), state_dict_path=str(state_path), config_path=str(config_path))
-            if verbose:
-                print(f"[labkit] outputs: {out}")
+            result.update(_save_transform(out, mg, config, quant_args, data, result, verbose))
     result.update(summary=summary["summary"], nodes=summary["nodes"], graph=mg, original_graph=ori_mg,
                   archived_previous=str(archived) if archived else None)
     return result
+
+
+def _load_data(config: dict):
+    from .data import load_dataset
+    kwargs = {"size": config["data_size"]} if config.get("data_size") else {}
+    return load_dataset(config["dataset"], **kwargs)
+
+
+def _model_to_transform(config: dict, ckpt: Path | None, data):
+    """The config's model in eval mode: loaded from ``ckpt``, or (none given, as MASE does)
+    freshly initialised with the config's seed."""
+    from .models import get_model
+    from .training import load_model
+    seed = int(config.get("seed") or 0)
+    torch.manual_seed(seed)
+    if ckpt is not None:
+        return load_model(config["model"], ckpt, config.get("load_type") or "pl", info=data.info).eval()
+    print(f"labkit: warning: no load_name: transforming an untrained {config['model']} "
+          f"(initialised with seed {seed}), as MASE does", file=sys.stderr)
+    return get_model(config["model"], data.info).eval()
+
+
+def _quantise(model, data, config: dict, quant_args: dict):
+    """``(quantised graph, float graph, the pass's info)``: the model traced with MASE's metadata
+    on a batch of training rows, copied, then quantised by the config's [passes.quantize]."""
+    from .graph import MaseGraph, deepcopy_mase_graph
+    from .passes.metadata import add_common_metadata_analysis_pass, init_metadata_analysis_pass
+    from .passes.quantize import quantize_transform_pass
+
+    batch = data.split("train")[0][: int(config.get("batch_size") or 128)]
+    mg = MaseGraph(model=model)
+    mg, _ = init_metadata_analysis_pass(mg, None)
+    mg, _ = add_common_metadata_analysis_pass(mg, {"dummy_in": {"x": batch}})
+    ori_mg = deepcopy_mase_graph(mg)  # the pass quantises mg itself (as MASE's does): keep a float copy
+    mg, qinfo = quantize_transform_pass(mg, quant_args)
+    return mg, ori_mg, qinfo
+
+
+def _save_transform(out: Path, mg, config: dict, quant_args: dict, data, result: dict, verbose: bool) -> dict:
+    """Write the quantised weights, the config and the results into ``out``; returns their paths."""
+    state_path, config_path = out / "transformed.pt", out / "config.json"
+    saved = {"state_dict": mg.model.state_dict(), "model_name": config["model"],
+             "dataset_name": data.info.name, "dataset_info": _info_dict(data.info),
+             "quantize": copy.deepcopy(quant_args)}
+    atomic_write(state_path, lambda tmp: torch.save(saved, tmp))
+    atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    if verbose:
+        print(f"[labkit] outputs: {out}")
+    return {"output_dir": str(out), "state_dict_path": str(state_path), "config_path": str(config_path)}
 
 
 def _archive_previous_outputs(out: Path) -> Path | None:

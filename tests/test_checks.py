@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from labkit.checks import finite_number, integer
+from labkit.checks import finite_number, integer, proportion
 
 
 def test_integer_takes_whole_ints_within_the_bounds():
@@ -22,3 +22,13 @@ def test_finite_number_takes_any_finite_real():
     for bad in (math.inf, math.nan, True, "1", None):
         with pytest.raises(ValueError, match=r"^scale must be a finite number, got "):
             finite_number("scale", bad)
+
+
+def test_proportion_is_a_share_in_zero_to_upper():
+    assert proportion("val_fraction", 0.1) == 0.1 and proportion("test_fraction", 1, upper=1.0) == 1.0
+    for bad in (0, 0.95, -0.1):
+        with pytest.raises(ValueError, match=rf"^val_fraction must be in \(0, 0.9\], got {bad!r}$"):
+            proportion("val_fraction", bad)
+    for bad in ("0.1", None, True):
+        with pytest.raises(TypeError, match=rf"^val_fraction must be a number in \(0, 0.9\], got {bad!r}$"):
+            proportion("val_fraction", bad)

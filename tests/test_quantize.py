@@ -169,7 +169,7 @@ def test_binary_quantiser():
     assert torch.equal(y.detach(), torch.tensor([-0.5, -0.5, 0.5, 0.5, 0.5]))
     y.sum().backward()
     assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))  # hardtanh STE
-    with pytest.raises(ValueError, match="scale must be a positive number"):
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
         BinaryQuantizer(scale=-1)
 
 

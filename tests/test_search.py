@@ -1,9 +1,11 @@
 """labkit search: MASE's [search] configs, samplers, kill-and-resume, invalid configs, export."""
 
+import contextlib
 import copy
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -173,9 +175,15 @@ def _stored(study_dir):
 
 
 def _count_stored(study_dir) -> int:
+    # read-only through sqlite3 itself: optuna's reader creates the schema when it finds none, and
+    # doing that while the search creates it fails the search ("table ... already exists")
+    path = study_dir / "study.db"
+    if not path.is_file():
+        return 0
     try:
-        return len(_stored(study_dir)) if (study_dir / "study.db").is_file() else 0
-    except Exception:  # the file is being created: not readable yet
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    except sqlite3.Error:  # the file is being created: no trials table yet
         return 0
 
 

@@ -13,6 +13,7 @@ from labkit.data import epoch_permutation
 from labkit.models import get_model
 from labkit.training import LitClassifier, checkpoint_or_train, evaluate, load_model, read_checkpoint, train
 from labkit.training import test as run_test
+from labkit import training
 
 
 def _weights(model):
@@ -91,8 +92,23 @@ def test_same_seed_same_run(small_data):
 
 
 def test_metrics_are_separate_objects():
+    from torchmetrics import MeanMetric
     lit = LitClassifier(get_model("jsc-tiny"))
     assert len({id(lit.train_acc), id(lit.val_acc), id(lit.test_acc)}) == 3
+    losses = [lit.train_loss, lit.val_loss, lit.test_loss]  # torchmetrics means, not hand-kept sums
+    assert len(set(map(id, losses))) == 3 and all(isinstance(m, MeanMetric) for m in losses)
+
+
+def test_history_rows_are_the_logged_epoch_metrics_and_the_rate_each_epoch_used(small_data):
+    r = train("jsc-tiny", small_data, max_epochs=3, batch_size=256, learning_rate=1e-2, scheduler="cosine",
+              project="t-history-cb", progress=False, verbose=False)
+    h = r["history"]
+    assert list(h.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    assert list(h["epoch"]) == [1, 2, 3] and h["lr"].iloc[0] == pytest.approx(1e-2) and h["lr"].is_monotonic_decreasing
+    best = h.loc[h["val_acc"].idxmax()]  # the epoch whose weights best.ckpt holds
+    plain = evaluate(load_model("jsc-tiny", r["best_ckpt"]), small_data, "val")
+    assert best["val_loss"] == pytest.approx(plain["loss"], rel=1e-5)  # the logged means are the plain ones
+    assert best["val_acc"] == pytest.approx(plain["acc"], abs=1e-6)
 
 
 def test_test_matches_plain_evaluation(small_data):
@@ -281,13 +297,13 @@ def test_deterministic_mode_is_on_during_training_only(small_data):
 def test_testing_runs_on_one_cpu_thread_and_restores_the_setting(small_data, monkeypatch):
     r = train("jsc-tiny", small_data, max_epochs=1, batch_size=512, project="t-test-threads",
               progress=False, verbose=False)
-    seen, real = [], LitClassifier.on_test_epoch_end
+    seen, real = [], training.evaluate
 
-    def spy(self):
+    def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
-        return real(self)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(LitClassifier, "on_test_epoch_end", spy)
+    monkeypatch.setattr(training, "evaluate", spy)  # test() is evaluate() on one thread
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

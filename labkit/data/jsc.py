@@ -36,11 +36,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import paths
-from ..checks import positive_float
+from .. import checks
 from .base import DatasetInfo, JSCData, register_dataset
 from .formats import DataFormatError, file_digests, is_stand_in, parse_openml_description, read_table, sniff
 from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, atomic_write_text,
-                      check_fraction, check_seed, check_size, load_or_build, subsample)
+                      check_size, load_or_build, subsample)
 
 OPENML_ID = 42468
 OPENML_API_URL = f"https://api.openml.org/api/v1/json/data/{OPENML_ID}"
@@ -282,7 +282,7 @@ def ensure_raw(source=None, data_dir=None, *, timeout: float = DEFAULT_TIMEOUT,
                progress: bool = True) -> RawFile:
     """A valid raw JSC file: a local ``source`` as is, else the cache in ``data_dir``, else
     the first source that downloads and validates. Raises :class:`DataUnavailableError`."""
-    timeout = positive_float("timeout (seconds)", timeout)
+    timeout = checks.positive_float("timeout (seconds)", timeout)
     data_dir = Path(data_dir) if data_dir is not None else paths.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     sources = _sources(source)
@@ -325,9 +325,9 @@ def load_jsc(size: int | None = None, *, source=None, data_dir=None, seed: int =
     Raises :class:`DataUnavailableError` (saying what failed and where to put the file by
     hand) when no source works.
     """
-    settings = {"dataset": "jsc", "seed": check_seed(seed),
-                "val_fraction": check_fraction("val_fraction", val_fraction),
-                "test_fraction": check_fraction("test_fraction", test_fraction),
+    settings = {"dataset": "jsc", "seed": checks.seed("seed", seed),
+                "val_fraction": checks.proportion("val_fraction", val_fraction),
+                "test_fraction": checks.proportion("test_fraction", test_fraction),
                 "size": None if size is None else check_size(size)}
     data_dir = Path(data_dir) if data_dir is not None else paths.data_dir()
     raw = ensure_raw(source, data_dir, timeout=timeout, progress=progress)

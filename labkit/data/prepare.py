@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..cache import atomic_write, atomic_write_text, settings_hash
+from ..checks import instance_of
 from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData
 
 PREP_VERSION = 1
@@ -37,19 +38,9 @@ DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.1     # of train_val
 
 
-def check_fraction(name: str, value, upper: float = 0.9) -> float:
-    """``value`` as a float in (0, upper], or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise TypeError(f"{name} must be a number in (0, {upper}], got {value!r}")
-    if not (0.0 < float(value) <= upper):
-        raise ValueError(f"{name} must be in (0, {upper}], got {value!r}")
-    return float(value)
-
-
 def check_size(size, maximum: int | None = None, of: str = "") -> int:
     """A row count: an integer of at least 100 (and at most ``maximum``, the rows ``of`` has)."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(f"size must be an integer number of rows, got {size!r}")
+    instance_of("size", size, (int, np.integer), "an integer number of rows")
     if size < 100:
         raise ValueError(f"size must be at least 100 rows, got {size}")
     if maximum is not None and size > maximum:
@@ -63,12 +54,6 @@ def subsample(x: np.ndarray, y: np.ndarray, size: int | None, seed: int):
         return x, y
     keep = np.sort(np.random.RandomState(seed).permutation(len(y))[:size])
     return x[keep], y[keep]
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
 
 
 def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,10 +40,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import paths
+from .. import checks, paths
 from .base import CLASS_NAMES, FEATURE_NAMES, DatasetInfo, JSCData, register_dataset
-from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, check_fraction,
-                      check_seed, check_size, load_or_build)
+from .prepare import (DEFAULT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, check_size,
+                      load_or_build)
 
 GENERATOR_VERSION = 2
 DEFAULT_SIZE = 830_000          # rows in the real OpenML table (hls4ml_lhc_jets_hlf)
@@ -173,9 +173,9 @@ def load_synthetic(size: int = DEFAULT_SIZE, generator_seed: int = DEFAULT_GENER
     # No more rows than the real table it stands in for (10**10 would try to allocate ~75 GiB).
     size = check_size(size, DEFAULT_SIZE, "the size of the JSC table jsc-synthetic stands in for")
     settings = {"dataset": "jsc-synthetic", "size": size,
-                "generator_seed": check_seed(generator_seed), "generator_version": GENERATOR_VERSION,
-                "seed": check_seed(seed), "val_fraction": check_fraction("val_fraction", val_fraction),
-                "test_fraction": check_fraction("test_fraction", test_fraction)}
+                "generator_seed": checks.seed("generator_seed", generator_seed), "generator_version": GENERATOR_VERSION,
+                "seed": checks.seed("seed", seed), "val_fraction": checks.proportion("val_fraction", val_fraction),
+                "test_fraction": checks.proportion("test_fraction", test_fraction)}
     info = DatasetInfo("jsc-synthetic", synthetic=True, source=f"labkit.data.synthetic v{GENERATOR_VERSION}")
     manifest = {"dataset": "jsc-synthetic", "synthetic": True, "source": info.source,
                 "checksum": None, "generator_version": GENERATOR_VERSION,

@@ -38,6 +38,7 @@ import torch.nn as nn
 from tabulate import tabulate
 from torch.fx.operator_schemas import normalize_function
 
+from ..checks import instance_of
 from ..graph import get_node_actual_target
 from .flop_calculators import OpCall, UnsupportedOpError, count_op
 from .utils import check_pass_args, get_mase_op, graph_module, node_common
@@ -198,8 +199,7 @@ def _check_pass_args(pass_args) -> dict:
     args = check_pass_args(pass_args, DEFAULT_PASS_ARGS, "analyse_flops_pass")
     if args["convention"] not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {args['convention']!r}")
-    if not isinstance(args["print"], bool):
-        raise TypeError(f"pass_args['print'] must be a bool, got {args['print']!r}")
+    instance_of("pass_args['print']", args["print"], bool, "a bool")
     return args
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
-from ..checks import one_of, positive_int
+from ..checks import boolean, one_of, positive_float, positive_int
 from ..graph import get_node_actual_target
 from ..runtime import available_devices
 from ..registry import Registry
@@ -148,9 +148,7 @@ class Record(Statistic):
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        if not isinstance(self.add_new_dim_before_concat, bool):
-            raise ValueError(f"record: add_new_dim_before_concat must be true or false, "
-                             f"got {self.add_new_dim_before_concat!r}")
+        boolean("record: add_new_dim_before_concat", self.add_new_dim_before_concat)
         self.chunks, self.count = [], 0
 
     def update(self, x, samples: int | None = None):
@@ -267,9 +265,7 @@ class RangeNSigma(Statistic):
         super().__init__(dims=dims, device=device, **options)
         if self.var_mode not in ("online", "precise"):
             raise ValueError(f"range_n_sigma: var_mode must be 'online' or 'precise', got {self.var_mode!r}")
-        n = self.num_sigma
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
-            raise ValueError(f"range_n_sigma: num_sigma must be a positive number, got {n!r}")
+        positive_float("range_n_sigma: num_sigma", self.num_sigma)
         cls = VarianceOnline if self.var_mode == "online" else VariancePrecise
         self.variance = cls(dims=dims, device=device)
 

@@ -12,6 +12,12 @@
     mg, _ = quantize_transform_pass(mg, pass_args)     # returns the same (now quantised) graph
     summarize_quantization_analysis_pass(mg, {"original_graph": ori_mg, "save_dir": None})
 
+The pass follows torch.fx's replace-op recipe: :func:`plan_quantization` matches the nodes
+and checks ``pass_args`` once, against the graph, into a :class:`QuantPlan`
+(``{node name: LayerPlan(op, config)}``); :func:`apply_quantize_plan` then builds each
+quantised layer, puts it in the node's place and recompiles. Nothing after the plan reads
+``pass_args`` again.
+
 As in MASE, the graph given is quantised in place and returned, so a bare
 ``quantize_transform_pass(mg, pass_args)`` quantises ``mg``. Unlike MASE, ``pass_args`` is
 never changed (MASE pops ``"by"`` out of it, so running the same dict twice fails), and the

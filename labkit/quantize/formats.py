@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..checks import finite_number, positive_float
 from .quantizers import _REQUIRED, FLOAT32_MAX_EXPONENT, FLOAT32_MIN_EXPONENT, Quantizer, log_round, register_quantizer
 
 # float64, where the block formats compute: its largest finite power of two and smallest step
@@ -117,10 +118,8 @@ class TernaryQuantizer(Quantizer):
         self._int_param("width", 2)
         self._bool_param("scaling_factor")
         for key in ("mean", "median", "max"):
-            v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-                raise ValueError(f"{self._where}: {self._key(key)} must be a number (a profiled statistic) or "
-                                 f"None, got {v!r}")
+            if getattr(self, key) is not None:
+                finite_number(f"{self._where}: {self._key(key)} (a profiled statistic, or None)", getattr(self, key))
 
     def _threshold(self, x):
         if self.mean is not None:  # MASE's order: mean, then max, then median
@@ -188,11 +187,7 @@ class BinaryQuantizer(Quantizer):
         self._bool_param("stochastic")
         self._bool_param("bipolar")
         self._bool_param("binary_training")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
-                or not math.isfinite(self.scale) or self.scale <= 0:
-            raise ValueError(f"{self._where}: {self._prefix}scale must be a positive number, "
-                             f"got {self.scale!r}")
-        self.scale = float(self.scale)
+        self.scale = positive_float(f"{self._where}: {self._prefix}scale", self.scale)
 
     def limits(self):
         return -self.scale, self.scale
