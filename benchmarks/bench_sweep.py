@@ -1,4 +1,4 @@
-"""The lab report's whole Lab-1 sweep, timed: labkit sweeps with and without shared prefixes, vs the standard recipe.
+"""The lab report's whole Lab-1 sweep, timed: labkit sweeps run by run, with shared prefixes, planned (prefixes + stacks), vs the standard recipe.
 
 The report trains jsc-tiny 17 times from three bash loops (MASE defaults: batch size 128,
 learning rate 1e-5, where not swept):
@@ -8,10 +8,14 @@ learning rate 1e-5, where not swept):
 * learning rates 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1 (10 epochs each).
 
 Here they run as three :func:`labkit.sweep.sweep` calls on full-size ``jsc-synthetic``,
-spread over the CPU cores, into a fresh cache (so every run really trains), each sweep twice
-back to back: once run by run (``share_prefixes=False``) and once planned with shared
-prefixes (:mod:`labkit.prefix`: the max-epochs runs are one training to 200 epochs), and
-we check that both give the same results (histories, test accuracies). We print the
+spread over the CPU cores, into a fresh cache (so every run really trains), each sweep back
+to back in each mode: run by run (``share_prefixes=False, stack_runs=False``), with shared
+prefixes only (:mod:`labkit.prefix`: the max-epochs runs are one training to 200 epochs), and
+planned (:mod:`labkit.schedule`: shared prefixes and stacks, :mod:`labkit.stack`: the
+learning-rate runs are one stacked model), and we check the results against run by run
+(shared prefixes: identical; stacks: equal to float rounding, the largest difference printed).
+We also compute what the 200-epoch run at batch 128 costs alone at full size from its measured
+time per step: it is one serial chain of steps, so no plan can finish the sweep sooner. We print the
 wall time of each sweep and of each run, and next to it the time the standard recipe
 (Lightning + ``DataLoader(TensorDataset)`` + per-step torchmetrics logging, from
 ``bench_train.py``) would take for the same runs one after another, extrapolated from one
@@ -21,7 +25,7 @@ which the labkit runs include, so it flatters the standard recipe.)
     python benchmarks/bench_sweep.py                 # the real thing (target, issue 13: <= 4 min on 2 cores, quiet)
     python benchmarks/bench_sweep.py --scale 0.02    # 2% of the rows and epochs: a quick check
     python benchmarks/bench_sweep.py --reuse         # keep the cache in outputs/bench/ and reuse it
-    python benchmarks/bench_sweep.py --only shared   # one mode only (per-run or shared)
+    python benchmarks/bench_sweep.py --modes per-run planned   # the modes to time (default: all three)
 """
 
 from __future__ import annotations
@@ -71,7 +75,9 @@ def plan(scale: float) -> list[tuple[str, list, dict]]:
     return out
 
 
-MODES = {"per-run": False, "shared": True}  # mode -> share_prefixes
+MODES = {"per-run": {"share_prefixes": False, "stack_runs": False},
+         "shared": {"share_prefixes": True, "stack_runs": False},
+         "planned": {"share_prefixes": True, "stack_runs": True}}
 
 
 def same_results(a, b) -> bool:
@@ -79,6 +85,20 @@ def same_results(a, b) -> bool:
     cols = ["epochs", "best_val_acc", "final_val_acc", "test_acc"]
     return (a.table[cols].equals(b.table[cols]) and a.histories.keys() == b.histories.keys()
             and all(a.histories[k].equals(b.histories[k]) for k in a.histories))
+
+
+def largest_difference(a, b) -> float:
+    """The largest absolute difference in any accuracy or history value (NaN if the runs differ in shape)."""
+    cols = ["best_val_acc", "final_val_acc", "test_acc"]
+    if not a.table["epochs"].equals(b.table["epochs"]) or a.histories.keys() != b.histories.keys():
+        return math.nan
+    worst = float((a.table[cols] - b.table[cols]).abs().max().max())
+    for k in a.histories:
+        ha, hb = a.histories[k], b.histories[k]
+        if ha.shape != hb.shape:
+            return math.nan
+        worst = max(worst, float((ha - hb).abs().max().max()))
+    return worst
 
 
 def standard_epoch_seconds(data, batch_size: int, seed: int = 0) -> float:
@@ -93,14 +113,30 @@ def standard_epoch_seconds(data, batch_size: int, seed: int = 0) -> float:
         return time.perf_counter() - start
 
 
+def chain(results, mode, data, scale):
+    """The full-size 200-epoch batch-128 run alone, from this run's measured time per step."""
+    res = results.get((mode, "max_epochs"))
+    if res is None:
+        return
+    longest = res.table.loc[res.table["max_epochs"].idxmax()]
+    steps_here = longest["epochs"] * math.ceil(data.sizes()["train"] / FIXED["batch_size"])
+    per_step = longest["wall_time_s"] / steps_here  # training steps plus their share of validation
+    full_train = round(DEFAULT_SIZE * data.sizes()["train"] / sum(data.sizes().values()))
+    full_steps = 200 * math.ceil(full_train / FIXED["batch_size"])
+    print(f"the 200-epoch batch-128 run is one chain of steps: measured {per_step * 1e3:.3f} ms per step here "
+          f"(its {int(longest['epochs'])} epochs, validation included) -> at full size {full_steps:,} steps = "
+          f"{full_steps * per_step / 60:.1f} min on its own"
+          + (" (full size measured directly above)" if scale == 1.0 else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of rows and epochs (default 1: the full sweep)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
     ap.add_argument("--reuse", action="store_true", help="cache in outputs/bench/ and reuse finished runs")
     ap.add_argument("--no-standard", dest="standard", action="store_false", help="skip the standard-recipe estimate")
-    ap.add_argument("--only", choices=["per-run", "shared"], default=None,
-                    help="time one mode only (default: both, and their ratio)")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                    help="modes to time, in this order (default: all; ratios against per-run)")
     args = ap.parse_args()
     if not 0 < args.scale <= 1:
         raise SystemExit(f"--scale must be in (0, 1], got {args.scale}")
@@ -121,12 +157,12 @@ def main():
         root_ctx = tempfile.TemporaryDirectory(prefix="bench-sweep-")
         root = Path(root_ctx.name)
 
-    modes = [m for m in MODES if args.only in (None, m)]
+    modes = args.modes
     rows, sweep_times, results = [], [], {}
     for param, values, fixed in plan(args.scale):
         for mode in modes:  # back to back, so a change in the machine's load hits both alike
             res = sweep("jsc-tiny", data, param, values, data=data, workers=workers, cache_dir=root / mode / param,
-                        name=f"lab1-{param}", share_prefixes=MODES[mode], **fixed)
+                        name=f"lab1-{param}", **MODES[mode], **fixed)
             sweep_times.append((param, mode, len(values), res.elapsed_s))
             results[mode, param] = res
             if mode != modes[-1]:
@@ -156,11 +192,16 @@ def main():
     n = len(table)
     print(f"\nlabkit ({modes[-1]}): {n} runs in {total:.1f} s wall ({total / 60:.1f} min; {total / n:.1f} s per run) "
           f"with {workers} worker(s); the runs' own training time adds up to {table['labkit_s'].sum():.1f} s")
-    if len(modes) == 2:
-        same = all(same_results(results["per-run", p], results["shared", p]) for p, _, _ in plan(args.scale))
-        per_run, shared = mode_total["per-run"], mode_total["shared"]
-        print(f"shared prefixes: {shared:.1f} s vs {per_run:.1f} s run by run -> {per_run / shared:.2f}x faster; "
-              f"results identical (histories, test accuracies): {'yes' if same else 'NO'}")
+    if "per-run" in modes:
+        per_run = mode_total["per-run"]
+        for mode in (m for m in modes if m != "per-run"):
+            pairs = [(results["per-run", p], results[mode, p]) for p, _, _ in plan(args.scale)]
+            same = all(same_results(a, b) for a, b in pairs)
+            diff = max(largest_difference(a, b) for a, b in pairs)
+            print(f"{mode}: {mode_total[mode]:.1f} s vs {per_run:.1f} s run by run -> "
+                  f"{per_run / mode_total[mode]:.2f}x faster; results identical (histories, test accuracies): "
+                  f"{'yes' if same else f'no, largest difference {diff:.2g} (float rounding when below 1e-4)'}")
+    chain(results, modes[-1], data, args.scale)
     if args.standard:
         std = table["standard_s (est.)"].sum()
         print(f"standard recipe, one run after another (estimated): {std:.1f} s ({std / 60:.1f} min; "

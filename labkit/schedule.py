@@ -35,6 +35,10 @@ from .stack import STACKED, VARY, _losses, _Stack, stackable
 
 MAX_STACK = 16  # models per stack: beyond this the batched step is compute-bound anyway
 PROBE_STEPS = 12  # timed steps per probe (after 3 warm-up steps)
+# Starting a worker process (it imports torch and Lightning, then loads the data): a rough figure,
+# not measured per sweep. `python -c "import torch, pytorch_lightning, labkit.sweep"` took 12 s on
+# this project's 2-core machine under a load average of 6 (a few seconds when quiet).
+WORKER_START_S = 10.0
 
 
 def _epochs(runs, i) -> int:
@@ -119,7 +123,7 @@ class Estimator:
                 xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
 
                 def step():
-                    loss = _losses(stack.forward(xw, True, gens), yk).mean(0).sum()
+                    loss = _losses(stack.forward(xw, True, gens), yk)[0].mean(0).sum()
                     stack.grad_flat.zero_()
                     loss.backward()
                     stack.adam_step()
@@ -145,17 +149,23 @@ def makespan(costs, workers: int) -> float:
     return max(loads)
 
 
+def wall(tasks, cost, workers: int) -> float:
+    """Estimated wall time: the makespan, plus starting worker processes when there are several
+    trainings to run at once (one training runs in the sweep's own process)."""
+    parallel = workers > 1 and len(tasks) > 1
+    return makespan([cost(t) for t in tasks], workers) + (WORKER_START_S if parallel else 0.0)
+
+
 def balance(tasks, cost, workers: int):
     """Split stacks in two while that shortens the estimated wall time on ``workers``."""
     while workers > 1:
-        costs = [cost(t) for t in tasks]
-        now = makespan(costs, workers)
+        now = wall(tasks, cost, workers)
         big = max((t for t in tasks if len(t) > 1), key=cost, default=None)
         if big is None:
             return tasks
         halves = [big[0::2], big[1::2]]  # alternate: both halves get long and short runs
         trial = [t for t in tasks if t is not big] + halves
-        if makespan([cost(t) for t in trial], workers) >= 0.95 * now:
+        if wall(trial, cost, workers) >= 0.95 * now:
             return tasks
         tasks = trial
     return tasks
@@ -197,7 +207,8 @@ def plan(runs, missing, project, *, data, device: str, workers: int, share_prefi
             members.insert(0, lead)
     tasks.sort(key=lambda t: -cost(t))
     if show:
-        print(plan_table(runs, tasks, [cost(t) for t in tasks], workers, name), file=sys.stderr, flush=True)
+        print(plan_table(runs, tasks, [cost(t) for t in tasks], workers, name, wall(tasks, cost, workers)),
+              file=sys.stderr, flush=True)
     return [t[0] for t in tasks]
 
 
@@ -216,13 +227,14 @@ def _what(runs, members) -> str:
     return text if len(text) <= 70 else text[:67] + "..."
 
 
-def plan_table(runs, tasks, costs, workers: int, name: str = "") -> str:
+def plan_table(runs, tasks, costs, workers: int, name: str = "", total: float | None = None) -> str:
     """One line per training: kind, runs, epochs it trains, estimated seconds, what it is."""
     n_runs = sum(len(t) + len(runs[t[0]][1].get(prefix.PREFIXES) or []) for t in tasks)
     trained = sum(planned_epochs(runs[t[0]][1]) for t in tasks)
     lines = [f"[labkit] sweep {name}: {n_runs} runs as {len(tasks)} trainings, {trained} epochs trained, "
-             f"est. {makespan(costs, workers):.1f} s on {workers} worker(s) "
-             f"(estimates: a timed probe of {PROBE_STEPS} training steps per kind; validation not counted)",
+             f"est. {makespan(costs, workers) if total is None else total:.1f} s on {min(workers, len(tasks))} "
+             f"process(es) (a timed probe of {PROBE_STEPS} training steps per kind; validation not counted"
+             f"{'' if total is None or workers < 2 or len(tasks) < 2 else f', {WORKER_START_S:.0f} s to start workers'})",
              f"  {'#':>2}  {'kind':<6}  {'runs':>4}  {'epochs':>6}  {'est. s':>7}  runs"]
     for n, (t, c) in enumerate(zip(tasks, costs), 1):
         carried = runs[t[0]][1].get(prefix.PREFIXES) or []
@@ -232,4 +244,4 @@ def plan_table(runs, tasks, costs, workers: int, name: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["plan", "check_flags", "plan_table", "stack_groups", "balance", "makespan", "Estimator", "planned_epochs", "MAX_STACK"]
+__all__ = ["plan", "check_flags", "wall", "WORKER_START_S", "plan_table", "stack_groups", "balance", "makespan", "Estimator", "planned_epochs", "MAX_STACK"]

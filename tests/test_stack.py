@@ -272,10 +272,14 @@ def test_stacks_in_worker_processes(data, tmp_path):
 
 
 def test_the_plan_splits_a_stack_when_that_shortens_the_wall_time():
-    cost = lambda t: 10.0 + 2.0 * len(t)  # noqa: E731  (a stack of K: ~10 s + 2 s per model)
+    from labkit.schedule import WORKER_START_S
+    cost = lambda t: 100.0 + 20.0 * len(t)  # noqa: E731  (a stack of K: ~100 s + 20 s per model)
     assert makespan([5, 4, 3, 3], 2) == 8
     assert balance([[0, 1, 2, 3, 4, 5]], cost, 1) == [[0, 1, 2, 3, 4, 5]]  # one worker: never split
-    assert sorted(balance([[0, 1, 2, 3, 4, 5]], cost, 2)) == [[0, 2, 4], [1, 3, 5]]  # 16 s on 2 workers, not 22 s
+    # 160 s + starting the workers on 2 of them, not 220 s on one
+    assert sorted(balance([[0, 1, 2, 3, 4, 5]], cost, 2)) == [[0, 2, 4], [1, 3, 5]]
     assert balance([[0, 1], [2], [3]], cost, 2) == [[0, 1], [2], [3]]  # both workers busy already
+    small = lambda t: WORKER_START_S / 10 * len(t)  # noqa: E731  (short: starting workers costs more than it saves)
+    assert balance([[0, 1, 2, 3]], small, 2) == [[0, 1, 2, 3]]
     with pytest.raises(TypeError, match="stack_runs"):
         sw.sweep("jsc-tiny", "jsc-synthetic", "learning_rate", [1e-3], stack_runs="yes", progress=False)
