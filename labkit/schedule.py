@@ -9,7 +9,7 @@
    trains alone, with the same results as without stacking);
 3. every training gets an estimated time: seconds per mini-batch step from a tiny timed probe
    in this process (a few steps of the model at its batch size on random rows, stacked K
-   times when it is a stack; validation and checkpoints not counted) times its steps;
+   times, K = 1 for a run alone; validation and checkpoints not counted) times its steps;
 4. trainings go to the workers longest first (as before); a stack is split in two when that
    shortens the estimated wall time on the workers (two half stacks on two cores beat one
    stack on one core and an idle one);
@@ -26,7 +26,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import prefix
 from .models import get_model
@@ -103,30 +102,27 @@ class Estimator:
         return self.seen[key]
 
     def _probe(self, model, batch_size: int, k: int) -> float:
+        """Time a few steps of ``k`` stacked copies (k = 1 costs about what a run alone costs per step).
+        The probe never runs the user's own forward in training mode (it may do more than compute:
+        log, count, write files); a model the stacker cannot run is timed as jsc-tiny, so its
+        estimate is only its number of steps in jsc-tiny's time."""
         info = self.data.info
         with torch.random.fork_rng(), torch_threads(1):
             torch.manual_seed(0)
             x = torch.randn(batch_size, info.num_features)
             y = torch.randint(0, info.num_classes, (batch_size,))
-            if k == 1:  # the single-run fast path's step (labkit.training)
-                net = _template(model, info).train()
-                opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+            net = _template(model, info)
+            if not stackable(net):
+                net = get_model("jsc-tiny", info)
+            stack = _Stack([copy.deepcopy(net) for _ in range(k)], [1e-3] * k, [0.0] * k)
+            gens = [torch.Generator().manual_seed(j) for j in range(k)]
+            xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
 
-                def step():
-                    loss = F.cross_entropy(net(x), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            else:
-                stack = _Stack([_template(model, info) for _ in range(k)], [1e-3] * k, [0.0] * k)
-                gens = [torch.Generator().manual_seed(j) for j in range(k)]
-                xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
-
-                def step():
-                    loss = _losses(stack.forward(xw, True, gens), yk)[0].mean(0).sum()
-                    stack.grad_flat.zero_()
-                    loss.backward()
-                    stack.adam_step()
+            def step():
+                loss = _losses(stack.forward(xw, True, gens), yk)[0].mean(0).sum()
+                stack.grad_flat.zero_()
+                loss.backward()
+                stack.adam_step()
             for _ in range(3):
                 step()
             start = time.perf_counter()

@@ -1,7 +1,8 @@
 """The stacked trainer (labkit.stack): K runs as one batched model, each the run it would be alone."""
 
 import copy
-import math
+import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,10 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import labkit.sweep as sw
 from labkit.data import load_dataset
-from labkit.models import get_model
+from labkit.models import MODELS, get_model, register_model
+from labkit.prefix import compute_seconds
+from labkit.schedule import WORKER_START_S, balance, makespan
 from labkit.stack import _Stack, stackable, train_stacked
-from labkit.training import TrainingDiverged, load_model, read_checkpoint, train
+from labkit.training import TrainingDiverged, evaluate, load_model, read_checkpoint, train
 
 ATOL = 1e-5
 
@@ -168,15 +172,6 @@ def test_what_cannot_be_stacked(data, tmp_path):
 
 # -- in a sweep (labkit.schedule plans it) ---------------------------------------------------------------
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import labkit.sweep as sw  # noqa: E402
-from labkit.models import MODELS, register_model  # noqa: E402
-from labkit.prefix import compute_seconds  # noqa: E402
-from labkit.schedule import balance, makespan  # noqa: E402
-
-
 @pytest.fixture
 def trainings(monkeypatch):
     calls = []
@@ -225,7 +220,6 @@ def test_a_learning_rate_sweep_is_one_stacked_training(data, tmp_path, trainings
     for row in stacked.table.itertuples():  # the checkpoints are the runs' own, and tested as any
         assert tmp_path / "stacked" in Path(row.best_ckpt).parents
         net = load_model("jsc-tiny", row.best_ckpt, info=data.info)
-        from labkit.training import evaluate
         assert row.test_acc == evaluate(net, data, "test")["acc"]
     # one training: its time counts once
     assert compute_seconds(stacked) == pytest.approx(stacked.table["wall_time_s"].max())
@@ -272,7 +266,6 @@ def test_stacks_in_worker_processes(data, tmp_path):
 
 
 def test_the_plan_splits_a_stack_when_that_shortens_the_wall_time():
-    from labkit.schedule import WORKER_START_S
     cost = lambda t: 100.0 + 20.0 * len(t)  # noqa: E731  (a stack of K: ~100 s + 20 s per model)
     assert makespan([5, 4, 3, 3], 2) == 8
     assert balance([[0, 1, 2, 3, 4, 5]], cost, 1) == [[0, 1, 2, 3, 4, 5]]  # one worker: never split
@@ -283,3 +276,25 @@ def test_the_plan_splits_a_stack_when_that_shortens_the_wall_time():
     assert balance([[0, 1, 2, 3]], small, 2) == [[0, 1, 2, 3]]
     with pytest.raises(TypeError, match="stack_runs"):
         sw.sweep("jsc-tiny", "jsc-synthetic", "learning_rate", [1e-3], stack_runs="yes", progress=False)
+
+
+class CountingNet(nn.Module):
+    """Counts forwards in training mode: the plan's timing probe must never run one."""
+
+    trained = 0
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        if self.training:
+            type(self).trained += 1
+        return self.body(x)
+
+
+def test_the_plan_never_runs_a_users_forward_to_time_it(data, tmp_path):
+    CountingNet.trained = 0
+    sw.sweep(CountingNet(), data, "batch_size", [512, 1024], max_epochs=1, workers=1, progress=True, cache_dir=tmp_path)
+    n_train = len(data.y_train)
+    assert CountingNet.trained == -(-n_train // 512) + -(-n_train // 1024)  # the two runs' steps, nothing more
