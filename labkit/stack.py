@@ -274,7 +274,10 @@ class _Member:
                                fused=_fused_adam_ok(net.parameters()))
         self.param_groups = opt.state_dict()["param_groups"]
         self.checkpoint = ModelCheckpoint(dirpath=self.ckpt_dir, filename="best", monitor="val_acc", mode="max",
-                                          save_last=True, save_top_k=1, enable_version_counter=False)
+                                          save_top_k=1, enable_version_counter=False)
+        # not run by a Trainer: only its state goes into the checkpoints, as a single run's does
+        self.last = ModelCheckpoint(dirpath=self.ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                    enable_version_counter=False)
         patience = settings.get("early_stopping")
         self.stopper = EarlyStopping(monitor="val_acc", mode="max", patience=patience) if patience else None
         self.history: list[dict] = []
@@ -374,7 +377,7 @@ class _StackedLit(pl.LightningModule):
         self._val_n += B
 
     def on_validation_end(self):
-        # What ModelCheckpoint does at this point of a single run: best and last, if better.
+        # What a single run's two ModelCheckpoints do at this point: best if better, and last.
         n = max(1, self._val_n)
         dump = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         self._val = []
@@ -393,10 +396,8 @@ class _StackedLit(pl.LightningModule):
                 ck.kth_best_model_path, ck.kth_value = best, score
                 ck.best_model_path, ck.best_model_score, ck.current_score = best, score, score
                 self._save(dump, k, m, best)
-                # Lightning 2.6 writes last.ckpt only in a step that saved a top-k checkpoint
-                # (so a single run's last.ckpt is that of its best epoch); the same here.
-                ck.last_model_path = str(m.ckpt_dir / "last.ckpt")
-                self._save(dump, k, m, ck.last_model_path)
+            # last.ckpt every epoch, as a single run's "last" checkpoint callback writes it
+            self._save(dump, k, m, str(m.ckpt_dir / "last.ckpt"))
 
     def _save(self, dump, k, m, path):
         ckpt = dict(dump)
@@ -407,7 +408,7 @@ class _StackedLit(pl.LightningModule):
                                                for i, (a, b) in enumerate(zip(ms, vs))},
                                      "param_groups": copy.deepcopy(m.param_groups)}]
         ckpt["lr_schedulers"] = []
-        ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in (m.checkpoint, m.stopper) if cb is not None}
+        ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in (m.checkpoint, m.last, m.stopper) if cb is not None}
         ckpt["hparams_name"] = m.lit._hparams_name
         ckpt["hyper_parameters"] = dict(m.lit.hparams)
         atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))

@@ -223,9 +223,14 @@ def _fit(lit: LitClassifier, dm: JSCDataModule, s: TrainSettings, out: Path, cal
     callback, the history, where the previous run's checkpoints went, and the wall time."""
     ckpt_dir = out / "training_ckpts"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_acc", mode="max",
-                                 save_last=True, save_top_k=1, enable_version_counter=False)
+                                 save_top_k=1, enable_version_counter=False)
+    # last.ckpt is the final epoch's state. Not save_last=True: since Lightning 2.6 that writes
+    # last.ckpt only in an epoch that also improved best.ckpt, so it held the best epoch's weights
+    # whenever the final epoch was not the best (tests/test_train.py checks the epoch it holds).
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
     stop, history = StopOnInterrupt(ckpt_dir / "last.ckpt"), EpochHistory()
-    callbacks = [checkpoint, stop, history, *callbacks]
+    callbacks = [checkpoint, last, stop, history, *callbacks]
     if s.early_stopping:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=s.early_stopping))
     accel = lightning_accelerator(s.accelerator)

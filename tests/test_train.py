@@ -46,6 +46,20 @@ def test_best_checkpoint_holds_the_best_epoch(small_data):
     assert acc == pytest.approx(r["best_val_acc"], abs=1e-6)
 
 
+def test_last_checkpoint_holds_the_final_epoch_when_it_is_not_the_best(small_data):
+    # A rate this large makes validation accuracy go up and down, so the best epoch is not the
+    # last; Lightning 2.6's save_last=True would then leave the best epoch in last.ckpt.
+    r = train("jsc-tiny", small_data, max_epochs=8, batch_size=256, learning_rate=0.05,
+              project="t-last", progress=False, verbose=False)
+    val = list(r["history"]["val_acc"])
+    best_epoch = val.index(max(val))  # Lightning's epoch index (0-based); the first maximum is kept
+    assert best_epoch != len(val) - 1, "the run must end on an epoch that is not its best"
+    epoch = lambda path: torch.load(path, map_location="cpu", weights_only=True)["epoch"]  # noqa: E731
+    assert epoch(r["last_ckpt"]) == len(val) - 1 and epoch(r["best_ckpt"]) == best_epoch
+    final = evaluate(load_model("jsc-tiny", r["last_ckpt"]), small_data, split="val")["acc"]
+    assert final == pytest.approx(val[-1], abs=1e-6)
+
+
 def test_chunked_steps_equal_a_plain_pytorch_loop(small_data):
     """Same batches, same steps, same updates as the textbook loop (up to float rounding)."""
     torch.manual_seed(0)
