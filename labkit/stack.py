@@ -545,30 +545,44 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
     output folder per run (a name under outputs/ or a ``Path``; default ``<project>-stack<k>``).
     Returns, per run, what :func:`~labkit.training.train` returns, or the
     :class:`~labkit.training.TrainingDiverged` it would have raised. CPU only."""
+    batch_size, settings, projects = _checked_runs(runs, common, batch_size, projects, accelerator)
+    quiet_lightning()
+    data = _data(dataset, data)
+    members, nets = _members(model, data, settings, projects)
+    if not stackable(nets[0]):
+        raise NotStackable(f"model {members[0].lit.hparams.model_name!r} cannot be stacked: its layers must be "
+                         f"Linear, BatchNorm1d, ReLU and Dropout applied in order (train the runs one by one)")
+    stack = _Stack(nets, [s["learning_rate"] for s in settings], [s["weight_decay"] for s in settings])
+    lit = _StackedLit(members, stack, data, batch_size, chunk or default_chunk(batch_size))
+    wall = _fit(lit, members, max(s["max_epochs"] for s in settings), progress, num_threads)
+    return [_diverged(m) if m.diverged is not None else _result(m, data, batch_size, wall, len(members))
+            for m in members]
+
+
+def _checked_runs(runs, common: dict, batch_size, projects, accelerator: str):
+    """train_stacked's arguments checked: (batch size, each run's settings, each run's project)."""
     if not isinstance(runs, (list, tuple)) or not runs or not all(isinstance(r, dict) for r in runs):
         raise TypeError(f"runs must be a non-empty list of dicts of settings, got {runs!r}")
-    for r in runs:
-        for k in r:
-            if k not in VARY:
-                raise TypeError(f"a run may set {', '.join(VARY)}; {k!r} is the same for all (pass it once)")
-    for k in common:
-        if k not in VARY:
-            raise TypeError(f"unknown setting {k!r} for train_stacked; settings: batch_size, {', '.join(VARY)}")
+    per_run = [k for r in runs for k in r if k not in VARY]
+    if per_run:
+        raise TypeError(f"a run may set {', '.join(VARY)}; {per_run[0]!r} is the same for all (pass it once)")
+    unknown = [k for k in common if k not in VARY]
+    if unknown:
+        raise TypeError(f"unknown setting {unknown[0]!r} for train_stacked; settings: batch_size, {', '.join(VARY)}")
     if accelerator != "cpu":
         raise ValueError(f"train_stacked runs on the CPU only (accelerator 'cpu'), got {accelerator!r}")
     batch_size = TrainSettings(batch_size=batch_size).batch_size
-    settings = []
-    for r in runs:
-        checked = TrainSettings.build(**{**common, **r})  # train()'s own checks and normalisation
-        settings.append({k: getattr(checked, k) for k in VARY})
+    # train()'s own checks and normalisation, run by run
+    settings = [{k: getattr(TrainSettings.build(**{**common, **r}), k) for k in VARY} for r in runs]
     if projects is None:
         projects = [None] * len(runs)
     if not isinstance(projects, (list, tuple)) or len(projects) != len(runs):
         raise ValueError(f"projects must be one folder per run ({len(runs)}), got {projects!r}")
-    projects = [_check_project(p) for p in projects]
-    quiet_lightning()
-    data = _data(dataset, data)
+    return batch_size, settings, [_check_project(p) for p in projects]
 
+
+def _members(model, data, settings: list, projects: list):
+    """One :class:`_Member` per run, each model built as train() would build it."""
     members, nets = [], []
     fingerprint = data.fingerprint()  # (hashes the data: once, not once per run)
     for i, (s, p) in enumerate(zip(settings, projects)):
@@ -581,15 +595,15 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
         p = p or f"{default_project(name, data.info.name)}-stack{i}"
         members.append(_Member(i, net, name, s, p, data, gen, fingerprint))
         nets.append(net)
-    if not stackable(nets[0]):
-        raise NotStackable(f"model {members[0].lit.hparams.model_name!r} cannot be stacked: its layers must be "
-                         f"Linear, BatchNorm1d, ReLU and Dropout applied in order (train the runs one by one)")
-    stack = _Stack(nets, [s["learning_rate"] for s in settings], [s["weight_decay"] for s in settings])
-    lit = _StackedLit(members, stack, data, batch_size, chunk or default_chunk(batch_size))
+    return members, nets
+
+
+def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> float:
+    """Fit the stack with every run's project locked; returns the wall time."""
     with torch_flags_restored(), contextlib.ExitStack() as locks:
         for m in members:
             locks.enter_context(project_lock(m.out.parent))
-        trainer = pl.Trainer(max_epochs=max(s["max_epochs"] for s in settings), accelerator="cpu", devices=1,
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1,
                              logger=False, enable_checkpointing=False, enable_progress_bar=progress,
                              enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
         for m in members:
@@ -605,31 +619,27 @@ def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_s
                     shutil.rmtree(m.ckpt_dir, ignore_errors=True)
                     shutil.move(str(m.archived), str(m.ckpt_dir))
             raise
-        wall = time.perf_counter() - start
+        return time.perf_counter() - start
 
-    out = []
-    for m in members:
-        if m.diverged is not None:
-            out.append(_diverged(m))
-            continue
-        h = pd.DataFrame(m.history)
-        ck = m.checkpoint
-        last = m.ckpt_dir / "last.ckpt"
-        out.append({
-            "model": m.lit.hparams.model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
-            "device": "cpu", "project": m.project, "output_dir": str(m.out),
-            "best_ckpt": ck.best_model_path or None, "last_ckpt": str(last) if last.exists() else None,
-            "best_val_acc": float(ck.best_model_score) if ck.best_model_score is not None else float("nan"),
-            "final_val_acc": float(h["val_acc"].iloc[-1]) if len(h) else float("nan"),
-            "final_val_loss": float(h["val_loss"].iloc[-1]) if len(h) else float("nan"),
-            "final_train_acc": float(h["train_acc"].iloc[-1]) if len(h) else float("nan"),
-            "epochs": len(h), "max_epochs": m.settings["max_epochs"], "batch_size": batch_size,
-            "learning_rate": m.settings["learning_rate"], "seed": m.settings["seed"], "steps": m.steps,
-            "wall_time_s": m.finished_at if m.finished_at is not None else wall,
-            "stopped_early": len(h) < m.settings["max_epochs"],
-            "archived_previous": str(m.archived) if m.archived else None, "history": h,
-            "stacked_with": len(members)})
-    return out
+
+def _result(m, data, batch_size: int, wall: float, n: int) -> dict:
+    """One stacked run's result, as :func:`labkit.training.train` returns it."""
+    h = pd.DataFrame(m.history)
+    ck = m.checkpoint
+    last = m.ckpt_dir / "last.ckpt"
+    final = lambda column: float(h[column].iloc[-1]) if len(h) else float("nan")  # noqa: E731
+    return {
+        "model": m.lit.hparams.model_name, "dataset": data.info.name, "synthetic": data.info.synthetic,
+        "device": "cpu", "project": m.project, "output_dir": str(m.out),
+        "best_ckpt": ck.best_model_path or None, "last_ckpt": str(last) if last.exists() else None,
+        "best_val_acc": float(ck.best_model_score) if ck.best_model_score is not None else float("nan"),
+        "final_val_acc": final("val_acc"), "final_val_loss": final("val_loss"), "final_train_acc": final("train_acc"),
+        "epochs": len(h), "max_epochs": m.settings["max_epochs"], "batch_size": batch_size,
+        "learning_rate": m.settings["learning_rate"], "seed": m.settings["seed"], "steps": m.steps,
+        "wall_time_s": m.finished_at if m.finished_at is not None else wall,
+        "stopped_early": len(h) < m.settings["max_epochs"],
+        "archived_previous": str(m.archived) if m.archived else None, "history": h,
+        "stacked_with": n}
 
 
 # -- in a sweep ---------------------------------------------------------------------------------------

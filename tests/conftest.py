@@ -26,6 +26,33 @@ def small_data():
     return load_dataset("jsc-synthetic", size=20_000, progress=False)
 
 
+@pytest.fixture
+def count_trainings(monkeypatch):
+    """``count_trainings("max_epochs")`` patches the sweep's ``train`` (runs trained one at a time,
+    not stacked or derived) and returns the list of that setting's value for each call."""
+    import labkit.sweep as sw
+
+    def start(setting: str) -> list:
+        calls, real = [], sw.train
+
+        def counting(*args, **kwargs):
+            calls.append(kwargs.get(setting))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(sw, "train", counting)
+        return calls
+
+    return start
+
+
+def sweep_entries(directory, setting: str) -> dict:
+    """The cache entries of a sweep folder by their value of ``setting``."""
+    import json
+    from pathlib import Path
+    entries = (json.loads(p.read_text()) for p in Path(directory).glob("*.json"))
+    return {e["settings"][setting]: e for e in entries}
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.slow`` tests run only with LABKIT_SLOW=1 (as pyproject.toml says)."""
     if os.environ.get("LABKIT_SLOW") == "1":

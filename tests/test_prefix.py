@@ -14,6 +14,8 @@ from labkit.prefix import compute_seconds, groups, plan_table
 from labkit.sweep import sweep
 from labkit.training import read_checkpoint
 
+from conftest import sweep_entries
+
 SAME = ["epochs", "steps", "best_val_acc", "final_val_acc", "final_train_acc", "test_acc", "stopped_early"]
 
 
@@ -23,25 +25,13 @@ def data():
 
 
 @pytest.fixture
-def trainings(monkeypatch):
-    calls = []
-    real = sw.train
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["max_epochs"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sw, "train", counting)
-    return calls
+def trainings(count_trainings):
+    return count_trainings("max_epochs")
 
 
 def _stored(directory: Path) -> dict:
     """max_epochs -> (settings, result) of every cache entry."""
-    out = {}
-    for p in directory.glob("*.json"):
-        entry = json.loads(p.read_text())
-        out[entry["settings"]["max_epochs"]] = (entry["settings"], entry["result"])
-    return out
+    return {k: (e["settings"], e["result"]) for k, e in sweep_entries(directory, "max_epochs").items()}
 
 
 def _meta(raw: dict, root: Path) -> str:

@@ -18,6 +18,8 @@ from labkit.schedule import WORKER_START_S, balance, makespan
 from labkit.stack import _Stack, stackable, train_stacked
 from labkit.training import TrainingDiverged, evaluate, load_model, read_checkpoint, train
 
+from conftest import sweep_entries
+
 ATOL = 1e-5
 
 
@@ -173,24 +175,12 @@ def test_what_cannot_be_stacked(data, tmp_path):
 # -- in a sweep (labkit.schedule plans it) ---------------------------------------------------------------
 
 @pytest.fixture
-def trainings(monkeypatch):
-    calls = []
-    real = sw.train
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("learning_rate"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sw, "train", counting)
-    return calls
+def trainings(count_trainings):
+    return count_trainings("learning_rate")
 
 
 def _entries(directory: Path) -> dict:
-    out = {}
-    for p in directory.glob("*.json"):
-        e = json.loads(p.read_text())
-        out[e["settings"]["learning_rate"]] = e
-    return out
+    return sweep_entries(directory, "learning_rate")
 
 
 def _same_entries(a: Path, b: Path, exact: bool):
