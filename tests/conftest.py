@@ -45,6 +45,22 @@ def count_trainings(monkeypatch):
     return start
 
 
+@pytest.fixture
+def counters(monkeypatch):
+    """Every EpochCounter a sweep makes (bars disabled), to read its total and done."""
+    import labkit.sweep as sw
+    from labkit import progress
+    made = []
+
+    class Recording(progress.EpochCounter):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "disable": True})
+            made.append(self)
+
+    monkeypatch.setattr(sw, "EpochCounter", Recording)
+    return made
+
+
 def sweep_entries(directory, setting: str) -> dict:
     """The cache entries of a sweep folder by their value of ``setting``."""
     import json

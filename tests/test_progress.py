@@ -56,19 +56,6 @@ def test_counter_drains_reports_from_worker_processes():
     assert p.exitcode == 0 and counter.done == 4
 
 
-@pytest.fixture
-def counters(monkeypatch):
-    made = []
-
-    class Recording(progress.EpochCounter):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **{**k, "disable": True})
-            made.append(self)
-
-    monkeypatch.setattr(sw, "EpochCounter", Recording)
-    return made
-
-
 def test_in_process_sweep_counts_every_epoch_of_every_run(tmp_path, counters):
     data = load_dataset("jsc-synthetic", size=3000, progress=False)
     sweep("jsc-tiny", data, "max_epochs", [1, 2], learning_rate=1e-3, workers=1, progress=False, cache_dir=tmp_path,

@@ -290,16 +290,8 @@ def test_the_plan_never_runs_a_users_forward_to_time_it(data, tmp_path):
     assert CountingNet.trained == -(-n_train // 512) + -(-n_train // 1024)  # the two runs' steps, nothing more
 
 
-def test_the_epoch_bar_counts_every_stacked_models_epochs(data, tmp_path, monkeypatch):
-    from labkit import progress
-    made = []
-
-    class Recording(progress.EpochCounter):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **{**k, "disable": True})
-            made.append(self)
-
-    monkeypatch.setattr(sw, "EpochCounter", Recording)
+def test_the_epoch_bar_counts_every_stacked_models_epochs(data, tmp_path, counters):
+    made = counters
     # early stopping on: a run that stops early drops its remaining epochs from the total
     res = sw.grid_sweep("jsc-tiny", data, {"learning_rate": [1e-3, 1e-2, 1e-1]}, max_epochs=3, batch_size=512,
                         early_stopping=1, workers=1, progress=False, cache_dir=tmp_path)
