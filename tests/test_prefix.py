@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-import labkit.sweep as sw
 from labkit.data import load_dataset
 from labkit.prefix import compute_seconds, groups, plan_table
 from labkit.sweep import sweep

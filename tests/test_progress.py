@@ -6,7 +6,6 @@ import multiprocessing as mp
 import pytest
 
 import labkit.progress as progress
-import labkit.sweep as sw
 from labkit.data import load_dataset
 from labkit.sweep import sweep
 
