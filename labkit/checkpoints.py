@@ -40,6 +40,14 @@ def archive_previous(ckpt_dir: Path):
     return None
 
 
+def restore_previous(ckpt_dir: Path, archived: Path | None):
+    """Undo :func:`archive_previous` for a run that stopped before writing any checkpoint: the
+    earlier run's files go back where they were."""
+    if archived is not None and not any(ckpt_dir.glob("*.ckpt")):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.move(str(archived), str(ckpt_dir))
+
+
 def model_and_name(model, info):
     """``(module, name)``: a registry name built for ``info``, or a module with its own name."""
     if isinstance(model, str):

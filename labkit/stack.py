@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -59,11 +58,11 @@ from .config import default_project
 from .data.loaders import epoch_permutation
 from .lock import project_lock
 from .progress import report
-from .checkpoints import archive_previous, model_and_name, project_dir
-from .lit import LitClassifier, _fused_adam_ok
+from .checkpoints import archive_previous, model_and_name, project_dir, restore_previous
+from .lit import LitClassifier, NonFiniteLoss, _fused_adam_ok, count_optimizer_steps
 from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
 from .settings import DEFAULTS, TrainSettings
-from .training import TrainingDiverged, _check_project, _data, check_fits, default_chunk
+from .training import TrainingDiverged, _check_project, _data, check_fits, default_chunk, diverged_error
 
 STACKED = "stacked_runs"  # a sweep lead's settings entry: the runs that train with it (not a train() setting)
 VARY = ("learning_rate", "weight_decay", "seed", "max_epochs", "early_stopping")  # may differ within a stack
@@ -360,8 +359,7 @@ class _StackedLit(pl.LightningModule):
                     m.diverged = (float(sums[k]), self.current_epoch + 1, before)
                     m.finished_at = time.perf_counter() - self.start
         self._sums += sums
-        loop = self.trainer.fit_loop.epoch_loop.manual_optimization
-        loop.optim_step_progress.increment_by(len(chunk))  # global_step counts mini-batch steps, as in a single run
+        count_optimizer_steps(self.trainer, len(chunk))  # global_step counts mini-batch steps, as in a single run
 
     # -- validation: every live model on the whole split ------------------------------------------------
     def on_validation_epoch_start(self):
@@ -513,25 +511,8 @@ class NotStackable(ValueError):
 
 def _diverged(m: _Member) -> TrainingDiverged:
     """What :func:`labkit.training.train` raises for this run: the same message and partial result."""
-    value, epoch, before = m.diverged
-    ckpt_dir, done = m.ckpt_dir, len(m.history)
-    if m.archived is not None and not any(ckpt_dir.glob("*.ckpt")):  # nothing written: the old files go back
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.move(str(m.archived), str(ckpt_dir))
-    on_disk = any(ckpt_dir.glob("*.ckpt"))
-    kept = (f"the checkpoints of epoch {done}, the last finite one, are kept in {ckpt_dir}" if done and on_disk
-            else f"no epoch had finished; the previous run's checkpoints stay in {ckpt_dir}" if on_disk
-            else "no epoch had finished, so no checkpoint was written")
-    lr = m.settings["learning_rate"]
-    why = (f"the loss was already non-finite before any update, so the data or the model produce non-finite "
-           f"values (learning_rate={lr:g} is not the cause)" if before
-           else f"learning_rate={lr:g} is probably too large; try a smaller one")
-    last = ckpt_dir / "last.ckpt"
-    best = next(iter(ckpt_dir.glob("best*.ckpt")), None) if done else None
-    return TrainingDiverged(
-        f"training diverged: the training loss became {value} in epoch {epoch}; {why}; {kept}",
-        {"history": pd.DataFrame(m.history), "epochs": done, "best_ckpt": str(best) if best else None,
-         "last_ckpt": str(last) if done and last.is_file() else None})
+    restore_previous(m.ckpt_dir, m.archived)
+    return diverged_error(NonFiniteLoss(*m.diverged), m.settings["learning_rate"], m.ckpt_dir, m.history)
 
 
 def train_stacked(model="jsc-tiny", dataset="jsc-synthetic", runs=(), *, batch_size: int = DEFAULTS["batch_size"],
@@ -615,9 +596,7 @@ def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> fl
                 trainer.fit(lit)
         except BaseException:  # (Ctrl-C, an error) a run that wrote nothing gets its previous files back, as in train()
             for m in members:
-                if m.archived is not None and not any(m.ckpt_dir.glob("*.ckpt")):
-                    shutil.rmtree(m.ckpt_dir, ignore_errors=True)
-                    shutil.move(str(m.archived), str(m.ckpt_dir))
+                restore_previous(m.ckpt_dir, m.archived)
             raise
         return time.perf_counter() - start
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tqdm.auto import tqdm
 
 from .checkpoints import (archive_previous, load_into, load_model, model_and_name, project_dir,  # noqa: F401
-                          read_checkpoint)  # (load_model, read_checkpoint: also from here)
+                          read_checkpoint, restore_previous)  # (load_model, read_checkpoint: also from here)
 from .checks import instance_of, path_like, positive_int
 from .config import TEST_BATCH_SIZE, default_project
 from .data import JSCData, JSCDataModule, load_dataset
@@ -126,6 +125,27 @@ class TrainingDiverged(ValueError):
         self.result = result
 
 
+def diverged_error(e: NonFiniteLoss, learning_rate: float, ckpt_dir: Path, rows: list) -> TrainingDiverged:
+    """The :class:`TrainingDiverged` for a run whose loss became non-finite (``e``) after the
+    finite epochs ``rows``: it names the setting to change and the checkpoints that are kept."""
+    done = len(rows)
+    on_disk = any(ckpt_dir.glob("*.ckpt"))
+    kept = (f"the checkpoints of epoch {done}, the last finite one, are kept in {ckpt_dir}" if done and on_disk
+            else f"no epoch had finished; the previous run's checkpoints stay in {ckpt_dir}" if on_disk
+            else "no epoch had finished, so no checkpoint was written")
+    if e.before_any_update:
+        why = (f"the loss was already non-finite before any update, so the data or the model produce "
+               f"non-finite values (learning_rate={learning_rate:g} is not the cause)")
+    else:
+        why = f"learning_rate={learning_rate:g} is probably too large; try a smaller one"
+    last = ckpt_dir / "last.ckpt"
+    best = next(iter(ckpt_dir.glob("best*.ckpt")), None) if done else None
+    return TrainingDiverged(
+        f"training diverged: the training loss became {e.value} in epoch {e.epoch}; {why}; {kept}",
+        {"history": pd.DataFrame(rows), "epochs": done, "best_ckpt": str(best) if best else None,
+         "last_ckpt": str(last) if done and last.is_file() else None})
+
+
 @contextlib.contextmanager
 def _fit_outcome(history: EpochHistory, stop: StopOnInterrupt, ckpt_dir: Path, learning_rate: float,
                  archived: Path | None):
@@ -136,29 +156,12 @@ def _fit_outcome(history: EpochHistory, stop: StopOnInterrupt, ckpt_dir: Path, l
         try:
             yield
         except (Interrupted, NonFiniteLoss):
-            if archived is not None and not any(ckpt_dir.glob("*.ckpt")):
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
-                shutil.move(str(archived), str(ckpt_dir))
+            restore_previous(ckpt_dir, archived)
             raise
     except Interrupted as e:
         raise KeyboardInterrupt(f"stopped {e}") from None
     except NonFiniteLoss as e:
-        done = len(history.rows)
-        on_disk = any(ckpt_dir.glob("*.ckpt"))
-        kept = (f"the checkpoints of epoch {done}, the last finite one, are kept in {ckpt_dir}" if done and on_disk
-                else f"no epoch had finished; the previous run's checkpoints stay in {ckpt_dir}" if on_disk
-                else "no epoch had finished, so no checkpoint was written")
-        if e.before_any_update:
-            why = (f"the loss was already non-finite before any update, so the data or the model produce "
-                   f"non-finite values (learning_rate={learning_rate:g} is not the cause)")
-        else:
-            why = f"learning_rate={learning_rate:g} is probably too large; try a smaller one"
-        last = ckpt_dir / "last.ckpt"
-        best = next(iter(ckpt_dir.glob("best*.ckpt")), None) if done else None
-        raise TrainingDiverged(
-            f"training diverged: the training loss became {e.value} in epoch {e.epoch}; {why}; {kept}",
-            {"history": pd.DataFrame(history.rows), "epochs": done, "best_ckpt": str(best) if best else None,
-             "last_ckpt": str(last) if done and last.is_file() else None}) from None
+        raise diverged_error(e, learning_rate, ckpt_dir, history.rows) from None
     if stop.requested:  # Ctrl-C after the last step: the run is complete, but stop here as asked
         raise KeyboardInterrupt(f"training had just finished; its checkpoints are complete in {ckpt_dir}")
 
