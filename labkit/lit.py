@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import Callback
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from .fused import FusedStep
 from .settings import DEFAULTS
 
 STAGES = ("train", "val", "test")
@@ -64,6 +65,7 @@ class LitClassifier(pl.LightningModule):
         self.model = model
         self.save_hyperparameters(ignore=["model"])  # plain values only: safe for weights_only loads
         self.automatic_optimization = False
+        self.use_fused = True  # False: always autograd (benchmarks/bench_train.py compares the two)
         for stage in STAGES:
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=num_classes, average="micro"))
             # "disable": no NaN test per update (a host sync); a non-finite training loss is caught per chunk
@@ -88,17 +90,21 @@ class LitClassifier(pl.LightningModule):
         if isinstance(chunk, tuple):  # a plain (x, y) batch also works
             chunk = [chunk]
         opt = self.optimizers().optimizer  # the raw torch optimiser: no per-step wrappers
+        fused = self._fused_step(opt)
         loss_sum = torch.zeros((), device=self.device)
         preds, targets = [], []
         first_loss = None
         for x, y in chunk:
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            if fused is not None and fused.usable(x):
+                loss, logits = fused(x, y)  # the same update, by hand (labkit/fused.py)
+            else:
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             if first_loss is None:
                 first_loss = loss.detach()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
             loss_sum += loss.detach() * len(y)
             preds.append(logits.detach().argmax(1))
             targets.append(y)
@@ -115,6 +121,12 @@ class LitClassifier(pl.LightningModule):
         self.log_dict({"train_loss": self.train_loss, "train_acc": self.train_acc}, on_step=False, on_epoch=True,
                       batch_size=n)
         self.log("train_loss_step", loss_sum / n, on_step=True, on_epoch=False, batch_size=n)
+
+    def _fused_step(self, opt):
+        """The hand-written step for this model and optimiser (built once), or None: autograd."""
+        if getattr(self, "_fused", (None, None))[0] is not opt:
+            self._fused = (opt, FusedStep.build(self.model, opt) if self.use_fused else None)
+        return self._fused[1]
 
     def on_train_epoch_start(self):
         # Shuffle order is a pure function of (seed, epoch), so a resumed run sees the same batches.

@@ -52,13 +52,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from . import models as zoo
 from .cache import atomic_write
 from .config import default_project
 from .data.loaders import epoch_permutation
 from .lock import project_lock
 from .progress import report
 from .checkpoints import archive_previous, model_and_name, project_dir, restore_previous
+from .fused import leaves
 from .lit import LitClassifier, NonFiniteLoss, _fused_adam_ok, count_optimizer_steps
 from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
 from .settings import DEFAULTS, TrainSettings
@@ -68,40 +68,16 @@ STACKED = "stacked_runs"  # a sweep lead's settings entry: the runs that train w
 VARY = ("learning_rate", "weight_decay", "seed", "max_epochs", "early_stopping")  # may differ within a stack
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as LitClassifier uses them
 
-# Models whose forward applies their leaf modules in registration order (checked on a probe too).
-_SEQUENTIAL = (zoo.JSC_Tiny, zoo.JSC_Toy, zoo.JSC_Custom, zoo.JSC_S, zoo.JSC_TRT, nn.Sequential)
-
 
 # -- which models can be stacked ------------------------------------------------------------------
-
-
-def _leaves(net: nn.Module):
-    """``(name, module)`` of the layers, in order, if every one is a kind the stacker knows."""
-    if type(net) not in _SEQUENTIAL:
-        return None
-    out = []
-    for name, m in net.named_modules():
-        if list(m.children()):
-            continue
-        kind = type(m)
-        if kind is nn.BatchNorm1d:
-            if not (m.affine and m.track_running_stats and m.momentum is not None):
-                return None
-        elif kind not in (nn.Linear, nn.ReLU, nn.Dropout):
-            return None
-        out.append((name, m))
-    params = list(net.parameters())
-    if not out or not params or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
-        return None
-    return out
 
 
 def stackable(net: nn.Module) -> bool:
     """Can :func:`train_stacked` train this model? Known layer kinds applied in order (checked
     by comparing the stacked forward with the model's own on a few rows, in eval mode)."""
-    if _leaves(net) is None:
+    if leaves(net) is None:
         return False
-    width = next(m for _, m in _leaves(net) if isinstance(m, (nn.Linear, nn.BatchNorm1d)))
+    width = next(m for _, m in leaves(net) if isinstance(m, (nn.Linear, nn.BatchNorm1d)))
     width = width.in_features if isinstance(width, nn.Linear) else width.num_features
     x = torch.randn(4, width, generator=torch.Generator().manual_seed(0))
     try:
@@ -160,7 +136,7 @@ class _Stack:
         self.steps = steps
         self.layers = []  # (kind, module, tensors)
         self.buffers = {}  # state-dict name -> [K, C] running statistics
-        for name, m in _leaves(net0):
+        for name, m in leaves(net0):
             get = lambda what: self.params[self.index[f"{name}.{what}"]]  # noqa: E731
             if isinstance(m, nn.Linear):
                 self.layers.append(("linear", m, (get("weight"), get("bias") if m.bias is not None else None)))
