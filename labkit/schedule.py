@@ -30,7 +30,7 @@ import torch.nn as nn
 from . import prefix
 from .models import get_model
 from .runtime import torch_threads
-from .stack import STACKED, VARY, _losses, _Stack, stackable
+from .stack import STACKED, VARY, _Stack, stackable
 
 MAX_STACK = 16  # models per stack: beyond this the batched step is compute-bound anyway
 PROBE_STEPS = 12  # timed steps per probe (after 3 warm-up steps)
@@ -119,10 +119,7 @@ class Estimator:
             xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
 
             def step():
-                loss = _losses(stack.forward(xw, True, gens), yk)[0].mean(0).sum()
-                stack.grad_flat.zero_()
-                loss.backward()
-                stack.adam_step()
+                stack.step(xw, yk, gens)
             for _ in range(3):
                 step()
             start = time.perf_counter()
