@@ -445,7 +445,7 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, y):
-        loss, e, total = _ce_forward(z, y)
+        loss, e, total, _ = _ce_forward(z, y)
         ctx.save_for_backward(e, total, y)
         return loss
 
@@ -456,11 +456,14 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _ce_forward(z, y):
-    """Per-row losses ``[rows, K]``, and the exponentials and their sums the backward needs."""
-    shifted = z - z.amax(0)
+    """Per-row losses ``[rows, K]``, the exponentials and their sums the backward needs, and the
+    predicted classes ``[rows, K]`` (the first maximum, as ``argmax``: ``max(0)`` gives it with
+    the maximum itself, and runs ~20x faster than ``argmax(0)`` over a leading dimension)."""
+    top, preds = z.max(0)
+    shifted = z - top
     e = shifted.exp()
     total = e.sum(0)
-    return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0), e, total
+    return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0), e, total, preds
 
 
 def _ce_backward(e, total, y, grad):
@@ -476,7 +479,7 @@ def _losses(logits, y):
     class dimension, which is several times faster than over a last dimension of 5)."""
     rows, K = y.shape
     z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
-    return _CrossEntropy.apply(z, y), z.detach().argmax(0)
+    return _CrossEntropy.apply(z, y), z.detach().max(0).indices
 
 
 def _loss_and_grad(logits, y):
@@ -485,10 +488,10 @@ def _loss_and_grad(logits, y):
     through :func:`_losses`, ``mean(0)`` and ``sum()``."""
     rows, K = y.shape
     z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
-    per_row, e, total = _ce_forward(z, y)
+    per_row, e, total, preds = _ce_forward(z, y)
     # autograd's mean backward divides the ones of the sum's backward by the row count: 1/rows
     p = _ce_backward(e, total, y, torch.ones(()) / rows)
-    return per_row.mean(0), z.argmax(0), p.permute(1, 2, 0).reshape(rows, -1)
+    return per_row.mean(0), preds, p.permute(1, 2, 0).reshape(rows, -1)
 
 
 def _dropout_noise(p: float, B: int, K: int, C: int, gens):
