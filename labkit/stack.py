@@ -19,6 +19,11 @@ How the K models stay K independent runs:
   is one ``baddbmm`` over a ``[K, batch, in]`` view; ReLU is elementwise. Dropout draws each
   model's mask from the model's own generator, seeded as its own run's would be.
 * the loss is the sum of the K models' mean losses, so each model's gradient is its own;
+* the step has no autograd graph (:meth:`_Stack.step`, as :mod:`labkit.fused` for one model):
+  the forward keeps what each layer's backward needs and the backward calls the kernels
+  autograd would (``bmm`` for ``baddbmm``'s gradients, ``native_batch_norm_backward``,
+  ``threshold_backward``), writing each gradient into its place in one flat buffer; the
+  result is the autograd step's bit for bit (``tests/test_stack.py``);
 * Adam works on one flat buffer of all K models' parameters with a per-element learning rate
   and weight decay, in the fused Adam kernel's arithmetic order (``training.py`` uses fused
   Adam), about ten operations per step whatever K is;
