@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from .cache import atomic_write
 from .config import default_project
@@ -275,6 +276,8 @@ class _Member:
                                     enable_version_counter=False)
         patience = settings.get("early_stopping")
         self.stopper = EarlyStopping(monitor="val_acc", mode="max", patience=patience) if patience else None
+        # The CSV and TensorBoard logs a run trained alone writes (its epoch metrics, same folders)
+        self.loggers = [CSVLogger(self.out / "logs", name="csv"), TensorBoardLogger(self.out / "logs", name="tensorboard")]
         self.history: list[dict] = []
         self.archived = None
         self.diverged = None  # (loss value, epoch, before_any_update)
@@ -414,6 +417,7 @@ class _StackedLit(pl.LightningModule):
             row.update(self._val[k])
             row["lr"] = m.settings["learning_rate"]
             m.history.append(row)
+            self._log(m, row)
             m.steps = int(self.global_step)
             done += 1
             stop = e >= m.settings["max_epochs"]
@@ -429,6 +433,15 @@ class _StackedLit(pl.LightningModule):
         report(done)  # epochs finished, for the sweep's progress bar
         if len(keep) != len(self.live):
             self._keep(keep)
+
+    def _log(self, m, row):
+        """One epoch into the run's CSV/TensorBoard logs, as a single run's Lightning loggers get it:
+        the validation and the training metrics at the epoch's last chunk."""
+        step = (self.current_epoch + 1) * self.trainer.num_training_batches - 1
+        for logger in m.loggers:
+            for stage in ("val", "train"):
+                logger.log_metrics({f"{stage}_acc": row[f"{stage}_acc"], f"{stage}_loss": row[f"{stage}_loss"],
+                                    "epoch": self.current_epoch}, step)
 
     def _keep(self, keep):
         if keep:
@@ -677,6 +690,8 @@ def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> fl
                              enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
         for m in members:
             m.archived = archive_previous(m.ckpt_dir)
+            for logger in m.loggers:
+                logger.log_hyperparams(dict(m.lit.hparams))
         start = time.perf_counter()
         try:
             with interruptible(), torch_threads(num_threads or 1), warnings.catch_warnings():
@@ -686,6 +701,10 @@ def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> fl
             for m in members:
                 restore_previous(m.ckpt_dir, m.archived)
             raise
+        finally:
+            for m in members:
+                for logger in m.loggers:
+                    logger.finalize("success" if m.diverged is None else "failed")
         return time.perf_counter() - start
 
 

@@ -682,3 +682,16 @@ def test_real_data_size_keeps_a_seeded_subset(tmp_path, files):
     assert part.manifest["cache_path"] != full.manifest["cache_path"]
     with pytest.raises(ValueError, match="size must be at least 100"):
         load_dataset("jsc", size=10, source=files["hdf5"], data_dir=tmp_path)
+
+
+def test_batches_already_on_the_device_are_not_walked_again():
+    """A chunk whose batches are on the trainer's device is passed through as is (Lightning's walk
+    over hundreds of (x, y) pairs per chunk costs more than a training step); others move."""
+    from labkit.data import JSCDataModule
+    dm = JSCDataModule(batch_size=4)
+    chunk = [(torch.zeros(4, 16), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    assert dm.transfer_batch_to_device(chunk, torch.device("cpu"), 0) is chunk
+    moved = dm.transfer_batch_to_device(chunk, torch.device("meta"), 0)
+    assert all(x.device.type == "meta" and y.device.type == "meta" for x, y in moved)
+    pair = (torch.zeros(4, 16), torch.zeros(4, dtype=torch.long))
+    assert dm.transfer_batch_to_device(pair, torch.device("cpu"), 0) is pair

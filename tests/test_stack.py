@@ -59,6 +59,22 @@ def _same_run(stacked, alone, root):
     pd.testing.assert_frame_equal(hs, ha, check_exact=False, atol=ATOL, rtol=0)
     for which in ("best_ckpt", "last_ckpt"):
         _close_checkpoints(stacked[which], alone[which])
+    _same_logs(Path(stacked["output_dir"]), Path(alone["output_dir"]))
+
+
+def _same_logs(a: Path, b: Path):
+    """The CSV logs hold the same epoch rows (epoch, step, metrics); both wrote TensorBoard logs."""
+    def metrics(out):
+        versions = sorted((out / "logs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        return pd.read_csv(versions[-1] / "metrics.csv")
+    ma, mb = metrics(a), metrics(b)
+    cols = ["epoch", "step", "train_acc", "train_loss", "val_acc", "val_loss"]
+    assert set(cols) <= set(ma.columns) and set(cols) <= set(mb.columns)
+    mb = mb[mb[["train_acc", "val_acc"]].notna().any(axis=1)]  # epoch rows only (not per-step losses)
+    pd.testing.assert_frame_equal(ma[cols].reset_index(drop=True), mb[cols].reset_index(drop=True),
+                                  check_exact=False, atol=ATOL, rtol=0)
+    for out in (a, b):
+        assert list((out / "logs" / "tensorboard").glob("version_*/events.out.tfevents.*"))
 
 
 RUNS = [  # learning rates, a seed (its own data order), weight decay, a shorter run, early stopping
