@@ -8,6 +8,9 @@ becomes one call that returns a table and the learning curves::
     res.histories             # label -> per-epoch DataFrame (epoch, val_acc, ...)
     res.plot()                # val accuracy per epoch, one curve per value
 
+    both = sweeps("jsc-tiny", data, {"batch_size": [64, 128], "max_epochs": [10, 50]}, max_epochs=10)
+    both["max_epochs"].table  # several one-setting sweeps planned as one (a shared run trains once)
+
 Every finished run is written at once to ``outputs/sweeps/<name>/<hash>.json`` (a
 :class:`~labkit.cache.ResultCache`), keyed by *everything that decides its result*: the
 model (name and architecture), the dataset identity, each training setting and the recipe
@@ -523,8 +526,9 @@ def sweeps(model, dataset, grid: dict, *, data: JSCData | None = None, workers: 
     missing runs are planned together (:func:`labkit.schedule.plan`: a 10-epoch run can be the
     prefix of another sweep's 200-epoch run; the workers are shared out over all of them), with
     one plan table and one progress bar. A run's checkpoints live with the sweep that trained
-    it (the first that contains it, in ``grid``'s order). Each result's ``elapsed_s`` is the
-    whole call's. Other options as in :func:`grid_sweep`.
+    it (the first that contains it, in ``grid``'s order); a run one sweep had cached and another
+    took from it shows ``cached`` in both tables. Each result's ``elapsed_s`` is the whole call's.
+    Other options as in :func:`grid_sweep`.
     """
     start = time.perf_counter()
     grid = _check_grid(grid)
@@ -532,6 +536,8 @@ def sweeps(model, dataset, grid: dict, *, data: JSCData | None = None, workers: 
     checked = [_checked(model, {p: v}, {k: x for k, x in fixed.items() if k != p}, accelerator, None)
                for p, v in grid.items()]
     _check_options(workers, share_prefixes, stack_runs)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder (a str or Path), got {root!r}")
     data = _resolve_data(dataset, data)
     device = device_kind(accelerator)
     root = Path(root) if root is not None else outputs_dir() / "sweeps"

@@ -134,11 +134,12 @@ def test_with_workers_and_stacks_the_results_match_separate_sweeps(data, tmp_pat
     ({"batch_size": [64]}, {"workers": 0}, ValueError, ["workers"]),
     ({"batch_size": [64]}, {"share_prefixes": "yes"}, TypeError, ["share_prefixes"]),
     ({"batch_size": [64]}, {"accelerator": "tpu"}, ValueError, ["accelerator", "tpu"]),
+    ({"batch_size": [64]}, {"root": 3}, TypeError, ["root", "3"]),
 ])
 def test_bad_input_fails_before_anything_runs(data, tmp_path, count_trainings, grid, kwargs, error, words):
     trainings = count_trainings("max_epochs")
     with pytest.raises(error) as err:
-        sweeps("jsc-tiny", data, grid, data=data, progress=False, root=tmp_path / "root", **kwargs)
+        sweeps("jsc-tiny", data, grid, data=data, progress=False, **{"root": tmp_path / "root", **kwargs})
     for word in words:
         assert word in str(err.value)
     assert trainings == [] and not (tmp_path / "root").exists()
