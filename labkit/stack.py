@@ -160,6 +160,7 @@ class _Stack:
                 self.layers.append(("relu", m, (), ()))
             else:
                 self.layers.append(("dropout", m, (), ()))
+        self.ops = [_prepared(layer) for layer in self.layers]  # what :meth:`step` reads, made once
         self.template = net0
 
     def forward(self, h, training: bool, gens):
@@ -191,12 +192,12 @@ class _Stack:
         and its predicted classes ``[batch, K]``. The result is autograd's (``losses.sum().backward()``
         over :meth:`forward`) bit for bit: the same kernels on tensors of the same shapes and strides."""
         saved, h = [], x
-        for layer in self.layers:
-            h, keep = _forward_keeping(layer, h, self.K, gens)
+        for op in self.ops:
+            h, keep = _forward_keeping(op, h, self.K, gens)
             saved.append(keep)
         losses, preds, g = _loss_and_grad(h, y)
-        for i in range(len(self.layers) - 1, -1, -1):
-            g = _backward(self.layers[i], saved[i], g, self.K, need_input=i > 0)
+        for i in range(len(self.ops) - 1, -1, -1):
+            g = _backward(self.ops[i], saved[i], g, self.K, need_input=i > 0)
         self.adam_step()
         return losses, preds
 
@@ -206,7 +207,7 @@ class _Stack:
         self.steps += 1
         bc1 = 1 - BETA1 ** self.steps
         bc2 = 1 - BETA2 ** self.steps
-        neg_step = torch.tensor([-(lr / bc1) for lr in self.lrs], dtype=torch.float32)[self.owner]
+        neg_step = torch.tensor([-(lr / bc1) for lr in self.lrs], dtype=torch.float32).index_select(0, self.owner)
         g = self.grad_flat
         if self.any_wd:
             g = torch.addcmul(g, self.flat, self.wd)  # grad + param * weight_decay
@@ -512,54 +513,70 @@ def _loss_and_grad(logits, y):
     return per_row.mean(0), preds, p.permute(1, 2, 0).reshape(rows, -1)
 
 
-def _dropout_noise(p: float, B: int, K: int, C: int, gens):
+def _dropout_noise(p: float, B: int, K: int, C: int, gens, buffers=None):
     """Dropout's scaled mask ``[B, K, C]``, as F.dropout makes it on the CPU (ATen's _dropout_impl:
     ``bernoulli_(1 - p)``, then ``div_(1 - p)``), each model's drawn from its own generator so it
-    is the mask its run alone would draw; ``p >= 1``: a zero, and no random numbers drawn."""
+    is the mask its run alone would draw; ``p >= 1``: a zero, and no random numbers drawn.
+    ``buffers``: a dict to keep the mask's memory in from one step to the next, by batch size."""
     if p >= 1:
         return torch.zeros(())
-    noise = torch.empty(B, K, C)
-    for k, g in enumerate(gens):  # (a strided view gets the values a fresh [B, C] would)
-        noise[:, k].bernoulli_(1 - p, generator=g)
+    if buffers is None or B not in buffers:
+        noise = torch.empty(B, K, C)
+        made = (noise, [noise[:, k] for k in range(K)])  # (a strided view gets the values a fresh [B, C] would)
+        if buffers is None:
+            buffers = {}
+        buffers[B] = made
+    noise, views = buffers[B]
+    for view, g in zip(views, gens):
+        view.bernoulli_(1 - p, generator=g)
     return noise.div_(1 - p)
 
 
-def _forward_keeping(layer, h, K: int, gens):
+def _prepared(layer):
+    """A layer as :meth:`_Stack.step` uses it: the flat and transposed views its kernels take,
+    made once (detached: the step runs no autograd), and its gradients' places in ``grad_flat``."""
+    kind, m, t, grads = layer
+    if kind == "linear":
+        w, b = (x.detach() if x is not None else None for x in t)
+        return kind, m, (w, w.transpose(1, 2), b.unsqueeze(1) if b is not None else None), grads
+    if kind == "bn":
+        return kind, m, tuple(x.detach().view(-1) for x in t), tuple(x.view(-1) for x in grads)
+    return kind, m, {}, ()  # Dropout: its masks' memory, by batch size
+
+
+def _forward_keeping(op, h, K: int, gens):
     """One layer of :meth:`_Stack.step`'s forward (what :meth:`_Stack.forward` computes in
     training): its output, and what its backward needs."""
-    kind, m, t, _ = layer
+    kind, m, t, _ = op
     B = h.shape[0]
     if kind == "linear":
-        w, b = t
+        _, wt, b = t
         h3 = h.view(B, K, -1).transpose(0, 1)  # [K, B, in], no copy
-        y = torch.baddbmm(b.unsqueeze(1), h3, w.transpose(1, 2)) if b is not None else \
-            torch.bmm(h3, w.transpose(1, 2))
+        y = torch.baddbmm(b, h3, wt) if b is not None else torch.bmm(h3, wt)
         return y.transpose(0, 1).reshape(B, -1), h3
     if kind == "bn":
-        w, b, rm, rv = t
         # F.batch_norm's kernel in training (running statistics updated in place), with the
         # batch statistics it saves for the backward
-        out, mean, invstd = torch.native_batch_norm(h, w.view(-1), b.view(-1), rm.view(-1), rv.view(-1), True,
-                                                    m.momentum, m.eps)
+        out, mean, invstd = torch.native_batch_norm(h, *t, True, m.momentum, m.eps)
         return out, (h, mean, invstd)
     if kind == "relu":
         out = torch.relu(h)
         return out, out
     if m.p == 0:
         return h, None
-    noise = _dropout_noise(m.p, B, K, h.shape[1] // K, gens)
+    noise = _dropout_noise(m.p, B, K, h.shape[1] // K, gens, t)
     return (h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)), noise
 
 
-def _backward(layer, keep, g, K: int, need_input: bool):
+def _backward(op, keep, g, K: int, need_input: bool):
     """One layer's backward in :meth:`_Stack.step`: its parameters' gradients written into their
     places in ``grad_flat``, its input's gradient returned. Each is the kernel autograd runs for
     the forward's operation (derivatives.yaml), on a tensor of the same shape and strides, so
     the sums run in the same order and the values are autograd's bit for bit."""
-    kind, m, t, grads = layer
+    kind, m, t, grads = op
     B = g.shape[0]
     if kind == "linear":
-        w, b = t
+        w, _, b = t
         g3 = g.view(B, K, -1).transpose(0, 1)  # [K, B, out]: the output reshape's and transpose's backward
         # baddbmm's gradient for batch2 = w.transpose(1, 2) is batch1^T @ grad ([K, in, out]), then
         # transposed into the weight's layout (bmm writing through a transposed ``out`` rounds differently)
@@ -568,12 +585,10 @@ def _backward(layer, keep, g, K: int, need_input: bool):
             torch.sum(g3, 1, out=grads[1])
         return g3.bmm(w).transpose(0, 1).reshape(B, -1) if need_input else None
     if kind == "bn":
-        w, _, rm, rv = t
         h, mean, invstd = keep
-        gi, gw, gb = _BN_BACKWARD(g, h, w.view(-1), rm.view(-1), rv.view(-1), mean, invstd, True, m.eps,
-                                  [need_input, True, True])
-        grads[0].view(-1).copy_(gw)
-        grads[1].view(-1).copy_(gb)
+        gi, gw, gb = _BN_BACKWARD(g, h, t[0], t[2], t[3], mean, invstd, True, m.eps, [need_input, True, True])
+        grads[0].copy_(gw)
+        grads[1].copy_(gb)
         return gi
     if kind == "relu":
         return _RELU_BACKWARD(g, keep, 0)
