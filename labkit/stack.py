@@ -161,6 +161,7 @@ class _Stack:
             else:
                 self.layers.append(("dropout", m, (), ()))
         self.ops = [_prepared(layer) for layer in self.layers]  # what :meth:`step` reads, made once
+        self._consts = {}  # the loss's constants, by batch size
         self.template = net0
 
     def forward(self, h, training: bool, gens):
@@ -195,7 +196,7 @@ class _Stack:
         for op in self.ops:
             h, keep = _forward_keeping(op, h, self.K, gens)
             saved.append(keep)
-        losses, preds, g = _loss_and_grad(h, y)
+        losses, preds, g = _loss_and_grad(h, y, self._consts)
         for i in range(len(self.ops) - 1, -1, -1):
             g = _backward(self.ops[i], saved[i], g, self.K, need_input=i > 0)
         self.adam_step()
@@ -327,7 +328,7 @@ class _StackedLit(pl.LightningModule):
         K = len(self.live)
         if self._perms is None:
             x, y = self._x[a:b], self._y[a:b]
-            return x.repeat(1, K), y.unsqueeze(1).expand(-1, K)
+            return _wide(x, K), y.unsqueeze(1).expand(-1, K)
         idx = self._perms[a:b]
         return self.data.x_train[idx].view(b - a, -1), self.data.y_train[idx]
 
@@ -365,7 +366,7 @@ class _StackedLit(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         K, B = len(self.live), len(y)
-        losses, preds = _losses(self.stack.forward(x.repeat(1, K), False, None), y.unsqueeze(1).expand(-1, K))
+        losses, preds = _losses(self.stack.forward(_wide(x, K), False, None), y.unsqueeze(1).expand(-1, K))
         self._val_sum += losses.sum(0)
         self._val_correct += (preds == y.unsqueeze(1)).sum(0)
         self._val_n += B
@@ -485,10 +486,13 @@ def _ce_forward(z, y):
     return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0), e, total, preds
 
 
-def _ce_backward(e, total, y, grad):
-    """d(loss)/dz for ``grad`` = d(whatever)/d(per-row loss) (``[rows, K]``, or one number for all)."""
+def _ce_backward(e, total, y, grad, minus_one=None):
+    """d(loss)/dz for ``grad`` = d(whatever)/d(per-row loss) (``[rows, K]``, or one number for all).
+    ``minus_one``: ``[1, rows, K]`` of -1 (made here if not given)."""
     p = e / total  # softmax
-    p.scatter_add_(0, y.unsqueeze(0), torch.full((1, *y.shape), -1.0))  # minus the one-hot target
+    if minus_one is None:
+        minus_one = torch.full((1, *y.shape), -1.0)
+    p.scatter_add_(0, y.unsqueeze(0), minus_one)  # minus the one-hot target
     return p.mul_(grad)
 
 
@@ -501,15 +505,18 @@ def _losses(logits, y):
     return _CrossEntropy.apply(z, y), z.detach().max(0).indices
 
 
-def _loss_and_grad(logits, y):
+def _loss_and_grad(logits, y, consts: dict):
     """:meth:`_Stack.step`'s loss: each model's mean loss ``[K]``, the predicted classes, and the
     gradient of the losses' sum with respect to the (wide) logits, as autograd computes it
-    through :func:`_losses`, ``mean(0)`` and ``sum()``."""
+    through :func:`_losses`, ``mean(0)`` and ``sum()``. ``consts``: constants kept by batch size."""
     rows, K = y.shape
     z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
     per_row, e, total, preds = _ce_forward(z, y)
-    # autograd's mean backward divides the ones of the sum's backward by the row count: 1/rows
-    p = _ce_backward(e, total, y, torch.ones(()) / rows)
+    if rows not in consts:
+        # autograd's mean backward divides the ones of the sum's backward by the row count: 1/rows
+        consts[rows] = torch.ones(()) / rows, torch.full((1, rows, K), -1.0)
+    scale, minus_one = consts[rows]
+    p = _ce_backward(e, total, y, scale, minus_one)
     return per_row.mean(0), preds, p.permute(1, 2, 0).reshape(rows, -1)
 
 
@@ -595,6 +602,12 @@ def _backward(op, keep, g, K: int, need_input: bool):
     if keep is None:  # Dropout(p=0)
         return g
     return g * keep if keep.dim() == 0 else (g.view(B, K, -1) * keep).view(B, -1)
+
+
+def _wide(x, K: int):
+    """``[rows, F]`` -> ``[rows, K * F]``, the rows given to each of the K models (as
+    ``x.repeat(1, K)``, in one copy instead of repeat's several operations)."""
+    return x.unsqueeze(1).expand(-1, K, -1).reshape(len(x), -1)
 
 
 def _accuracy(correct, n) -> float:
