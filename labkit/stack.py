@@ -562,6 +562,8 @@ def _forward_keeping(op, h, K: int, gens):
         y = torch.baddbmm(b, h3, wt) if b is not None else torch.bmm(h3, wt)
         return y.transpose(0, 1).reshape(B, -1), h3
     if kind == "bn":
+        if B < 2:  # F.batch_norm's error for one row in training (a run alone raises it too)
+            F.batch_norm(h, t[2], t[3], t[0], t[1], True, m.momentum, m.eps)
         # F.batch_norm's kernel in training (running statistics updated in place), with the
         # batch statistics it saves for the backward
         out, mean, invstd = torch.native_batch_norm(h, *t, True, m.momentum, m.eps)

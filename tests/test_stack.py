@@ -185,6 +185,18 @@ def test_the_hand_written_step_is_the_autograd_step_bit_for_bit(name):
     assert not torch.equal(a.flat, _Stack([nets[0], nets[2]], [0.0, 0.0], [0.0, 0.0]).flat)  # it trained
 
 
+def test_one_row_with_batchnorm_raises_as_autograd_does():
+    stack = _Stack([get_model("jsc-tiny") for _ in range(2)], [1e-3] * 2, [0.0] * 2)
+    before = stack.buffers["seq_blocks.0.running_mean"].clone()
+    x, y = torch.randn(1, 32), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="more than 1 value per channel") as autograd:
+        stack.forward(x, True, None)
+    with pytest.raises(ValueError, match="more than 1 value per channel") as manual:
+        stack.step(x, y, None)
+    assert str(manual.value) == str(autograd.value)
+    assert torch.equal(stack.buffers["seq_blocks.0.running_mean"], before) and stack.steps == 0
+
+
 def test_checkpoints_load_like_any_run(data, tmp_path, capsys):
     from labkit.cli import main
     r = train_stacked("jsc-tiny", data, [{"learning_rate": 1e-3}, {"learning_rate": 1e-2}], data=data,
