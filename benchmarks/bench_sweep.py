@@ -7,12 +7,15 @@ learning rate 1e-5, where not swept):
 * max epochs 10, 20, 50, 100, 200;
 * learning rates 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1 (10 epochs each).
 
-Here they run as three :func:`labkit.sweep.sweep` calls on full-size ``jsc-synthetic``,
-spread over the CPU cores, into a fresh cache (so every run really trains), each sweep back
-to back in each mode: run by run (``share_prefixes=False, stack_runs=False``), with shared
-prefixes only (:mod:`labkit.prefix`: the max-epochs runs are one training to 200 epochs), and
-planned (:mod:`labkit.schedule`: shared prefixes and stacks, :mod:`labkit.stack`: the
-learning-rate runs are one stacked model), and we check the results against run by run
+Here they run on full-size ``jsc-synthetic``, spread over the CPU cores, into a fresh cache
+(so every run really trains), one mode after another: run by run (three
+:func:`labkit.sweep.sweep` calls, ``share_prefixes=False, stack_runs=False``), with shared
+prefixes only (three calls; :mod:`labkit.prefix`: the max-epochs runs are one training to 200
+epochs), and planned (ONE :func:`labkit.sweep.sweeps` call for all three, planned together by
+:mod:`labkit.schedule`: the run all three sweeps contain, batch 128 / lr 1e-5 / 10 epochs,
+trains once, as a prefix of the 200-epoch chain; the other runs, the learning-rate ones as one
+stacked model (:mod:`labkit.stack`), train on the other worker meanwhile), and we check the
+results against run by run
 (shared prefixes: identical; stacks: equal to float rounding, the largest difference printed).
 We also compute what the 200-epoch run at batch 128 costs alone at full size from its measured
 time per step: it is one serial chain of steps, so no plan can finish the sweep sooner. We print the
@@ -47,7 +50,7 @@ from labkit.data import load_dataset
 from labkit.data.synthetic import DEFAULT_SIZE
 from labkit.models import get_model
 from labkit.paths import outputs_dir
-from labkit.sweep import sweep
+from labkit.sweep import sweep, sweeps
 from labkit.runtime import quiet_lightning
 
 FIXED = {"batch_size": 128, "learning_rate": 1e-5, "max_epochs": 10}  # MASE's defaults, 10 epochs
@@ -78,6 +81,18 @@ def plan(scale: float) -> list[tuple[str, list, dict]]:
 MODES = {"per-run": {"share_prefixes": False, "stack_runs": False},
          "shared": {"share_prefixes": True, "stack_runs": False},
          "planned": {"share_prefixes": True, "stack_runs": True}}
+
+
+def run_mode(mode: str, data, workers: int, root: Path, scale: float) -> dict:
+    """The Lab-1 sweep in one mode: ``{param: SweepResult}``. Planned: the three sweeps as one
+    :func:`labkit.sweep.sweeps` call (the run all three share trains once, the max-epochs chain
+    and the other runs share the workers; its plan is printed); otherwise one ``sweep()`` per setting."""
+    if mode == "planned":
+        fixed = {**FIXED, "max_epochs": scaled_epochs(FIXED["max_epochs"], scale)}
+        grid = {param: values for param, values, _ in plan(scale)}
+        return sweeps("jsc-tiny", data, grid, data=data, workers=workers, root=root, **MODES[mode], **fixed)
+    return {param: sweep("jsc-tiny", data, param, values, data=data, workers=workers, cache_dir=root / param,
+                         name=f"lab1-{param}", **MODES[mode], **fixed) for param, values, fixed in plan(scale)}
 
 
 def same_results(a, b) -> bool:
@@ -159,19 +174,20 @@ def main():
 
     modes = args.modes
     rows, sweep_times, results = [], [], {}
-    for param, values, fixed in plan(args.scale):
-        for mode in modes:  # back to back, so a change in the machine's load hits both alike
-            res = sweep("jsc-tiny", data, param, values, data=data, workers=workers, cache_dir=root / mode / param,
-                        name=f"lab1-{param}", **MODES[mode], **fixed)
-            sweep_times.append((param, mode, len(values), res.elapsed_s))
+    for mode in modes:
+        for param, res in run_mode(mode, data, workers, root / mode, args.scale).items():
             results[mode, param] = res
-            if mode != modes[-1]:
-                continue
-            for r in res.table.itertuples():
-                setting = {**fixed, param: getattr(r, param)}
-                rows.append({"sweep": param, "batch_size": setting["batch_size"],
-                             "learning_rate": setting["learning_rate"], "max_epochs": setting["max_epochs"],
-                             "epochs": r.epochs, "test_acc": r.test_acc, "labkit_s": r.wall_time_s, "cached": r.cached})
+        if mode == "planned":  # one call: its sweeps' elapsed_s is the whole call's
+            sweep_times.append(("all three", mode, sum(len(v) for _, v, _ in plan(args.scale)),
+                                results[mode, "batch_size"].elapsed_s))
+        else:
+            sweep_times += [(p, mode, len(v), results[mode, p].elapsed_s) for p, v, _ in plan(args.scale)]
+    for param, values, fixed in plan(args.scale):
+        for r in results[modes[-1], param].table.itertuples():
+            setting = {**fixed, param: getattr(r, param)}
+            rows.append({"sweep": param, "batch_size": setting["batch_size"],
+                         "learning_rate": setting["learning_rate"], "max_epochs": setting["max_epochs"],
+                         "epochs": r.epochs, "test_acc": r.test_acc, "labkit_s": r.wall_time_s, "cached": r.cached})
     table = pd.DataFrame(rows)
     mode_total = {m: sum(t for _, mm, _, t in sweep_times if mm == m) for m in modes}
     total = mode_total[modes[-1]]

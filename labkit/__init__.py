@@ -40,6 +40,7 @@ _EXPORTS_BY_MODULE = {
     "executor": ["map_unordered", "ClusterUnavailableError"],
     "lab1": ["lab1_checkpoints", "lab1_settings"],  # the Lab-2 notebooks' shared set-up
     "stack": ["train_stacked"],  # issue 13: many runs per step
+    "sweep": ["sweeps"],  # issue 13: several one-setting sweeps planned as one
 }
 _EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
 _SUBMODULES = ("cache", "cli", "config", "data", "exercises", "findings", "graph", "models", "notebooks", "passes",

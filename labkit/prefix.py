@@ -213,9 +213,11 @@ def compute_seconds(*results) -> float:
     """Seconds of training the runs of these sweeps (:class:`~labkit.sweep.SweepResult`) took,
     each shared prefix counted once: a run taken from a longer run's training adds nothing
     (its ``wall_time_s`` is the time that training took to reach its last epoch); runs stacked
-    into one training (:mod:`labkit.stack`) add that training's time once."""
+    into one training (:mod:`labkit.stack`) add that training's time once, and so does a run that
+    several sweeps share (:func:`labkit.sweep.sweeps` trains it once and stores it in each: the same
+    checkpoint). A stack whose runs belong to several of the sweeps counts once per sweep."""
     from .cache import ResultCache
-    total = 0.0
+    total, seen = 0.0, set()
     for res in results:
         stored = [e["result"] for e in ResultCache(res.directory).entries() if isinstance(e.get("result"), dict)]
         taken = {r.get("best_ckpt") for r in stored if r.get("prefix_of")} - {None}
@@ -224,8 +226,10 @@ def compute_seconds(*results) -> float:
         stacked = {r["best_ckpt"]: r["stacked_in"] for r in stored if r.get("stacked_in") and r.get("best_ckpt")}
         stacks = {}
         for ckpt, seconds in zip(res.table["best_ckpt"], res.table["wall_time_s"]):
-            if ckpt in taken or seconds != seconds:  # a prefix taken from a longer run; NaN: diverged
-                continue
+            if ckpt in taken or seconds != seconds or ckpt in seen:  # a prefix taken from a longer run;
+                continue  # NaN: diverged; or counted already (a run of an earlier sweep too)
+            if ckpt:
+                seen.add(ckpt)
             if ckpt in stacked:
                 stacks[stacked[ckpt]] = max(stacks.get(stacked[ckpt], 0.0), float(seconds))
             else:

@@ -8,6 +8,9 @@ becomes one call that returns a table and the learning curves::
     res.histories             # label -> per-epoch DataFrame (epoch, val_acc, ...)
     res.plot()                # val accuracy per epoch, one curve per value
 
+    both = sweeps("jsc-tiny", data, {"batch_size": [64, 128], "max_epochs": [10, 50]}, max_epochs=10)
+    both["max_epochs"].table  # several one-setting sweeps planned as one (a shared run trains once)
+
 Every finished run is written at once to ``outputs/sweeps/<name>/<hash>.json`` (a
 :class:`~labkit.cache.ResultCache`), keyed by *everything that decides its result*: the
 model (name and architecture), the dataset identity, each training setting and the recipe
@@ -495,48 +498,149 @@ def grid_sweep(model, dataset, grid: dict, *, data: JSCData | None = None, worke
     rounding). The plan (:mod:`labkit.schedule`) is printed before training.
     """
     start = time.perf_counter()
-    grid = _check_grid(grid)
-    base = _base_settings(model, grid, fixed, accelerator)
-    checks.optional_positive_int("workers", workers)
-    check_flags(share_prefixes=share_prefixes, stack_runs=stack_runs)
-    name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
+    grid, base, name = _checked(model, grid, fixed, accelerator, name)
+    _check_options(workers, share_prefixes, stack_runs)
     data = _resolve_data(dataset, data)
     device = device_kind(accelerator)
-    directory = Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name
-    cache = ResultCache(directory)
-    runs = _grid_runs(grid, base, data, device)
-    results = _cached_results(runs, cache)
-    cached = set(results)
-    missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
+    one = _prepare(grid, base, name, Path(cache_dir) if cache_dir else outputs_dir() / "sweeps" / name, data, device)
+    _train(one.runs, one.results, one.project, one.store, name=name, data=data, device=device,
+           accelerator=accelerator, workers=workers, cluster=cluster, progress=progress,
+           share_prefixes=share_prefixes, stack_runs=stack_runs)
+    return one.result(data.info, time.perf_counter() - start)
 
-    def project(i):
+
+def sweeps(model, dataset, grid: dict, *, data: JSCData | None = None, workers: int | None = None,
+           accelerator: str = "cpu", progress: bool = True, cluster=None, share_prefixes: bool = True,
+           stack_runs: bool = True, root=None, **fixed) -> dict[str, SweepResult]:
+    """Several one-setting sweeps planned and trained as one: ``sweeps("jsc-tiny", data,
+    {"batch_size": [64, 128], "max_epochs": [10, 50], "learning_rate": [1e-5, 1e-3]}, max_epochs=10)``.
+
+    For each setting in ``grid``, the runs and results of ``sweep(model, dataset, setting,
+    values, **fixed)`` with the others at ``fixed`` (or train()'s defaults). A setting that is
+    both swept and in ``fixed`` is swept in its own sweep and fixed in the others' (above:
+    ``max_epochs=10`` for the batch-size and learning-rate sweeps). Returns ``{setting:
+    SweepResult}``; each sweep keeps its own cache folder, ``<root>/<model>-<setting>`` (``root``
+    default: ``outputs/sweeps``, where :func:`sweep` puts it), so a later :func:`sweep` call
+    finds its runs there. Unlike one call after another, a run that several sweeps contain
+    trains once (or not at all when one of them has it cached) and is stored in each; all
+    missing runs are planned together (:func:`labkit.schedule.plan`: a 10-epoch run can be the
+    prefix of another sweep's 200-epoch run; the workers are shared out over all of them), with
+    one plan table and one progress bar. A run's checkpoints live with the sweep that trained
+    it (the first that contains it, in ``grid``'s order); a run one sweep had cached and another
+    took from it shows ``cached`` in both tables. Each result's ``elapsed_s`` is the whole call's.
+    Other options as in :func:`grid_sweep`.
+    """
+    start = time.perf_counter()
+    grid = _check_grid(grid)
+    _check_fixed(fixed)
+    checked = [_checked(model, {p: v}, {k: x for k, x in fixed.items() if k != p}, accelerator, None)
+               for p, v in grid.items()]
+    _check_options(workers, share_prefixes, stack_runs)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder (a str or Path), got {root!r}")
+    data = _resolve_data(dataset, data)
+    device = device_kind(accelerator)
+    root = Path(root) if root is not None else outputs_dir() / "sweeps"
+    prepared = [_prepare(g, b, n, root / n, data, device) for g, b, n in checked]
+    runs, results, owners = _combine(prepared, list(grid))
+
+    def put(j, result):  # a run several sweeps contain goes into each one's cache
+        for one, i in owners[j]:
+            one.store(i, result)
+
+    _train(runs, results, lambda j: owners[j][0][0].project(owners[j][0][1]), put,
+           name=" + ".join(one.name for one in prepared), data=data, device=device, accelerator=accelerator,
+           workers=workers, cluster=cluster, progress=progress, share_prefixes=share_prefixes, stack_runs=stack_runs)
+    elapsed = time.perf_counter() - start
+    return {p: one.result(data.info, elapsed) for p, one in zip(grid, prepared)}
+
+
+def _check_options(workers, share_prefixes, stack_runs):
+    checks.optional_positive_int("workers", workers)
+    check_flags(share_prefixes=share_prefixes, stack_runs=stack_runs)
+
+
+def _checked(model, grid: dict, fixed: dict, accelerator: str, name) -> tuple:
+    """``(grid, base settings, name)`` of one sweep, checked before anything loads or runs."""
+    grid = _check_grid(grid)
+    base = _base_settings(model, grid, fixed, accelerator)
+    name = check_name(name or _default_name(model, list(grid)), "sweep name")  # a folder under outputs/sweeps
+    return grid, base, name
+
+
+@dataclass
+class _Sweep:
+    """One sweep made ready to train: its runs, the results it has, where it lives."""
+
+    name: str
+    params: list
+    runs: list  # (setting shown in the table, full settings, cache key) per grid point
+    directory: Path
+    results: dict = field(default_factory=dict)  # run index -> result
+    cached: set = field(default_factory=set)  # the runs this call did not train
+
+    def project(self, i) -> Path:
         # A Path, which train() takes as the run's own directory: checkpoints next to the cache.
-        return (directory / "runs" / settings_hash(runs[i][2])).resolve()
+        return (self.directory / "runs" / settings_hash(self.runs[i][2])).resolve()
 
-    # Runs that differ only in max_epochs: the longest trains and carries the others; runs that differ
-    # in learning rate, seed, ...: one stacked training; longest first, balanced over the workers.
-    missing = plan_runs(runs, missing, project, data=data, device=device, share_prefixes=share_prefixes,
-                        stack_runs=stack_runs, name=name, show=progress and bool(missing),
-                        workers=1 if device != "cpu" else workers or _cpu_count())
-    target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
-    _train_missing(missing, runs, results, cache, len(cached), progress=progress, name=name, data=data,
-                   project=project, accelerator=accelerator, device=device, workers=workers, target=target)
-    rows = [_row(runs[i][0], results[i], i in cached) for i in range(len(runs))]
-    histories = {label_of(runs[i][0]): _history(results[i]) for i in range(len(runs))}
-    return SweepResult(name, list(grid), pd.DataFrame(rows), histories, data.info, directory,
-                       time.perf_counter() - start)
+    def store(self, i, result: dict, cached: bool = False):
+        """Keep run ``i``'s result, on disk at once."""
+        ResultCache(self.directory).put(self.runs[i][2], result)
+        self.results[i] = result
+        if cached:
+            self.cached.add(i)
+
+    def result(self, info, elapsed_s: float) -> SweepResult:
+        rows = [_row(shown, self.results[i], i in self.cached) for i, (shown, _, _) in enumerate(self.runs)]
+        histories = {label_of(shown): _history(self.results[i]) for i, (shown, _, _) in enumerate(self.runs)}
+        return SweepResult(self.name, self.params, pd.DataFrame(rows), histories, info, self.directory, elapsed_s)
 
 
-def _base_settings(model, grid: dict, fixed: dict, accelerator: str) -> dict:
-    """The settings every run shares: ``fixed`` over train()'s defaults, checked as one
-    :class:`~labkit.settings.TrainSettings`, and the model unless the grid varies it."""
+def _prepare(grid: dict, base: dict, name: str, directory: Path, data: JSCData, device: str) -> _Sweep:
+    """A checked sweep's runs, with those its cache folder holds."""
+    one = _Sweep(name, list(grid), _grid_runs(grid, base, data, device), Path(directory))
+    one.results = _cached_results(one.runs, ResultCache(one.directory))
+    one.cached = set(one.results)
+    return one
+
+
+def _combine(prepared: list, params: list) -> tuple:
+    """Every run of the ``prepared`` sweeps once per cache key: ``(runs, results, owners)``, the
+    runs shown by all of ``params``, ``results`` those any sweep has cached (stored now into the
+    other sweeps that contain them) and ``owners[j]`` the ``(sweep, index)`` pairs of run ``j``."""
+    where, runs, results, owners = {}, [], {}, []
+    for one in prepared:
+        for i, (_, settings, key) in enumerate(one.runs):
+            h = settings_hash(key)
+            if h not in where:
+                where[h] = len(runs)
+                runs.append(({p: _jsonable(settings[p]) for p in params}, settings, key))
+                owners.append([])
+            owners[where[h]].append((one, i))
+            if i in one.results:
+                results.setdefault(where[h], one.results[i])
+    for j, result in results.items():
+        for one, i in owners[j]:
+            if i not in one.results:
+                one.store(i, result, cached=True)  # not trained now: taken from another sweep's cache
+    return runs, results, owners
+
+
+def _check_fixed(fixed: dict, grid=()) -> TrainSettings:
+    """``fixed`` as one checked :class:`~labkit.settings.TrainSettings` (none of them swept in ``grid``)."""
     for k in fixed:
         if k not in SETTINGS or k == "model":
             raise TypeError(f"unknown setting {k!r} for a sweep; fixed settings can be "
                             f"{', '.join(s for s in SETTINGS if s != 'model')}")
         if k in grid:
             raise ValueError(f"{k!r} is both swept and fixed; drop one")
-    settings = TrainSettings(**fixed)
+    return TrainSettings(**fixed)
+
+
+def _base_settings(model, grid: dict, fixed: dict, accelerator: str) -> dict:
+    """The settings every run shares: ``fixed`` over train()'s defaults, checked as one
+    :class:`~labkit.settings.TrainSettings`, and the model unless the grid varies it."""
+    settings = _check_fixed(fixed, grid)
     check_usable(TrainSettings(accelerator=accelerator).accelerator)
     base = {"model": check_value("model", model)} if "model" not in grid else {}
     return {**base, "settings": settings}
@@ -572,11 +676,25 @@ def _cached_results(runs, cache: ResultCache) -> dict:
     return results
 
 
-def _train_missing(missing, runs, results: dict, cache: ResultCache, n_cached: int, *, progress: bool, name: str,
-                   data, project, accelerator, device, workers, target):
-    """Train the ``missing`` runs with a bar of runs and one of epochs, storing each result (and
-    the runs stacked with it, and the shorter runs each carried) in ``cache`` and ``results``
-    as it arrives."""
+def _train(runs, results: dict, project, put, *, name: str, data, device: str, accelerator: str, workers,
+           cluster, progress: bool, share_prefixes: bool, stack_runs: bool):
+    """Plan and train the runs (``(shown, settings, key)`` triples) that ``results`` lacks, handing
+    each finished run, and each run trained with it, to ``put(index, result)`` as it arrives."""
+    missing = sorted((i for i in range(len(runs)) if i not in results), key=lambda i: -_run_cost(runs[i][1]))
+    # Runs that differ only in max_epochs: the longest trains and carries the others; runs that differ
+    # in learning rate, seed, ...: one stacked training; longest first, balanced over the workers.
+    missing = plan_runs(runs, missing, project, data=data, device=device, share_prefixes=share_prefixes,
+                        stack_runs=stack_runs, name=name, show=progress and bool(missing),
+                        workers=1 if device != "cpu" else workers or _cpu_count())
+    target = executor.choose_cluster(cluster, workers)  # the address checked now, contacted if runs are missing
+    _train_missing(missing, runs, put, len(results), progress=progress, name=name, data=data, project=project,
+                   accelerator=accelerator, device=device, workers=workers, target=target)
+
+
+def _train_missing(missing, runs, put, n_cached: int, *, progress: bool, name: str, data, project, accelerator,
+                   device, workers, target):
+    """Train the ``missing`` runs with a bar of runs and one of epochs, handing each result (and
+    the runs stacked with it, and the shorter runs each carried) to ``put`` as it arrives."""
     epochs = EpochCounter(sum(planned_epochs(runs[i][1]) for i in missing), f"sweep {name}",
                           disable=not progress or not missing)
     bar = tqdm(total=len(runs), initial=n_cached, desc=f"sweep {name}", unit="run", disable=not progress)
@@ -584,8 +702,7 @@ def _train_missing(missing, runs, results: dict, cache: ResultCache, n_cached: i
     def store(i, result):
         for s, rs in split_stacked(i, result):  # the run, and the runs stacked with it
             for j, r in split_prefixes(s, rs):  # each, and the shorter runs it carried
-                cache.put(runs[j][2], r)
-                results[j] = r
+                put(j, r)
                 if j != i:
                     bar.update()
             epochs.run_finished(runs[s][1]["max_epochs"], int(rs.get("epochs") or 0))
@@ -703,5 +820,5 @@ def _info_from_settings(settings):
     return None
 
 
-__all__ = ["sweep", "grid_sweep", "SweepResult", "load_sweep", "list_sweeps",
+__all__ = ["sweep", "sweeps", "grid_sweep", "SweepResult", "load_sweep", "list_sweeps",
            "check_value", "label_of", "module_name", "RECIPE_VERSION"]
