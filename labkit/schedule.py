@@ -31,7 +31,7 @@ from . import prefix
 from .fused import FusedStep
 from .models import get_model
 from .runtime import torch_threads
-from .stack import STACKED, VARY, _losses, _Stack, stackable
+from .stack import STACKED, VARY, _Stack, stackable
 
 MAX_STACK = 16  # models per stack: beyond this the batched step is compute-bound anyway
 PROBE_STEPS = 12  # timed steps per probe (after 3 warm-up steps)
@@ -125,10 +125,7 @@ class Estimator:
             xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
 
             def step():
-                loss = _losses(stack.forward(xw, True, gens), yk)[0].mean(0).sum()
-                stack.grad_flat.zero_()
-                loss.backward()
-                stack.adam_step()
+                stack.step(xw, yk, gens)
             return _timed(step)
 
     def seconds(self, runs, members) -> float:

@@ -19,6 +19,11 @@ How the K models stay K independent runs:
   is one ``baddbmm`` over a ``[K, batch, in]`` view; ReLU is elementwise. Dropout draws each
   model's mask from the model's own generator, seeded as its own run's would be.
 * the loss is the sum of the K models' mean losses, so each model's gradient is its own;
+* the step has no autograd graph (:meth:`_Stack.step`, as :mod:`labkit.fused` for one model):
+  the forward keeps what each layer's backward needs and the backward calls the kernels
+  autograd would (``bmm`` for ``baddbmm``'s gradients, ``native_batch_norm_backward``,
+  ``threshold_backward``), writing each gradient into its place in one flat buffer; the
+  result is the autograd step's bit for bit (``tests/test_stack.py``);
 * Adam works on one flat buffer of all K models' parameters with a per-element learning rate
   and weight decay, in the fused Adam kernel's arithmetic order (``training.py`` uses fused
   Adam), about ten operations per step whatever K is;
@@ -68,6 +73,8 @@ from .training import TrainingDiverged, _check_project, _data, check_fits, defau
 STACKED = "stacked_runs"  # a sweep lead's settings entry: the runs that train with it (not a train() setting)
 VARY = ("learning_rate", "weight_decay", "seed", "max_epochs", "early_stopping")  # may differ within a stack
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as LitClassifier uses them
+_BN_BACKWARD = torch.ops.aten.native_batch_norm_backward.default
+_RELU_BACKWARD = torch.ops.aten.threshold_backward.default
 
 
 # -- which models can be stacked ------------------------------------------------------------------
@@ -135,28 +142,31 @@ class _Stack:
         self.wd = torch.tensor([float(x) for x in wds], dtype=torch.float32)[self.owner]
         self.any_wd = any(float(x) != 0 for x in wds)
         self.steps = steps
-        self.layers = []  # (kind, module, tensors)
+        self.layers = []  # (kind, module, tensors, their gradients: views into grad_flat)
         self.buffers = {}  # state-dict name -> [K, C] running statistics
         for name, m in leaves(net0):
             get = lambda what: self.params[self.index[f"{name}.{what}"]]  # noqa: E731
             if isinstance(m, nn.Linear):
-                self.layers.append(("linear", m, (get("weight"), get("bias") if m.bias is not None else None)))
+                w, b = get("weight"), get("bias") if m.bias is not None else None
+                self.layers.append(("linear", m, (w, b), (w.grad, b.grad if b is not None else None)))
             elif isinstance(m, nn.BatchNorm1d):
                 subs = [dict(n.named_modules())[name] for n in nets]
                 rm = torch.stack([s.running_mean for s in subs]).float().contiguous()
                 rv = torch.stack([s.running_var for s in subs]).float().contiguous()
                 self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"] = rm, rv
-                self.layers.append(("bn", m, (get("weight"), get("bias"), rm, rv)))
+                self.layers.append(("bn", m, (get("weight"), get("bias"), rm, rv),
+                                    (get("weight").grad, get("bias").grad)))
             elif isinstance(m, nn.ReLU):
-                self.layers.append(("relu", m, ()))
+                self.layers.append(("relu", m, (), ()))
             else:
-                self.layers.append(("dropout", m, ()))
+                self.layers.append(("dropout", m, (), ()))
         self.template = net0
 
     def forward(self, h, training: bool, gens):
-        """``h``: ``[batch, K * in]`` -> ``[batch, K * classes]``."""
+        """``h``: ``[batch, K * in]`` -> ``[batch, K * classes]``. Differentiable (autograd's step,
+        kept as the reference :meth:`step` is tested against); validation runs it without grad."""
         K, B = self.K, h.shape[0]
-        for kind, m, t in self.layers:
+        for kind, m, t, _ in self.layers:
             if kind == "linear":
                 w, b = t
                 h3 = h.view(B, K, -1).transpose(0, 1)  # [K, B, in], no copy
@@ -169,16 +179,26 @@ class _Stack:
             elif kind == "relu":
                 h = torch.relu(h)
             elif training and m.p > 0:
-                if m.p >= 1:  # as F.dropout: all zeros, no random numbers drawn
-                    h = h * torch.zeros(())
-                else:  # each model's mask from its own generator, drawn as F.dropout draws it on the CPU
-                    C = h.shape[1] // K
-                    noise = torch.empty(B, K, C)
-                    for k, g in enumerate(gens):  # (a strided view gets the values a fresh [B, C] would)
-                        noise[:, k].bernoulli_(1 - m.p, generator=g)
-                    noise.div_(1 - m.p)
-                    h = (h.view(B, K, C) * noise).view(B, K * C)
+                noise = _dropout_noise(m.p, B, K, h.shape[1] // K, gens)
+                h = h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)
         return h
+
+    @torch.no_grad()
+    def step(self, x, y, gens):
+        """One training step of all K models without autograd: forward keeping what each layer's
+        backward needs, the loss, the backward into ``grad_flat``, then :meth:`adam_step`.
+        ``x`` ``[batch, K * in]``, ``y`` ``[batch, K]``; returns each model's mean loss ``[K]``
+        and its predicted classes ``[batch, K]``. The result is autograd's (``losses.sum().backward()``
+        over :meth:`forward`) bit for bit: the same kernels on tensors of the same shapes and strides."""
+        saved, h = [], x
+        for layer in self.layers:
+            h, keep = _forward_keeping(layer, h, self.K, gens)
+            saved.append(keep)
+        losses, preds, g = _loss_and_grad(h, y)
+        for i in range(len(self.layers) - 1, -1, -1):
+            g = _backward(self.layers[i], saved[i], g, self.K, need_input=i > 0)
+        self.adam_step()
+        return losses, preds
 
     @torch.no_grad()
     def adam_step(self):
@@ -317,14 +337,10 @@ class _StackedLit(pl.LightningModule):
         sums = torch.zeros(K)
         for a, b in chunk:
             x, y = self._batch(a, b)
-            losses, preds = _losses(stack.forward(x, True, gens), y)
-            losses = losses.mean(0)  # each model's mean loss over its batch
+            losses, preds = stack.step(x, y, gens)  # each model's mean loss over its batch
             if first is None:
-                first = losses.detach()
-            stack.grad_flat.zero_()
-            losses.sum().backward()  # the sum: each model's gradient is its own loss's
-            stack.adam_step()
-            sums += losses.detach() * (b - a)
+                first = losses
+            sums += losses * (b - a)
             self._correct += (preds == y).sum(0)
             self._n += b - a
         # As a single run: one check per chunk; a model whose loss is non-finite has diverged
@@ -447,18 +463,32 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, y):
-        shifted = z - z.amax(0)
-        e = shifted.exp()
-        total = e.sum(0)
+        loss, e, total, _ = _ce_forward(z, y)
         ctx.save_for_backward(e, total, y)
-        return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0)
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
         e, total, y = ctx.saved_tensors
-        p = e / total  # softmax
-        p.scatter_add_(0, y.unsqueeze(0), torch.full_like(grad, -1.0).unsqueeze(0))  # minus the one-hot target
-        return p.mul_(grad), None
+        return _ce_backward(e, total, y, grad), None
+
+
+def _ce_forward(z, y):
+    """Per-row losses ``[rows, K]``, the exponentials and their sums the backward needs, and the
+    predicted classes ``[rows, K]`` (the first maximum, as ``argmax``: ``max(0)`` gives it with
+    the maximum itself, and runs ~20x faster than ``argmax(0)`` over a leading dimension)."""
+    top, preds = z.max(0)
+    shifted = z - top
+    e = shifted.exp()
+    total = e.sum(0)
+    return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0), e, total, preds
+
+
+def _ce_backward(e, total, y, grad):
+    """d(loss)/dz for ``grad`` = d(whatever)/d(per-row loss) (``[rows, K]``, or one number for all)."""
+    p = e / total  # softmax
+    p.scatter_add_(0, y.unsqueeze(0), torch.full((1, *y.shape), -1.0))  # minus the one-hot target
+    return p.mul_(grad)
 
 
 def _losses(logits, y):
@@ -467,7 +497,89 @@ def _losses(logits, y):
     class dimension, which is several times faster than over a last dimension of 5)."""
     rows, K = y.shape
     z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
-    return _CrossEntropy.apply(z, y), z.detach().argmax(0)
+    return _CrossEntropy.apply(z, y), z.detach().max(0).indices
+
+
+def _loss_and_grad(logits, y):
+    """:meth:`_Stack.step`'s loss: each model's mean loss ``[K]``, the predicted classes, and the
+    gradient of the losses' sum with respect to the (wide) logits, as autograd computes it
+    through :func:`_losses`, ``mean(0)`` and ``sum()``."""
+    rows, K = y.shape
+    z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
+    per_row, e, total, preds = _ce_forward(z, y)
+    # autograd's mean backward divides the ones of the sum's backward by the row count: 1/rows
+    p = _ce_backward(e, total, y, torch.ones(()) / rows)
+    return per_row.mean(0), preds, p.permute(1, 2, 0).reshape(rows, -1)
+
+
+def _dropout_noise(p: float, B: int, K: int, C: int, gens):
+    """Dropout's scaled mask ``[B, K, C]``, as F.dropout makes it on the CPU (ATen's _dropout_impl:
+    ``bernoulli_(1 - p)``, then ``div_(1 - p)``), each model's drawn from its own generator so it
+    is the mask its run alone would draw; ``p >= 1``: a zero, and no random numbers drawn."""
+    if p >= 1:
+        return torch.zeros(())
+    noise = torch.empty(B, K, C)
+    for k, g in enumerate(gens):  # (a strided view gets the values a fresh [B, C] would)
+        noise[:, k].bernoulli_(1 - p, generator=g)
+    return noise.div_(1 - p)
+
+
+def _forward_keeping(layer, h, K: int, gens):
+    """One layer of :meth:`_Stack.step`'s forward (what :meth:`_Stack.forward` computes in
+    training): its output, and what its backward needs."""
+    kind, m, t, _ = layer
+    B = h.shape[0]
+    if kind == "linear":
+        w, b = t
+        h3 = h.view(B, K, -1).transpose(0, 1)  # [K, B, in], no copy
+        y = torch.baddbmm(b.unsqueeze(1), h3, w.transpose(1, 2)) if b is not None else \
+            torch.bmm(h3, w.transpose(1, 2))
+        return y.transpose(0, 1).reshape(B, -1), h3
+    if kind == "bn":
+        w, b, rm, rv = t
+        # F.batch_norm's kernel in training (running statistics updated in place), with the
+        # batch statistics it saves for the backward
+        out, mean, invstd = torch.native_batch_norm(h, w.view(-1), b.view(-1), rm.view(-1), rv.view(-1), True,
+                                                    m.momentum, m.eps)
+        return out, (h, mean, invstd)
+    if kind == "relu":
+        out = torch.relu(h)
+        return out, out
+    if m.p == 0:
+        return h, None
+    noise = _dropout_noise(m.p, B, K, h.shape[1] // K, gens)
+    return (h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)), noise
+
+
+def _backward(layer, keep, g, K: int, need_input: bool):
+    """One layer's backward in :meth:`_Stack.step`: its parameters' gradients written into their
+    places in ``grad_flat``, its input's gradient returned. Each is the kernel autograd runs for
+    the forward's operation (derivatives.yaml), on a tensor of the same shape and strides, so
+    the sums run in the same order and the values are autograd's bit for bit."""
+    kind, m, t, grads = layer
+    B = g.shape[0]
+    if kind == "linear":
+        w, b = t
+        g3 = g.view(B, K, -1).transpose(0, 1)  # [K, B, out]: the output reshape's and transpose's backward
+        # baddbmm's gradient for batch2 = w.transpose(1, 2) is batch1^T @ grad ([K, in, out]), then
+        # transposed into the weight's layout (bmm writing through a transposed ``out`` rounds differently)
+        grads[0].copy_(keep.transpose(1, 2).bmm(g3).transpose(1, 2))
+        if b is not None:  # the bias was broadcast over the batch: autograd sums it out
+            torch.sum(g3, 1, out=grads[1])
+        return g3.bmm(w).transpose(0, 1).reshape(B, -1) if need_input else None
+    if kind == "bn":
+        w, _, rm, rv = t
+        h, mean, invstd = keep
+        gi, gw, gb = _BN_BACKWARD(g, h, w.view(-1), rm.view(-1), rv.view(-1), mean, invstd, True, m.eps,
+                                  [need_input, True, True])
+        grads[0].view(-1).copy_(gw)
+        grads[1].view(-1).copy_(gb)
+        return gi
+    if kind == "relu":
+        return _RELU_BACKWARD(g, keep, 0)
+    if keep is None:  # Dropout(p=0)
+        return g
+    return g * keep if keep.dim() == 0 else (g.view(B, K, -1) * keep).view(B, -1)
 
 
 def _accuracy(correct, n) -> float:

@@ -15,7 +15,7 @@ from labkit.data import load_dataset
 from labkit.models import MODELS, get_model, register_model
 from labkit.prefix import compute_seconds
 from labkit.schedule import WORKER_START_S, balance, makespan
-from labkit.stack import _Stack, stackable, train_stacked
+from labkit.stack import _losses, _Stack, stackable, train_stacked
 from labkit.training import TrainingDiverged, evaluate, load_model, read_checkpoint, train
 
 from conftest import sweep_entries
@@ -138,6 +138,51 @@ def test_models_never_share_state():
 
     for a, b in zip(grads_of_model0(1.0), grads_of_model0(-3.0)):
         assert torch.equal(a, b)
+
+
+def _steps(stack, manual: bool, batches, gens):
+    out = []
+    for x, y in batches:
+        if manual:
+            losses, preds = stack.step(x, y, gens)
+        else:  # the autograd step the trainer ran before _Stack.step
+            per_row, preds = _losses(stack.forward(x, True, gens), y)
+            losses = per_row.mean(0)
+            stack.grad_flat.zero_()
+            losses.sum().backward()
+            stack.adam_step()
+        out.append((losses.detach(), preds))
+    return out
+
+
+def _trained(nets, manual: bool, rows: int):
+    """Six steps of three stacked models, then the first and last go on alone for three more."""
+    g = torch.Generator().manual_seed(3)
+    gens = [torch.Generator().manual_seed(10 + k) for k in range(3)]
+    batch = lambda K: (torch.randn(rows, 16 * K, generator=g), torch.randint(0, 5, (rows, K), generator=g))  # noqa: E731
+    stack = _Stack([copy.deepcopy(n) for n in nets], [1e-2, 3e-2, 1e-3], [0.0, 1e-2, 1e-3])
+    out = _steps(stack, manual, [batch(3) for _ in range(6)], gens)
+    stack = stack.keep([0, 2], [1e-2, 1e-3], [0.0, 1e-3])
+    out += _steps(stack, manual, [batch(2) for _ in range(3)], [gens[0], gens[2]])
+    return stack, out, [gen.get_state() for gen in gens]
+
+
+@pytest.mark.parametrize("name", ["jsc-tiny", "jsc-custom", "no-bias", "dropout-1"])
+def test_the_hand_written_step_is_the_autograd_step_bit_for_bit(name):
+    torch.manual_seed(0)
+    make = {"no-bias": lambda: nn.Sequential(nn.Linear(16, 12, bias=False), nn.Dropout(0.5), nn.ReLU(),
+                                             nn.BatchNorm1d(12, momentum=0.3, eps=1e-3), nn.Linear(12, 5),
+                                             nn.Dropout(0.0)),
+            "dropout-1": lambda: nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Dropout(1.0), nn.Linear(8, 5))}
+    nets = [make[name]() if name in make else get_model(name) for _ in range(3)]  # three different inits
+    (a, out_a, gens_a), (b, out_b, gens_b) = _trained(nets, False, 33), _trained(nets, True, 33)
+    for which in ("flat", "grad_flat", "m", "v"):
+        assert torch.equal(getattr(a, which), getattr(b, which)), which
+    assert a.buffers.keys() == b.buffers.keys() and all(torch.equal(a.buffers[k], b.buffers[k]) for k in a.buffers)
+    for (la, pa), (lb, pb) in zip(out_a, out_b):
+        assert torch.equal(la, lb) and torch.equal(pa, pb)
+    assert all(torch.equal(x, y) for x, y in zip(gens_a, gens_b))  # the same dropout masks drawn
+    assert not torch.equal(a.flat, _Stack([nets[0], nets[2]], [0.0, 0.0], [0.0, 0.0]).flat)  # it trained
 
 
 def test_checkpoints_load_like_any_run(data, tmp_path, capsys):
