@@ -363,6 +363,20 @@ def test_the_plan_never_runs_a_users_forward_to_time_it(data, tmp_path):
     assert CountingNet.trained == -(-n_train // 512) + -(-n_train // 1024)  # the two runs' steps, nothing more
 
 
+def test_the_probe_times_a_run_alone_with_the_step_train_uses(data, monkeypatch):
+    """k = 1 is timed with the hand-written step (labkit.fused) a run alone trains with; k > 1 and
+    a model it cannot run are timed as stacks."""
+    import labkit.schedule as schedule
+    calls = []
+    real = schedule.FusedStep.build
+    monkeypatch.setattr(schedule.FusedStep, "build", lambda m, o: calls.append(m) or real(m, o))
+    est = schedule.Estimator(data)
+    assert est.step_seconds("jsc-tiny", 64, 1) > 0 and len(calls) == 1
+    assert est.step_seconds("jsc-tiny", 64, 3) > 0 and len(calls) == 1
+    monkeypatch.setattr(schedule.FusedStep, "build", lambda m, o: None)  # (e.g. a model it cannot run)
+    assert est.step_seconds("jsc-custom", 64, 1) > 0
+
+
 def test_the_epoch_bar_counts_every_stacked_models_epochs(data, tmp_path, counters):
     made = counters
     # early stopping on: a run that stops early drops its remaining epochs from the total
