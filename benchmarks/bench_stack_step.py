@@ -1,0 +1,101 @@
+"""One bare stacked training step (labkit.stack._Stack): the hand-written step (``_Stack.step``,
+no autograd graph) vs the autograd step it replaced (``forward``, the loss, ``backward()``,
+``adam_step``), and a run alone's hand-written step (``labkit.fused.FusedStep``) for scale.
+
+No Lightning, data loading, validation or checkpoints: only what a mini-batch costs. One CPU
+thread; the two stacked ways are timed alternately, ``--repeats`` times, and the fastest kept
+(the machine may be shared). Both give the same weights bit for bit (tests/test_stack.py).
+
+    python benchmarks/bench_stack_step.py
+    python benchmarks/bench_stack_step.py --models jsc-tiny --ks 1 6 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+
+import torch
+from tabulate import tabulate
+
+from labkit.fused import FusedStep
+from labkit.models import get_model
+from labkit.stack import _losses, _Stack
+
+
+class Info:
+    num_features, num_classes = 16, 5
+
+
+def autograd_step(stack, x, y, gens):
+    per_row, _ = _losses(stack.forward(x, True, gens), y)
+    losses = per_row.mean(0)
+    stack.grad_flat.zero_()
+    losses.sum().backward()
+    stack.adam_step()
+
+
+def hand_written_step(stack, x, y, gens):
+    stack.step(x, y, gens)
+
+
+def ms_per_step(step, steps: int) -> float:
+    for _ in range(10):  # warm-up
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def stacked_ms(fn, net, k: int, batch: int, steps: int) -> float:
+    stack = _Stack([copy.deepcopy(net) for _ in range(k)], [1e-3] * k, [0.0] * k)
+    gens = [torch.Generator().manual_seed(j) for j in range(k)]
+    x, y = torch.randn(batch, 16 * k), torch.randint(0, 5, (batch, k))
+    return ms_per_step(lambda: fn(stack, x, y, gens), steps)
+
+
+def alone_ms(net, batch: int, steps: int) -> float:
+    model = copy.deepcopy(net).train()
+    step = FusedStep.build(model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=True))
+    x, y = torch.randn(batch, 16), torch.randint(0, 5, (batch,))
+    return ms_per_step(lambda: step(x, y), steps)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["jsc-tiny", "jsc-custom"])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
+    ap.add_argument("--ks", nargs="+", type=int, default=[1, 6])
+    ap.add_argument("--repeats", type=int, default=3, help="alternating repeats; the fastest is kept")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    load0 = os.getloadavg()[0]
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        net = get_model(name, Info)
+        for batch in args.batch_sizes:
+            steps = max(30, 40_000 // batch)
+            alone = min(alone_ms(net, batch, steps) for _ in range(args.repeats))
+            for k in args.ks:
+                best = {}
+                for _ in range(args.repeats):
+                    for fn in (autograd_step, hand_written_step):
+                        t = stacked_ms(fn, net, k, batch, steps)
+                        best[fn] = min(best.get(fn, t), t)
+                a, h = best[autograd_step], best[hand_written_step]
+                rows.append({"model": name, "batch": batch, "K": k, "autograd ms/step": round(a, 3),
+                             "hand-written ms/step": round(h, 3), "speed-up": round(a / h, 2),
+                             "K runs alone (fused) ms": round(k * alone, 3)})
+                print(f"{name} batch {batch} K={k}: autograd {a:.3f} ms, hand-written {h:.3f} ms -> {a / h:.2f}x; "
+                      f"{k} runs alone {k * alone:.3f} ms", flush=True)
+    print()
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print(f"load average at start {load0:.2f}, at the end {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
