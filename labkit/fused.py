@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import models as zoo
+from .runtime import eval_mode
 
 aten = torch.ops.aten
 _BN_BACKWARD = aten.native_batch_norm_backward.default
@@ -115,7 +115,8 @@ class FusedStep:
                 self.ops.append(("bn", m, (m.weight, m.bias, m.running_mean, m.running_var, m.num_batches_tracked),
                                  (slot[id(m.weight)], slot[id(m.bias)])))
             else:
-                self.ops.append(("relu" if isinstance(m, nn.ReLU) else "dropout", m, (), ()))
+                # Dropout's tensors: its mask's memory, by batch size (see dropout_noise)
+                self.ops.append(("relu", m, (), ()) if isinstance(m, nn.ReLU) else ("dropout", m, {}, ()))
         self.has_bn = any(kind == "bn" for kind, *_ in self.ops)
         self.one = torch.ones(())  # d(loss)/d(loss), as autograd seeds it
         self._state = None  # (the optimiser's state dict, moments, step counts) -- see _adam_state
@@ -201,15 +202,31 @@ def _forward(op, h):
     if kind == "relu":
         out = torch.relu(h)
         return out, out
-    # Dropout, as F.dropout computes it on the CPU (ATen's _dropout_impl): the same random draws.
     if m.p == 0:
         return h, None
-    if m.p >= 1:
-        noise = torch.zeros(())
-    else:
-        noise = torch.empty_like(h).bernoulli_(1 - m.p)
-        noise.div_(1 - m.p)
+    noise = dropout_noise(m.p, h.shape[0], 1, h.shape[1], [torch.default_generator], t)  # the global stream
+    noise = noise if noise.dim() == 0 else noise.view(h.shape)
     return h * noise, noise
+
+
+def dropout_noise(p: float, B: int, K: int, C: int, gens, buffers=None):
+    """Dropout's scaled mask ``[B, K, C]`` for K models, as F.dropout makes it on the CPU (ATen's
+    _dropout_impl: ``bernoulli_(1 - p)``, then ``div_(1 - p)``), model k's drawn from ``gens[k]``
+    so it is the mask its run alone would draw (:mod:`labkit.stack`; here K = 1 and the global
+    generator); ``p >= 1``: a zero, and no random numbers drawn. ``buffers``: a dict to keep the
+    mask's memory in from one step to the next, by batch size."""
+    if p >= 1:
+        return torch.zeros(())
+    if buffers is None or B not in buffers:
+        noise = torch.empty(B, K, C)
+        made = (noise, [noise[:, k] for k in range(K)])  # (a strided view gets the values a fresh [B, C] would)
+        if buffers is None:
+            buffers = {}
+        buffers[B] = made
+    noise, views = buffers[B]
+    for view, g in zip(views, gens):
+        view.bernoulli_(1 - p, generator=g)
+    return noise.div_(1 - p)
 
 
 def _backward(op, keep, g, grads, need_input: bool):
@@ -234,28 +251,37 @@ def _backward(op, keep, g, grads, need_input: bool):
     return g if keep is None else g * keep
 
 
-def _same_forward(model: nn.Module, layers) -> bool:
-    """The model's forward is its layers in order: compared in eval mode on a few random rows
-    (eval mode leaves BatchNorm's statistics and the random number stream alone)."""
+def probe_output(model: nn.Module, layers):
+    """``(x, y)``: 4 random rows as wide as the chain's first Linear/BatchNorm1d takes, and the
+    model's own output on them in eval mode (which leaves BatchNorm's statistics and the random
+    number stream alone; every submodule gets its own mode back); None if that forward fails."""
     first = next((m for m in layers if isinstance(m, (nn.Linear, nn.BatchNorm1d))), None)
     if first is None:
-        return False
+        return None
     width = first.in_features if isinstance(first, nn.Linear) else first.num_features
     x = torch.randn(4, width, generator=torch.Generator().manual_seed(0))
-    modes = [m.training for m in model.modules()]
     try:
-        with torch.no_grad():
-            model.eval()
-            want = model(x)
+        with torch.no_grad(), eval_mode(model):
+            y = model(x)
+    except Exception:  # a forward that needs other inputs or shapes
+        return None
+    return (x, y) if isinstance(y, torch.Tensor) else None
+
+
+def _same_forward(model: nn.Module, layers) -> bool:
+    """The model's forward is its layers in order (compared on :func:`probe_output`'s rows)."""
+    probe = probe_output(model, layers)
+    if probe is None:
+        return False
+    x, want = probe
+    try:
+        with torch.no_grad(), eval_mode(model):
             h = x
             for m in layers:
                 h = m(h)
-    except Exception:  # a forward that needs other inputs or shapes
+    except Exception:  # layers that do not chain
         return False
-    finally:
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
-    return isinstance(want, torch.Tensor) and want.shape == h.shape and torch.equal(want, h)
+    return want.shape == h.shape and torch.equal(want, h)
 
 
-__all__ = ["FusedStep", "leaves", "SEQUENTIAL"]
+__all__ = ["FusedStep", "dropout_noise", "leaves", "probe_output", "SEQUENTIAL"]

@@ -66,6 +66,7 @@ class LitClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["model"])  # plain values only: safe for weights_only loads
         self.automatic_optimization = False
         self.use_fused = True  # False: always autograd (benchmarks/bench_train.py compares the two)
+        self._fused = (None, None)  # (the optimiser it was built for, the hand-written step or None)
         for stage in STAGES:
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=num_classes, average="micro"))
             # "disable": no NaN test per update (a host sync); a non-finite training loss is caught per chunk
@@ -124,7 +125,7 @@ class LitClassifier(pl.LightningModule):
 
     def _fused_step(self, opt):
         """The hand-written step for this model and optimiser (built once), or None: autograd."""
-        if getattr(self, "_fused", (None, None))[0] is not opt:
+        if self._fused[0] is not opt:
             self._fused = (opt, FusedStep.build(self.model, opt) if self.use_fused else None)
         return self._fused[1]
 

@@ -64,7 +64,7 @@ from .data.loaders import epoch_permutation
 from .lock import project_lock
 from .progress import report
 from .checkpoints import archive_previous, model_and_name, project_dir, restore_previous
-from .fused import leaves
+from .fused import dropout_noise, leaves, probe_output
 from .lit import LitClassifier, NonFiniteLoss, _fused_adam_ok, count_optimizer_steps
 from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
 from .settings import DEFAULTS, TrainSettings
@@ -83,20 +83,14 @@ _RELU_BACKWARD = torch.ops.aten.threshold_backward.default
 def stackable(net: nn.Module) -> bool:
     """Can :func:`train_stacked` train this model? Known layer kinds applied in order (checked
     by comparing the stacked forward with the model's own on a few rows, in eval mode)."""
-    if leaves(net) is None:
+    found = leaves(net)
+    probe = probe_output(net, [m for _, m in found]) if found is not None else None
+    if probe is None:
         return False
-    width = next(m for _, m in leaves(net) if isinstance(m, (nn.Linear, nn.BatchNorm1d)))
-    width = width.in_features if isinstance(width, nn.Linear) else width.num_features
-    x = torch.randn(4, width, generator=torch.Generator().manual_seed(0))
+    x, want = probe
     try:
         with torch.no_grad():
-            was = net.training
-            net.eval()
-            try:
-                want = net(x)
-            finally:
-                net.train(was)
-            got = _Stack([net], [0.0], [0.0]).forward(x.repeat(1, 1), training=False, gens=None)
+            got = _Stack([net], [0.0], [0.0]).forward(x, training=False, gens=None)
     except Exception:  # a forward that does more than its layers, or other shapes
         return False
     return got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
@@ -142,27 +136,32 @@ class _Stack:
         self.wd = torch.tensor([float(x) for x in wds], dtype=torch.float32)[self.owner]
         self.any_wd = any(float(x) != 0 for x in wds)
         self.steps = steps
-        self.layers = []  # (kind, module, tensors, their gradients: views into grad_flat)
         self.buffers = {}  # state-dict name -> [K, C] running statistics
-        for name, m in leaves(net0):
+        self.layers = self._layers(nets)  # (kind, module, tensors, their gradients: views into grad_flat)
+        self.ops = [_prepared(layer) for layer in self.layers]  # what :meth:`step` reads, made once
+        self._consts = {}  # the loss's constants, by batch size
+        self.template = net0
+
+    def _layers(self, nets) -> list:
+        """Each layer of the chain as ``(kind, module, its stacked tensors, their gradients)``;
+        BatchNorm's running statistics stacked into :attr:`buffers`."""
+        layers = []
+        for name, m in leaves(nets[0]):
             get = lambda what: self.params[self.index[f"{name}.{what}"]]  # noqa: E731
             if isinstance(m, nn.Linear):
                 w, b = get("weight"), get("bias") if m.bias is not None else None
-                self.layers.append(("linear", m, (w, b), (w.grad, b.grad if b is not None else None)))
+                layers.append(("linear", m, (w, b), (w.grad, b.grad if b is not None else None)))
             elif isinstance(m, nn.BatchNorm1d):
                 subs = [dict(n.named_modules())[name] for n in nets]
                 rm = torch.stack([s.running_mean for s in subs]).float().contiguous()
                 rv = torch.stack([s.running_var for s in subs]).float().contiguous()
                 self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"] = rm, rv
-                self.layers.append(("bn", m, (get("weight"), get("bias"), rm, rv),
-                                    (get("weight").grad, get("bias").grad)))
+                layers.append(("bn", m, (get("weight"), get("bias"), rm, rv), (get("weight").grad, get("bias").grad)))
             elif isinstance(m, nn.ReLU):
-                self.layers.append(("relu", m, (), ()))
+                layers.append(("relu", m, (), ()))
             else:
-                self.layers.append(("dropout", m, (), ()))
-        self.ops = [_prepared(layer) for layer in self.layers]  # what :meth:`step` reads, made once
-        self._consts = {}  # the loss's constants, by batch size
-        self.template = net0
+                layers.append(("dropout", m, (), ()))
+        return layers
 
     def forward(self, h, training: bool, gens):
         """``h``: ``[batch, K * in]`` -> ``[batch, K * classes]``. Differentiable (autograd's step,
@@ -181,7 +180,7 @@ class _Stack:
             elif kind == "relu":
                 h = torch.relu(h)
             elif training and m.p > 0:
-                noise = _dropout_noise(m.p, B, K, h.shape[1] // K, gens)
+                noise = dropout_noise(m.p, B, K, h.shape[1] // K, gens)
                 h = h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)
         return h
 
@@ -279,7 +278,8 @@ class _Member:
         patience = settings.get("early_stopping")
         self.stopper = EarlyStopping(monitor="val_acc", mode="max", patience=patience) if patience else None
         # The CSV and TensorBoard logs a run trained alone writes (its epoch metrics, same folders)
-        self.loggers = [CSVLogger(self.out / "logs", name="csv"), TensorBoardLogger(self.out / "logs", name="tensorboard")]
+        self.loggers = [CSVLogger(self.out / "logs", name="csv"),
+                        TensorBoardLogger(self.out / "logs", name="tensorboard")]
         self.history: list[dict] = []
         self.archived = None
         self.diverged = None  # (loss value, epoch, before_any_update)
@@ -531,25 +531,6 @@ def _loss_and_grad(logits, y, consts: dict):
     return per_row.mean(0), preds, p.permute(1, 2, 0).reshape(rows, -1)
 
 
-def _dropout_noise(p: float, B: int, K: int, C: int, gens, buffers=None):
-    """Dropout's scaled mask ``[B, K, C]``, as F.dropout makes it on the CPU (ATen's _dropout_impl:
-    ``bernoulli_(1 - p)``, then ``div_(1 - p)``), each model's drawn from its own generator so it
-    is the mask its run alone would draw; ``p >= 1``: a zero, and no random numbers drawn.
-    ``buffers``: a dict to keep the mask's memory in from one step to the next, by batch size."""
-    if p >= 1:
-        return torch.zeros(())
-    if buffers is None or B not in buffers:
-        noise = torch.empty(B, K, C)
-        made = (noise, [noise[:, k] for k in range(K)])  # (a strided view gets the values a fresh [B, C] would)
-        if buffers is None:
-            buffers = {}
-        buffers[B] = made
-    noise, views = buffers[B]
-    for view, g in zip(views, gens):
-        view.bernoulli_(1 - p, generator=g)
-    return noise.div_(1 - p)
-
-
 def _prepared(layer):
     """A layer as :meth:`_Stack.step` uses it: the flat and transposed views its kernels take,
     made once (detached: the step runs no autograd), and its gradients' places in ``grad_flat``."""
@@ -584,7 +565,7 @@ def _forward_keeping(op, h, K: int, gens):
         return out, out
     if m.p == 0:
         return h, None
-    noise = _dropout_noise(m.p, B, K, h.shape[1] // K, gens, t)
+    noise = dropout_noise(m.p, B, K, h.shape[1] // K, gens, t)
     return (h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)), noise
 
 
