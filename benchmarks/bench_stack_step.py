@@ -31,7 +31,7 @@ class Info:
 
 def autograd_step(stack, x, y, gens):
     per_row, _ = _losses(stack.forward(x, True, gens), y)
-    losses = per_row.mean(0)
+    losses = per_row.mean(1)
     stack.grad_flat.zero_()
     losses.sum().backward()
     stack.adam_step()
@@ -53,7 +53,7 @@ def ms_per_step(step, steps: int) -> float:
 def stacked_ms(fn, net, k: int, batch: int, steps: int) -> float:
     stack = _Stack([copy.deepcopy(net) for _ in range(k)], [1e-3] * k, [0.0] * k)
     gens = [torch.Generator().manual_seed(j) for j in range(k)]
-    x, y = torch.randn(batch, 16 * k), torch.randint(0, 5, (batch, k))
+    x, y = torch.randn(k, 16, batch), torch.randint(0, 5, (batch, k))
     return ms_per_step(lambda: fn(stack, x, y, gens), steps)
 
 

@@ -31,7 +31,7 @@ from . import prefix
 from .fused import FusedStep
 from .models import get_model
 from .runtime import torch_threads
-from .stack import STACKED, VARY, _Stack, stackable
+from .stack import STACKED, VARY, _Stack, feature_major, stackable
 
 MAX_STACK = 16  # models per stack: beyond this the batched step is compute-bound anyway
 PROBE_STEPS = 12  # timed steps per probe (after 3 warm-up steps)
@@ -122,7 +122,7 @@ class Estimator:
                     return _timed(lambda: fused(x, y))
             stack = _Stack([copy.deepcopy(net) for _ in range(k)], [1e-3] * k, [0.0] * k)
             gens = [torch.Generator().manual_seed(j) for j in range(k)]
-            xw, yk = x.repeat(1, k), y.unsqueeze(1).expand(-1, k)
+            xw, yk = feature_major(x, k), y.unsqueeze(1).expand(-1, k)
 
             def step():
                 stack.step(xw, yk, gens)

@@ -90,7 +90,7 @@ def stackable(net: nn.Module) -> bool:
     x, want = probe
     try:
         with torch.no_grad():
-            got = _Stack([net], [0.0], [0.0]).forward(x, training=False, gens=None)
+            got = _Stack([net], [0.0], [0.0]).forward(feature_major(x, 1), training=False, gens=None)[0].t()
     except Exception:  # a forward that does more than its layers, or other shapes
         return False
     return got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
@@ -164,32 +164,36 @@ class _Stack:
         return layers
 
     def forward(self, h, training: bool, gens):
-        """``h``: ``[batch, K * in]`` -> ``[batch, K * classes]``. Differentiable (autograd's step,
-        kept as the reference :meth:`step` is tested against); validation runs it without grad."""
-        K, B = self.K, h.shape[0]
+        """``h``: ``[K, in, batch]`` -> logits ``[K, classes, batch]``. Differentiable (autograd's
+        step, kept as the reference :meth:`step` is tested against); validation runs it without grad.
+
+        The layout is feature-major, each model's activations ``[features, batch]``: a Linear is
+        one batched matmul ``w @ h`` whose operands and result are all contiguous, and a
+        BatchNorm is one ``batch_norm`` over the K x features rows of ``[1, K * features, batch]``.
+        (Batch-major, ``[batch, K * features]``, costs a transposing copy around every matmul, and
+        a matmul producing 5 columns runs ~4x slower than one producing 5 rows.)"""
+        K, B = self.K, h.shape[-1]
         for kind, m, t, _ in self.layers:
             if kind == "linear":
                 w, b = t
-                h3 = h.view(B, K, -1).transpose(0, 1)  # [K, B, in], no copy
-                y = torch.baddbmm(b.unsqueeze(1), h3, w.transpose(1, 2)) if b is not None else \
-                    torch.bmm(h3, w.transpose(1, 2))
-                h = y.transpose(0, 1).reshape(B, -1)
+                h = torch.baddbmm(b.unsqueeze(2), w, h) if b is not None else torch.bmm(w, h)
             elif kind == "bn":
                 w, b, rm, rv = t
-                h = F.batch_norm(h, rm.view(-1), rv.view(-1), w.view(-1), b.view(-1), training, m.momentum, m.eps)
+                h = F.batch_norm(h.view(1, -1, B), rm.view(-1), rv.view(-1), w.view(-1), b.view(-1), training,
+                                 m.momentum, m.eps).view(K, -1, B)
             elif kind == "relu":
                 h = torch.relu(h)
             elif training and m.p > 0:
-                noise = dropout_noise(m.p, B, K, h.shape[1] // K, gens)
-                h = h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)
+                noise = dropout_noise(m.p, B, K, h.shape[1], gens)
+                h = h * (noise if noise.dim() == 0 else noise.transpose(1, 2))
         return h
 
     @torch.no_grad()
     def step(self, x, y, gens):
         """One training step of all K models without autograd: forward keeping what each layer's
         backward needs, the loss, the backward into ``grad_flat``, then :meth:`adam_step`.
-        ``x`` ``[batch, K * in]``, ``y`` ``[batch, K]``; returns each model's mean loss ``[K]``
-        and its predicted classes ``[batch, K]``. The result is autograd's (``losses.sum().backward()``
+        ``x`` ``[K, in, batch]`` (see :func:`feature_major`), ``y`` ``[batch, K]``; returns each
+        model's mean loss ``[K]`` and its predicted classes ``[K, batch]``. The result is autograd's (``losses.sum().backward()``
         over :meth:`forward`) bit for bit: the same kernels on tensors of the same shapes and strides."""
         saved, h = [], x
         for op in self.ops:
@@ -330,31 +334,31 @@ class _StackedLit(pl.LightningModule):
         self._n = 0
 
     def _rows(self, a, b):
-        """Rows ``a:b`` for the K models: ``[rows, K * features]`` and labels ``[rows, K]``."""
+        """Rows ``a:b`` for the K models: features ``[rows, K, features]`` and labels ``[rows, K]``."""
         K = len(self.live)
-        if self._perms is None:
-            return _wide(self._x[a:b], K), self._y[a:b].unsqueeze(1).expand(-1, K)
+        if self._perms is None:  # (views: all K models read the same rows)
+            return self._x[a:b].unsqueeze(1).expand(-1, K, -1), self._y[a:b].unsqueeze(1).expand(-1, K)
         idx = self._perms[a:b]
-        return self.data.x_train[idx].view(b - a, -1), self.data.y_train[idx]
+        return self.data.x_train[idx], self.data.y_train[idx]
 
     def training_step(self, chunk, chunk_idx):
         stack, K = self.stack, len(self.live)
         gens = [m.gen for m in self.live]
         first = None
         sums = torch.zeros(K)
-        # The chunk's rows gathered (and widened for the K models) at once, each mini-batch a view
-        # of them, and the correct predictions counted once per chunk: per mini-batch, those few
-        # operations cost a sixth of a jsc-tiny stacked step.
+        # The chunk's rows gathered and laid out for the K models at once, and the correct
+        # predictions counted once per chunk: per mini-batch, those few operations cost a sixth
+        # of a jsc-tiny stacked step.
         sizes = [b - a for a, b in chunk]
         x_all, y_all = self._rows(chunk[0][0], chunk[-1][1])
         preds = []
-        for x, y, n in zip(x_all.split(sizes), y_all.split(sizes), sizes):
+        for x, y, n in zip(_feature_major_batches(x_all, sizes), y_all.split(sizes), sizes):
             losses, p = stack.step(x, y, gens)  # each model's mean loss over its batch
             if first is None:
                 first = losses
             sums += losses * n
             preds.append(p)
-        self._correct += (torch.cat(preds) == y_all).sum(0)
+        self._correct += (torch.cat(preds, 1) == y_all.t()).sum(1)
         self._n += len(y_all)
         # As a single run: one check per chunk; a model whose loss is non-finite has diverged
         # in this epoch (its checkpoints on disk stay those of the last finite epoch).
@@ -377,9 +381,9 @@ class _StackedLit(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         K, B = len(self.live), len(y)
-        losses, preds = _losses(self.stack.forward(_wide(x, K), False, None), y.unsqueeze(1).expand(-1, K))
-        self._val_sum += losses.sum(0)
-        self._val_correct += (preds == y.unsqueeze(1)).sum(0)
+        losses, preds = _losses(self.stack.forward(feature_major(x, K), False, None), y)
+        self._val_sum += losses.sum(1)
+        self._val_correct += (preds == y).sum(1)
         self._val_n += B
 
     def on_validation_end(self):
@@ -467,77 +471,79 @@ class _StackedLit(pl.LightningModule):
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy of class-major logits ``z`` ``[C, rows, K]`` against ``y`` ``[rows, K]``.
+    """Per-row cross-entropy of logits ``z`` ``[K, C, rows]`` against targets ``yi`` ``[K, 1, rows]``.
 
     The same function as ``F.cross_entropy(reduction="none")``, but every step is an elementwise
-    or leading-dimension operation over all rows at once: torch's log_softmax over a last
-    dimension of 5 classes runs about 25 ns per element on one CPU thread, which at batch 1024
-    and K models would be the most expensive part of the stacked step."""
+    operation or a reduction over the small class dimension with the rows contiguous inside it:
+    torch's log_softmax over a last dimension of 5 classes runs about 25 ns per element on one
+    CPU thread, which at batch 1024 and K models would be the most expensive part of the step."""
 
     @staticmethod
-    def forward(ctx, z, y):
-        loss, e, total, _ = _ce_forward(z, y)
-        ctx.save_for_backward(e, total, y)
+    def forward(ctx, z, yi):
+        loss, e, total, _ = _ce_forward(z, yi)
+        ctx.save_for_backward(e, total, yi)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        e, total, y = ctx.saved_tensors
-        return _ce_backward(e, total, y, grad), None
+        e, total, yi = ctx.saved_tensors
+        return _ce_backward(e, total, yi, grad.unsqueeze(1)), None
 
 
-def _ce_forward(z, y):
-    """Per-row losses ``[rows, K]``, the exponentials and their sums the backward needs, and the
-    predicted classes ``[rows, K]`` (the first maximum, as ``argmax``: ``max(0)`` gives it with
-    the maximum itself, and runs ~20x faster than ``argmax(0)`` over a leading dimension)."""
-    top, preds = z.max(0)
+def _ce_forward(z, yi):
+    """Per-row losses ``[K, rows]``, the exponentials and their sums the backward needs, and the
+    predicted classes ``[K, rows]`` (the first maximum, as ``argmax``: ``max`` gives it with the
+    maximum itself, and runs much faster than ``argmax`` over a middle dimension)."""
+    top, preds = z.max(1, keepdim=True)
     shifted = z - top
     e = shifted.exp()
-    total = e.sum(0)
-    return total.log() - shifted.gather(0, y.unsqueeze(0)).squeeze(0), e, total, preds
+    total = e.sum(1)
+    return total.log() - shifted.gather(1, yi).squeeze(1), e, total, preds.squeeze(1)
 
 
-def _ce_backward(e, total, y, grad, minus_one=None):
-    """d(loss)/dz for ``grad`` = d(whatever)/d(per-row loss) (``[rows, K]``, or one number for all).
-    ``minus_one``: ``[1, rows, K]`` of -1 (made here if not given)."""
-    p = e / total  # softmax
+def _ce_backward(e, total, yi, grad, minus_one=None):
+    """d(loss)/dz for ``grad`` = d(whatever)/d(per-row loss) (``[K, 1, rows]``, or one number for
+    all). ``minus_one``: ``[K, 1, rows]`` of -1 (made here if not given)."""
+    p = e / total.unsqueeze(1)  # softmax
     if minus_one is None:
-        minus_one = torch.full((1, *y.shape), -1.0)
-    p.scatter_add_(0, y.unsqueeze(0), minus_one)  # minus the one-hot target
+        minus_one = torch.full(yi.shape, -1.0)
+    p.scatter_add_(1, yi, minus_one)  # minus the one-hot target
     return p.mul_(grad)
 
 
+def _targets(y):
+    """Labels ``[rows, K]`` (or ``[rows]``, the same for all K) as the loss's index ``[K, 1, rows]``."""
+    return y.t().unsqueeze(1) if y.dim() == 2 else y.view(1, 1, -1)
+
+
 def _losses(logits, y):
-    """``logits`` ``[rows, K * C]`` (wide), ``y`` ``[rows, K]`` -> per-row losses ``[rows, K]`` and
-    the predicted classes ``[rows, K]`` (first maximum, as ``argmax``; taken over the leading
-    class dimension, which is several times faster than over a last dimension of 5)."""
-    rows, K = y.shape
-    z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
-    return _CrossEntropy.apply(z, y), z.detach().max(0).indices
+    """``logits`` ``[K, C, rows]``, ``y`` ``[rows, K]`` -> per-row losses ``[K, rows]`` and the
+    predicted classes ``[K, rows]`` (first maximum, as ``argmax``)."""
+    yi = _targets(y).expand(len(logits), 1, -1)
+    return _CrossEntropy.apply(logits, yi), logits.detach().max(1).indices
 
 
 def _loss_and_grad(logits, y, consts: dict):
     """:meth:`_Stack.step`'s loss: each model's mean loss ``[K]``, the predicted classes, and the
-    gradient of the losses' sum with respect to the (wide) logits, as autograd computes it
-    through :func:`_losses`, ``mean(0)`` and ``sum()``. ``consts``: constants kept by batch size."""
-    rows, K = y.shape
-    z = logits.view(rows, K, -1).permute(2, 0, 1).contiguous()
-    per_row, e, total, preds = _ce_forward(z, y)
+    gradient of the losses' sum with respect to the logits ``[K, C, rows]``, as autograd computes
+    it through :func:`_losses`, ``mean(1)`` and ``sum()``. ``consts``: constants kept by batch size."""
+    K, _, rows = logits.shape
+    yi = _targets(y)
+    per_row, e, total, preds = _ce_forward(logits, yi)
     if rows not in consts:
         # autograd's mean backward divides the ones of the sum's backward by the row count: 1/rows
-        consts[rows] = torch.ones(()) / rows, torch.full((1, rows, K), -1.0)
+        consts[rows] = torch.ones(()) / rows, torch.full((K, 1, rows), -1.0)
     scale, minus_one = consts[rows]
-    p = _ce_backward(e, total, y, scale, minus_one)
-    return per_row.mean(0), preds, p.permute(1, 2, 0).reshape(rows, -1)
+    return per_row.mean(1), preds, _ce_backward(e, total, yi, scale, minus_one)
 
 
 def _prepared(layer):
-    """A layer as :meth:`_Stack.step` uses it: the flat and transposed views its kernels take,
-    made once (detached: the step runs no autograd), and its gradients' places in ``grad_flat``."""
+    """A layer as :meth:`_Stack.step` uses it: the views its kernels take, made once (detached:
+    the step runs no autograd), and its gradients' places in ``grad_flat``."""
     kind, m, t, grads = layer
     if kind == "linear":
         w, b = (x.detach() if x is not None else None for x in t)
-        return kind, m, (w, w.transpose(1, 2), b.unsqueeze(1) if b is not None else None), grads
+        return kind, m, (w, w.transpose(1, 2), b.unsqueeze(2) if b is not None else None), grads
     if kind == "bn":
         return kind, m, tuple(x.detach().view(-1) for x in t), tuple(x.view(-1) for x in grads)
     return kind, m, {}, ()  # Dropout: its masks' memory, by batch size
@@ -545,63 +551,77 @@ def _prepared(layer):
 
 def _forward_keeping(op, h, K: int, gens):
     """One layer of :meth:`_Stack.step`'s forward (what :meth:`_Stack.forward` computes in
-    training): its output, and what its backward needs."""
+    training) on ``h`` ``[K, features, batch]``: its output, and what its backward needs."""
     kind, m, t, _ = op
-    B = h.shape[0]
+    B = h.shape[-1]
     if kind == "linear":
-        _, wt, b = t
-        h3 = h.view(B, K, -1).transpose(0, 1)  # [K, B, in], no copy
-        y = torch.baddbmm(b, h3, wt) if b is not None else torch.bmm(h3, wt)
-        return y.transpose(0, 1).reshape(B, -1), h3
+        w, _, b = t
+        return (torch.baddbmm(b, w, h) if b is not None else torch.bmm(w, h)), h
     if kind == "bn":
+        rows = h.view(1, -1, B)
         if B < 2:  # F.batch_norm's error for one row in training (a run alone raises it too)
-            F.batch_norm(h, t[2], t[3], t[0], t[1], True, m.momentum, m.eps)
+            F.batch_norm(rows, t[2], t[3], t[0], t[1], True, m.momentum, m.eps)
         # F.batch_norm's kernel in training (running statistics updated in place), with the
         # batch statistics it saves for the backward
-        out, mean, invstd = torch.native_batch_norm(h, *t, True, m.momentum, m.eps)
-        return out, (h, mean, invstd)
+        out, mean, invstd = torch.native_batch_norm(rows, *t, True, m.momentum, m.eps)
+        return out.view(K, -1, B), (rows, mean, invstd)
     if kind == "relu":
         out = torch.relu(h)
         return out, out
     if m.p == 0:
         return h, None
-    noise = dropout_noise(m.p, B, K, h.shape[1] // K, gens, t)
-    return (h * noise if noise.dim() == 0 else (h.view(B, K, -1) * noise).view(B, -1)), noise
+    noise = dropout_noise(m.p, B, K, h.shape[1], gens, t)
+    noise = noise if noise.dim() == 0 else noise.transpose(1, 2)  # [K, B, C] as [K, C, B]
+    return h * noise, noise
 
 
 def _backward(op, keep, g, K: int, need_input: bool):
     """One layer's backward in :meth:`_Stack.step`: its parameters' gradients written into their
     places in ``grad_flat``, its input's gradient returned. Each is the kernel autograd runs for
-    the forward's operation (derivatives.yaml), on a tensor of the same shape and strides, so
+    the forward's operation (derivatives.yaml), on tensors of the same shapes and strides, so
     the sums run in the same order and the values are autograd's bit for bit."""
     kind, m, t, grads = op
-    B = g.shape[0]
     if kind == "linear":
-        w, _, b = t
-        g3 = g.view(B, K, -1).transpose(0, 1)  # [K, B, out]: the output reshape's and transpose's backward
-        # baddbmm's gradient for batch2 = w.transpose(1, 2) is batch1^T @ grad ([K, in, out]), then
-        # transposed into the weight's layout (bmm writing through a transposed ``out`` rounds differently)
-        grads[0].copy_(keep.transpose(1, 2).bmm(g3).transpose(1, 2))
-        if b is not None:  # the bias was broadcast over the batch: autograd sums it out
-            torch.sum(g3, 1, out=grads[1])
-        return g3.bmm(w).transpose(0, 1).reshape(B, -1) if need_input else None
+        w, wt, b = t
+        # (b)addbmm's gradients: for batch1 = w, grad @ batch2^T (already the weight's layout);
+        # for the broadcast bias, the sum over the batch; for batch2 = h, w^T @ grad
+        torch.bmm(g, keep.transpose(1, 2), out=grads[0])
+        if b is not None:
+            torch.sum(g, 2, out=grads[1])
+        return wt.bmm(g) if need_input else None
     if kind == "bn":
-        h, mean, invstd = keep
-        gi, gw, gb = _BN_BACKWARD(g, h, t[0], t[2], t[3], mean, invstd, True, m.eps, [need_input, True, True])
+        rows, mean, invstd = keep
+        gi, gw, gb = _BN_BACKWARD(g.view(rows.shape), rows, t[0], t[2], t[3], mean, invstd, True, m.eps,
+                                  [need_input, True, True])
         grads[0].copy_(gw)
         grads[1].copy_(gb)
-        return gi
+        return gi.view(g.shape) if need_input else None
     if kind == "relu":
         return _RELU_BACKWARD(g, keep, 0)
     if keep is None:  # Dropout(p=0)
         return g
-    return g * keep if keep.dim() == 0 else (g.view(B, K, -1) * keep).view(B, -1)
+    return g * keep
 
 
-def _wide(x, K: int):
-    """``[rows, F]`` -> ``[rows, K * F]``, the rows given to each of the K models (as
-    ``x.repeat(1, K)``, in one copy instead of repeat's several operations)."""
-    return x.unsqueeze(1).expand(-1, K, -1).reshape(len(x), -1)
+def feature_major(x, K: int | None = None):
+    """Rows of features as the stack's input ``[K, features, rows]``, contiguous: ``x``
+    ``[rows, K, features]`` (each model its own rows), or ``[rows, features]`` given to all
+    ``K`` models."""
+    if x.dim() == 2:
+        x = x.unsqueeze(1).expand(-1, K, -1)
+    return x.permute(1, 2, 0).contiguous()
+
+
+def _feature_major_batches(x, sizes):
+    """:func:`feature_major` of each mini-batch of ``x`` ``[rows, K, features]`` (consecutive rows,
+    ``sizes``): the equal-sized ones in one copy, each a contiguous ``[K, features, batch]`` of it."""
+    n = sizes.count(sizes[0]) if sizes[-1] != sizes[0] else len(sizes)
+    B = sizes[0]
+    block = x[:n * B].unflatten(0, (n, B)).permute(0, 2, 3, 1).contiguous()  # [n, K, features, B]
+    out = list(block.unbind(0))
+    if n < len(sizes):
+        out += [feature_major(part) for part in x[n * B:].split(sizes[n:])]
+    return out
 
 
 def _accuracy(correct, n) -> float:

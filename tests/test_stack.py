@@ -15,7 +15,7 @@ from labkit.data import load_dataset
 from labkit.models import MODELS, get_model, register_model
 from labkit.prefix import compute_seconds
 from labkit.schedule import WORKER_START_S, balance, makespan
-from labkit.stack import _losses, _Stack, stackable, train_stacked
+from labkit.stack import _losses, _Stack, feature_major, stackable, train_stacked
 from labkit.training import TrainingDiverged, evaluate, load_model, read_checkpoint, train
 
 from conftest import sweep_entries
@@ -117,7 +117,7 @@ def test_models_never_share_state():
     stack = _Stack(nets, [0.0, 1e-2, 1e-3], [0.0, 1e-2, 0.0])
     start = [p.detach().clone() for p in stack.params]
     for _ in range(3):
-        logits = stack.forward(x.repeat(1, 3), True, None).view(32, 3, 5)
+        logits = stack.forward(feature_major(x, 3), True, None).permute(2, 0, 1)  # [rows, K, classes]
         loss = F.cross_entropy(logits.reshape(96, 5), y.repeat_interleave(3), reduction="none").view(32, 3).mean(0)
         stack.grad_flat.zero_()
         loss.sum().backward()
@@ -132,7 +132,7 @@ def test_models_never_share_state():
         with torch.no_grad():
             for p in s.params:
                 p[1:].mul_(other_scale)
-        out = s.forward(x.repeat(1, 3), True, None).view(32, 3, 5)
+        out = s.forward(feature_major(x, 3), True, None).permute(2, 0, 1)
         F.cross_entropy(out.reshape(96, 5), y.repeat_interleave(3), reduction="none").view(32, 3).mean(0).sum().backward()
         return [p.grad[0].clone() for p in s.params]
 
@@ -147,7 +147,7 @@ def _steps(stack, manual: bool, batches, gens):
             losses, preds = stack.step(x, y, gens)
         else:  # the autograd step the trainer ran before _Stack.step
             per_row, preds = _losses(stack.forward(x, True, gens), y)
-            losses = per_row.mean(0)
+            losses = per_row.mean(1)
             stack.grad_flat.zero_()
             losses.sum().backward()
             stack.adam_step()
@@ -159,7 +159,7 @@ def _trained(nets, manual: bool, rows: int):
     """Six steps of three stacked models, then the first and last go on alone for three more."""
     g = torch.Generator().manual_seed(3)
     gens = [torch.Generator().manual_seed(10 + k) for k in range(3)]
-    batch = lambda K: (torch.randn(rows, 16 * K, generator=g), torch.randint(0, 5, (rows, K), generator=g))  # noqa: E731
+    batch = lambda K: (torch.randn(K, 16, rows, generator=g), torch.randint(0, 5, (rows, K), generator=g))  # noqa: E731
     stack = _Stack([copy.deepcopy(n) for n in nets], [1e-2, 3e-2, 1e-3], [0.0, 1e-2, 1e-3])
     out = _steps(stack, manual, [batch(3) for _ in range(6)], gens)
     stack = stack.keep([0, 2], [1e-2, 1e-3], [0.0, 1e-3])
@@ -188,7 +188,7 @@ def test_the_hand_written_step_is_the_autograd_step_bit_for_bit(name):
 def test_one_row_with_batchnorm_raises_as_autograd_does():
     stack = _Stack([get_model("jsc-tiny") for _ in range(2)], [1e-3] * 2, [0.0] * 2)
     before = stack.buffers["seq_blocks.0.running_mean"].clone()
-    x, y = torch.randn(1, 32), torch.zeros(1, 2, dtype=torch.long)
+    x, y = torch.randn(2, 16, 1), torch.zeros(1, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="more than 1 value per channel") as autograd:
         stack.forward(x, True, None)
     with pytest.raises(ValueError, match="more than 1 value per channel") as manual:
