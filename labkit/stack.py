@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 import warnings
 from pathlib import Path
@@ -133,6 +132,9 @@ class _Stack:
             o += K * n
         self.owner = torch.cat(owner)  # element -> model
         self.lrs = [float(x) for x in lrs]
+        self.lr = torch.tensor(self.lrs, dtype=torch.float32)[self.owner]  # each element's model's rate
+        self._update = torch.empty(total)  # Adam's update at learning rate 1 (see adam_step)
+        self._step = torch.tensor(float(steps))
         self.wd = torch.tensor([float(x) for x in wds], dtype=torch.float32)[self.owner]
         self.any_wd = any(float(x) != 0 for x in wds)
         self.steps = steps
@@ -207,18 +209,19 @@ class _Stack:
 
     @torch.no_grad()
     def adam_step(self):
-        """One Adam step for all K models, in the fused CPU kernel's order of operations."""
+        """One Adam step for all K models: torch's fused CPU Adam kernel (the one a run alone
+        uses) with a learning rate of 1 on a zeroed buffer gives every element's update, which is
+        then scaled by its own model's learning rate: 4 operations on whole buffers for any K,
+        where a step per model would be K kernel calls."""
         self.steps += 1
-        bc1 = 1 - BETA1 ** self.steps
-        bc2 = 1 - BETA2 ** self.steps
-        neg_step = torch.tensor([-(lr / bc1) for lr in self.lrs], dtype=torch.float32).index_select(0, self.owner)
+        self._step.add_(1)
         g = self.grad_flat
         if self.any_wd:
-            g = torch.addcmul(g, self.flat, self.wd)  # grad + param * weight_decay
-        self.m.lerp_(g, 1 - BETA1)
-        self.v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-        denom = self.v.sqrt().div_(math.sqrt(bc2)).add_(EPS)
-        self.flat.add_(self.m.mul(neg_step).div_(denom))
+            g = torch.addcmul(g, self.flat, self.wd)  # grad + param * weight_decay, as the kernel adds it
+        update = self._update.zero_()
+        torch._fused_adam_([update], [g], [self.m], [self.v], [], [self._step], lr=1.0, beta1=BETA1, beta2=BETA2,
+                           weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)
+        self.flat.addcmul_(update, self.lr)
 
     # -- one model out of the stack ------------------------------------------------------------------
     def state_dict(self, k: int) -> dict:
