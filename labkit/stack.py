@@ -12,21 +12,22 @@ over the K models, so the overhead is paid once:
 
 How the K models stay K independent runs:
 
-* activations are *wide*, ``[batch, K * features]`` (model k's features are columns
-  ``k*C .. (k+1)*C``). BatchNorm1d over the wide tensor is torch's own ``batch_norm`` kernel,
-  whose per-column statistics are exactly each model's own; its running mean and variance are
-  updated in place in the stacked buffers (``vmap`` cannot update buffers in place). A Linear
-  is one ``baddbmm`` over a ``[K, batch, in]`` view; ReLU is elementwise. Dropout draws each
-  model's mask from the model's own generator, seeded as its own run's would be.
+* activations are *feature-major*, ``[K, features, batch]``: a Linear is one ``baddbmm``
+  ``w @ h`` over the K models, with contiguous operands and result; BatchNorm1d is torch's own
+  ``batch_norm`` kernel over ``[1, K * features, batch]``, whose per-row statistics are exactly
+  each model's own, its running mean and variance updated in place in the stacked buffers
+  (``vmap`` cannot update buffers in place); ReLU is elementwise. Dropout draws each model's
+  mask from the model's own generator, seeded as its own run's would be, into its own
+  ``[batch, features]`` block, so the mask is the one its run alone draws;
 * the loss is the sum of the K models' mean losses, so each model's gradient is its own;
 * the step has no autograd graph (:meth:`_Stack.step`, as :mod:`labkit.fused` for one model):
   the forward keeps what each layer's backward needs and the backward calls the kernels
   autograd would (``bmm`` for ``baddbmm``'s gradients, ``native_batch_norm_backward``,
   ``threshold_backward``), writing each gradient into its place in one flat buffer; the
   result is the autograd step's bit for bit (``tests/test_stack.py``);
-* Adam works on one flat buffer of all K models' parameters with a per-element learning rate
-  and weight decay, in the fused Adam kernel's arithmetic order (``training.py`` uses fused
-  Adam), about ten operations per step whatever K is;
+* Adam works on one flat buffer of all K models' parameters: torch's fused CPU Adam kernel
+  (the one a run alone uses) at learning rate 1 gives every element's update, which is scaled
+  by its own model's learning rate; four operations per step whatever K is;
 * when seeds differ, each model gets its own shuffle order (gathered rows ``x[perm_k]``);
 * each model keeps its metrics, history, early stopping, best/last checkpoints (normal
   single-model Lightning checkpoints: ``load_model`` and ``labkit test --load`` read them)
@@ -34,7 +35,8 @@ How the K models stay K independent runs:
 
 Training runs under a Lightning ``Trainer`` with manual optimisation and chunks of mini-batches
 per Lightning step, as a single run does. A stacked run matches the same run trained alone to
-float rounding (batched matrix products and the Adam update sum in a different order), not
+float rounding (batched matrix products and BatchNorm's statistics sum in a different order,
+and the learning rate multiplies Adam's update last), not
 bit for bit; ``tests/test_stack.py`` checks both, and that a model with ``learning_rate=0``
 never moves. What the stacker cannot handle (layer types other than Linear, BatchNorm1d, ReLU
 and Dropout, models whose forward is not their layers in order, a GPU, a scheduler or a time
