@@ -5,6 +5,9 @@ no autograd graph) vs the autograd step it replaced (``forward``, the loss, ``ba
 No Lightning, data loading, validation or checkpoints: only what a mini-batch costs. One CPU
 thread; the two stacked ways are timed alternately, ``--repeats`` times, and the fastest kept
 (the machine may be shared). Both give the same weights bit for bit (tests/test_stack.py).
+"masks' bound" is a run alone's step time over what it spends drawing its Dropout masks: a
+stacked model must draw each model's masks with those same calls, so no stack of these models
+can be faster than that many times running them one by one.
 
     python benchmarks/bench_stack_step.py
     python benchmarks/bench_stack_step.py --models jsc-tiny --ks 1 6 16
@@ -20,7 +23,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from labkit.fused import FusedStep
+from labkit.fused import FusedStep, dropout_noise, leaves
 from labkit.models import get_model
 from labkit.stack import _losses, _Stack
 
@@ -64,6 +67,23 @@ def alone_ms(net, batch: int, steps: int) -> float:
     return ms_per_step(lambda: step(x, y), steps)
 
 
+def masks_ms(net, batch: int, steps: int) -> float:
+    """What a run alone spends per step drawing its Dropout masks (the same calls its step makes).
+    A stack must draw each model's masks from its own generator with these very calls to equal
+    its run alone, so K times this is a floor under a K-model stacked step."""
+    widths, width = [], 16
+    for _, m in leaves(net):
+        if isinstance(m, torch.nn.Linear):
+            width = m.out_features
+        elif isinstance(m, torch.nn.Dropout) and 0 < m.p < 1:
+            widths.append((m.p, width))
+    if not widths:
+        return 0.0
+    bufs = [{} for _ in widths]
+    gen = [torch.Generator().manual_seed(0)]
+    return ms_per_step(lambda: [dropout_noise(p, batch, 1, c, gen, b) for (p, c), b in zip(widths, bufs)], steps)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["jsc-tiny", "jsc-custom"])
@@ -80,6 +100,7 @@ def main():
         for batch in args.batch_sizes:
             steps = max(30, 40_000 // batch)
             alone = min(alone_ms(net, batch, steps) for _ in range(args.repeats))
+            masks = min(masks_ms(net, batch, steps) for _ in range(args.repeats))
             for k in args.ks:
                 best = {}
                 for _ in range(args.repeats):
@@ -89,11 +110,15 @@ def main():
                 a, h = best[autograd_step], best[hand_written_step]
                 rows.append({"model": name, "batch": batch, "K": k, "autograd ms/step": round(a, 3),
                              "hand-written ms/step": round(h, 3), "speed-up": round(a / h, 2),
-                             "K runs alone (fused) ms": round(k * alone, 3)})
+                             "K runs alone (fused) ms": round(k * alone, 3),
+                             "stacked vs alone": round(k * alone / h, 2),
+                             "masks' bound": round(alone / masks, 2) if masks else "none"})
                 print(f"{name} batch {batch} K={k}: autograd {a:.3f} ms, hand-written {h:.3f} ms -> {a / h:.2f}x; "
-                      f"{k} runs alone {k * alone:.3f} ms", flush=True)
+                      f"{k} runs alone {k * alone:.3f} ms ({k * alone / h:.2f}x)", flush=True)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
+    print("masks' bound: a run alone's step time over the time it spends drawing Dropout masks, the most a stack "
+          "that draws each model's masks as its run alone does can gain over running the K models one by one")
     print(f"load average at start {load0:.2f}, at the end {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
 
 
