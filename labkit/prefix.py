@@ -215,16 +215,16 @@ def compute_seconds(*results) -> float:
     (its ``wall_time_s`` is the time that training took to reach its last epoch); runs stacked
     into one training (:mod:`labkit.stack`) add that training's time once, and so does a run that
     several sweeps share (:func:`labkit.sweep.sweeps` trains it once and stores it in each: the same
-    checkpoint). A stack whose runs belong to several of the sweeps counts once per sweep."""
+    checkpoint), and so does a stack whose runs belong to several of the sweeps."""
     from .cache import ResultCache
     total, seen = 0.0, set()
+    stacks = {}  # stacked training -> its longest member's seconds, over all the sweeps
     for res in results:
         stored = [e["result"] for e in ResultCache(res.directory).entries() if isinstance(e.get("result"), dict)]
         taken = {r.get("best_ckpt") for r in stored if r.get("prefix_of")} - {None}
         # runs trained together as one stacked model (labkit.stack): that training counts once, as
         # long as its longest member took
         stacked = {r["best_ckpt"]: r["stacked_in"] for r in stored if r.get("stacked_in") and r.get("best_ckpt")}
-        stacks = {}
         for ckpt, seconds in zip(res.table["best_ckpt"], res.table["wall_time_s"]):
             if ckpt in taken or seconds != seconds or ckpt in seen:  # a prefix taken from a longer run;
                 continue  # NaN: diverged; or counted already (a run of an earlier sweep too)
@@ -234,8 +234,7 @@ def compute_seconds(*results) -> float:
                 stacks[stacked[ckpt]] = max(stacks.get(stacked[ckpt], 0.0), float(seconds))
             else:
                 total += float(seconds)
-        total += sum(stacks.values())
-    return total
+    return total + sum(stacks.values())
 
 
 __all__ = ["compute_seconds", "share", "groups", "shareable", "split", "plan_table", "Snapshots", "copy_checkpoint", "PREFIXES"]

@@ -123,6 +123,18 @@ def test_with_workers_and_stacks_the_results_match_separate_sweeps(data, tmp_pat
     _assert_same(together, apart, exact=False)
 
 
+def test_a_stack_spanning_two_sweeps_counts_once_in_compute_seconds(data, tmp_path, count_trainings):
+    trainings = count_trainings("learning_rate")
+    grid = {"learning_rate": [1e-3, 1e-2], "weight_decay": [0.0, 1e-3]}
+    together = sweeps("jsc-tiny", data, grid, data=data, workers=1, progress=False, root=tmp_path,
+                      learning_rate=1e-3, weight_decay=0.0, max_epochs=1, batch_size=256)
+    assert trainings == []  # 4 sweep runs, 3 distinct: one stacked training, none alone
+    stored = [json.loads(p.read_text())["result"] for r in together.values() for p in r.directory.glob("*.json")]
+    assert len({r["stacked_in"] for r in stored}) == 1
+    longest = max(r["wall_time_s"] for r in stored)
+    assert compute_seconds(*together.values()) == pytest.approx(longest)
+
+
 @pytest.mark.parametrize("grid, kwargs, error, words", [
     ([("batch_size", [64])], {}, TypeError, ["grid"]),
     ({}, {}, TypeError, ["grid"]),
