@@ -66,7 +66,7 @@ from .lock import project_lock
 from .progress import report
 from .checkpoints import archive_previous, model_and_name, project_dir, restore_previous
 from .fused import dropout_noise, leaves, probe_output
-from .lit import LitClassifier, NonFiniteLoss, _fused_adam_ok, count_optimizer_steps
+from .lit import Interrupted, LitClassifier, NonFiniteLoss, StopOnInterrupt, _fused_adam_ok, count_optimizer_steps
 from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
 from .settings import DEFAULTS, TrainSettings
 from .training import TrainingDiverged, _check_project, _data, check_fits, default_chunk, diverged_error
@@ -414,6 +414,15 @@ class _StackedLit(pl.LightningModule):
             # last.ckpt every epoch, as a single run's "last" checkpoint callback writes it
             self._save(dump, k, m, str(m.ckpt_dir / "last.ckpt"))
 
+    def save_last(self) -> int:
+        """Every run still training writes its last.ckpt now (Ctrl-C, see :class:`_StopStack`);
+        returns how many did."""
+        dump = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        live = [(k, m) for k, m in enumerate(self.live) if m.diverged is None]
+        for k, m in live:
+            self._save(dump, k, m, str(m.ckpt_dir / "last.ckpt"))
+        return len(live)
+
     def _save(self, dump, k, m, path):
         ckpt = dict(dump)
         ckpt["state_dict"] = {f"model.{name}": t for name, t in self.stack.state_dict(k).items()}
@@ -727,12 +736,35 @@ def _members(model, data, settings: list, projects: list):
     return members, nets
 
 
+class _StopStack(StopOnInterrupt):
+    """Ctrl-C in a stack, as in a run alone (:class:`~labkit.lit.StopOnInterrupt`): SIGINT only
+    sets a flag; at the next chunk or validation batch boundary every run still training writes
+    its ``last.ckpt`` (complete and loadable: an atomic write), then the fit stops."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def _stop(self, trainer, stage: str, save: bool):
+        if not self.requested:
+            return
+        self.where = f"in epoch {trainer.current_epoch + 1} ({stage}, after {trainer.global_step} steps)"
+        if save and trainer.global_step > 0:
+            written = trainer.lightning_module.save_last()
+            self.where += f"; last.ckpt of {written} stacked run(s) written"
+        else:
+            self.where += "; no checkpoint written yet"
+        raise Interrupted(self.where)
+
+
 def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> float:
-    """Fit the stack with every run's project locked; returns the wall time."""
-    with torch_flags_restored(), contextlib.ExitStack() as locks:
+    """Fit the stack with every run's project locked; returns the wall time. Ctrl-C stops it
+    between chunks with each run's last.ckpt written (:class:`_StopStack`) and raises a
+    one-line KeyboardInterrupt, as :func:`labkit.training.train` does."""
+    stop = _StopStack()
+    with torch_flags_restored(), contextlib.ExitStack() as locks, stop.catching_sigint():
         for m in members:
             locks.enter_context(project_lock(m.out.parent))
-        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1,
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=[stop],
                              logger=False, enable_checkpointing=False, enable_progress_bar=progress,
                              enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
         for m in members:
@@ -744,15 +776,20 @@ def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> fl
             with interruptible(), torch_threads(num_threads or 1), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")  # on purpose
                 trainer.fit(lit)
-        except BaseException:  # (Ctrl-C, an error) a run that wrote nothing gets its previous files back, as in train()
+        except BaseException as e:  # (Ctrl-C, an error) a run that wrote nothing gets its previous files back, as in train()
             for m in members:
                 restore_previous(m.ckpt_dir, m.archived)
+            if isinstance(e, Interrupted):
+                raise KeyboardInterrupt(f"stopped {e}") from None
             raise
         finally:
             for m in members:
                 for logger in m.loggers:
                     logger.finalize("success" if m.diverged is None else "failed")
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+    if stop.requested:  # Ctrl-C after the last step: the runs are complete, but stop here as asked
+        raise KeyboardInterrupt("training had just finished; the stacked runs' checkpoints are complete")
+    return wall
 
 
 def _result(m, data, batch_size: int, wall: float, n: int) -> dict:

@@ -159,9 +159,10 @@ def test_busy_project_on_the_command_line_is_exit_2_and_one_line(tmp_path):
 # -- Ctrl-C ----------------------------------------------------------------------------------
 
 
-def _interrupt_when(tmp_path, project, ready, *extra, timeout=60):
-    """Run a training, send SIGINT once ``ready(stdout_so_far, pid)`` is true; (rc, stdout, stderr, seconds to stop)."""
-    proc = subprocess.Popen(_train_args(project, *extra), env=_env(tmp_path), stdout=subprocess.PIPE,
+def _interrupt_when(tmp_path, project, ready, *extra, timeout=60, cmd=None):
+    """Run a training (``cmd``, default the CLI's train), send SIGINT once ``ready(stdout_so_far, pid)``
+    is true; (rc, stdout, stderr, seconds to stop)."""
+    proc = subprocess.Popen(cmd or _train_args(project, *extra), env=_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     out = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
@@ -213,6 +214,34 @@ def test_ctrl_c_during_training_stops_at_the_next_step_and_writes_last_ckpt(tmp_
     last = read_checkpoint(ckpt_dir / "last.ckpt")  # complete and loadable
     assert last["raw"]["global_step"] > 0
     assert not (ckpt_dir.parent.parent / LOCK_NAME).read_text()  # lock released
+
+
+STACK_SCRIPT = """
+import sys
+from labkit.data import load_dataset
+from labkit.stack import train_stacked
+data = load_dataset("jsc-synthetic", size=2000, progress=False)
+try:
+    train_stacked("jsc-tiny", data, [{"learning_rate": 1e-3}, {"learning_rate": 1e-2}], data=data, max_epochs=500,
+                  batch_size=16, chunk=1, projects=sys.argv[1:])
+except KeyboardInterrupt as e:
+    print(e, file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_in_a_stack_stops_at_the_next_chunk_and_writes_each_runs_last_ckpt(tmp_path):
+    dirs = [tmp_path / "outputs" / f"stack{k}" / "software" / "training_ckpts" for k in range(2)]
+    cmd = [sys.executable, "-c", STACK_SCRIPT, "stack0", "stack1"]
+    rc, out, err, took = _interrupt_when(tmp_path, None, lambda out, pid: (dirs[1] / "last.ckpt").exists(), cmd=cmd)
+    assert rc == 130, err
+    _no_traceback(err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "in epoch" in lines[0] and "last.ckpt of 2 stacked run(s)" in lines[0], err
+    assert took < 20
+    steps = {read_checkpoint(d / "last.ckpt")["raw"]["global_step"] for d in dirs}  # complete and loadable
+    assert len(steps) == 1 and steps.pop() > 0  # both written at the same step
+    assert all(not (d.parent.parent / LOCK_NAME).read_text() for d in dirs)  # locks released
 
 
 @pytest.mark.slow  # a dozen short runs
