@@ -197,8 +197,9 @@ class _Stack:
         """One training step of all K models without autograd: forward keeping what each layer's
         backward needs, the loss, the backward into ``grad_flat``, then :meth:`adam_step`.
         ``x`` ``[K, in, batch]`` (see :func:`feature_major`), ``y`` ``[batch, K]``; returns each
-        model's mean loss ``[K]`` and its predicted classes ``[K, batch]``. The result is autograd's (``losses.sum().backward()``
-        over :meth:`forward`) bit for bit: the same kernels on tensors of the same shapes and strides."""
+        model's mean loss ``[K]`` and its predicted classes ``[K, batch]``. The result is
+        autograd's (``losses.sum().backward()`` over :meth:`forward`) bit for bit: the same
+        kernels on tensors of the same shapes and strides."""
         saved, h = [], x
         for op in self.ops:
             h, keep = _forward_keeping(op, h, self.K, gens)
@@ -531,8 +532,8 @@ def _targets(y):
 
 
 def _losses(logits, y):
-    """``logits`` ``[K, C, rows]``, ``y`` ``[rows, K]`` -> per-row losses ``[K, rows]`` and the
-    predicted classes ``[K, rows]`` (first maximum, as ``argmax``)."""
+    """``logits`` ``[K, C, rows]``, ``y`` ``[rows, K]`` (or ``[rows]``, the same for all K) ->
+    per-row losses ``[K, rows]`` and the predicted classes ``[K, rows]`` (first maximum, as ``argmax``)."""
     yi = _targets(y).expand(len(logits), 1, -1)
     return _CrossEntropy.apply(logits, yi), logits.detach().max(1).indices
 
