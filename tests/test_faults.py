@@ -162,8 +162,11 @@ def test_busy_project_on_the_command_line_is_exit_2_and_one_line(tmp_path):
 def _interrupt_when(tmp_path, project, ready, *extra, timeout=60, cmd=None):
     """Run a training (``cmd``, default the CLI's train), send SIGINT once ``ready(stdout_so_far, pid)``
     is true; (rc, stdout, stderr, seconds to stop)."""
+    # SIGINT back to its default in the child: a shell starts background jobs with it ignored, and
+    # an ignored signal is inherited (then Python installs no handler and Ctrl-C does nothing)
     proc = subprocess.Popen(cmd or _train_args(project, *extra), env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
