@@ -236,11 +236,15 @@ class StopOnInterrupt(Callback):
             return
         self.where = f"in epoch {trainer.current_epoch + 1} ({stage}, after {trainer.global_step} steps)"
         if save and trainer.global_step > 0:
-            trainer.save_checkpoint(self.last_ckpt)  # written to a temp file, then renamed
-            self.where += f"; last.ckpt: {self.last_ckpt}"
+            self.where += f"; {self._write_last(trainer)}"
         else:
             self.where += "; no checkpoint written yet"
         raise Interrupted(self.where)
+
+    def _write_last(self, trainer) -> str:
+        """Write the run's last.ckpt now; says what was written (labkit.stack writes each run's)."""
+        trainer.save_checkpoint(self.last_ckpt)  # written to a temp file, then renamed
+        return f"last.ckpt: {self.last_ckpt}"
 
     def on_train_start(self, trainer, pl_module):
         self._stop(trainer, "starting", save=False)

@@ -133,10 +133,9 @@ class _Stack:
             owner.append(torch.arange(K).repeat_interleave(n))
             o += K * n
         self.owner = torch.cat(owner)  # element -> model
-        self.lrs = [float(x) for x in lrs]
-        self.lr = torch.tensor(self.lrs, dtype=torch.float32)[self.owner]  # each element's model's rate
+        self.lr = torch.tensor([float(x) for x in lrs], dtype=torch.float32)[self.owner]  # each element's model's rate
         self._update = torch.empty(total)  # Adam's update at learning rate 1 (see adam_step)
-        self._step = torch.tensor(float(steps))
+        self._step = torch.zeros(())  # the kernel reads the step count from a tensor: self.steps, copied in
         self.wd = torch.tensor([float(x) for x in wds], dtype=torch.float32)[self.owner]
         self.any_wd = any(float(x) != 0 for x in wds)
         self.steps = steps
@@ -217,7 +216,7 @@ class _Stack:
         then scaled by its own model's learning rate: 4 operations on whole buffers for any K,
         where a step per model would be K kernel calls."""
         self.steps += 1
-        self._step.add_(1)
+        self._step.fill_(self.steps)
         g = self.grad_flat
         if self.any_wd:
             g = torch.addcmul(g, self.flat, self.wd)  # grad + param * weight_decay, as the kernel adds it
@@ -412,13 +411,14 @@ class _StackedLit(pl.LightningModule):
                 ck.kth_best_model_path, ck.kth_value = best, score
                 ck.best_model_path, ck.best_model_score, ck.current_score = best, score, score
                 self._save(dump, k, m, best)
-            # last.ckpt every epoch, as a single run's "last" checkpoint callback writes it
-            self._save(dump, k, m, str(m.ckpt_dir / "last.ckpt"))
+        # last.ckpt every epoch, as a single run's "last" checkpoint callback writes it
+        self.save_last(dump)
 
-    def save_last(self) -> int:
-        """Every run still training writes its last.ckpt now (Ctrl-C, see :class:`_StopStack`);
-        returns how many did."""
-        dump = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+    def save_last(self, dump=None) -> int:
+        """Every run still training writes its last.ckpt now (each epoch, and on Ctrl-C: see
+        :class:`_StopStack`); returns how many did. ``dump``: the trainer's checkpoint, if made."""
+        if dump is None:
+            dump = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         live = [(k, m) for k, m in enumerate(self.live) if m.diverged is None]
         for k, m in live:
             self._save(dump, k, m, str(m.ckpt_dir / "last.ckpt"))
@@ -745,16 +745,8 @@ class _StopStack(StopOnInterrupt):
     def __init__(self):
         super().__init__(None)
 
-    def _stop(self, trainer, stage: str, save: bool):
-        if not self.requested:
-            return
-        self.where = f"in epoch {trainer.current_epoch + 1} ({stage}, after {trainer.global_step} steps)"
-        if save and trainer.global_step > 0:
-            written = trainer.lightning_module.save_last()
-            self.where += f"; last.ckpt of {written} stacked run(s) written"
-        else:
-            self.where += "; no checkpoint written yet"
-        raise Interrupted(self.where)
+    def _write_last(self, trainer) -> str:
+        return f"last.ckpt of {trainer.lightning_module.save_last()} stacked run(s) written"
 
 
 def _fit(lit, members: list, max_epochs: int, progress: bool, num_threads) -> float:
