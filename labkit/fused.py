@@ -27,6 +27,9 @@ one row with BatchNorm (autograd's path raises PyTorch's own error for it).
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn as nn
 
@@ -211,23 +214,108 @@ def _forward(op, h):
 
 def dropout_noise(p: float, B: int, K: int, C: int, gens, buffers=None):
     """Dropout's scaled mask ``[K, B, C]`` for K models, as F.dropout makes it on the CPU (ATen's
-    _dropout_impl: ``bernoulli_(1 - p)``, then ``div_(1 - p)``), model k's drawn from ``gens[k]``
-    into its own contiguous ``[B, C]`` block, so it is the mask its run alone would draw
-    (:mod:`labkit.stack`; here K = 1 and the global generator). Contiguous matters: ATen draws
-    into a strided view through a temporary and a copy, about 1.5x the time. ``p >= 1``: a
-    zero, and no random numbers drawn. ``buffers``: a dict to keep the mask's memory in from one
-    step to the next, by batch size."""
+    _dropout_impl: ``bernoulli_(1 - p)``, then ``div_(1 - p)``), model k's drawn from ``gens[k]``,
+    so it is the mask its run alone would draw (:mod:`labkit.stack`; here K = 1 and the global
+    generator). ``p >= 1``: a zero, and no random numbers drawn. ``buffers``: a dict to keep
+    the mask's memory in from one step to the next (see :class:`DropoutMasks`)."""
     if p >= 1:
         return torch.zeros(())
     if buffers is None:
         buffers = {}
-    if B not in buffers:
-        noise = torch.empty(K, B, C)
-        buffers[B] = noise, noise.unbind(0)
-    noise, views = buffers[B]
-    for view, g in zip(views, gens):
-        view.bernoulli_(1 - p, generator=g)
-    return noise.div_(1 - p)
+    if "masks" not in buffers:
+        buffers["masks"] = DropoutMasks([p], [C], K)
+    return buffers["masks"].draw(B, gens)[0]
+
+
+class DropoutMasks:
+    """All Dropout masks of one training step for K models, drawn together.
+
+    ``ps``, ``widths``: each Dropout layer's probability (0 < p < 1) and width, in the order
+    the forward applies them. :meth:`draw` returns each layer's scaled mask, model k's drawn
+    from ``gens[k]`` exactly as F.dropout would draw it there, layer after layer (ATen's
+    _dropout_impl: ``bernoulli_(1 - p)`` into a contiguous ``[B, C]``, then ``div_(1 - p)``).
+    ``feature_major``: masks ``[K, C, B]`` (the stack's layout), else ``[K, B, C]``.
+
+    Where :func:`bernoulli_as_integers` holds (ATen's default CPU kernel), a model's masks for
+    all layers come from ONE ``random_`` call on int64, the very 64-bit numbers the layers'
+    ``bernoulli_`` calls would draw one after another, then three whole-tensor operations for
+    all K models: about 5 ns an element, where ``bernoulli_`` and ``div_`` take about 11. The
+    last of them writes each mask in the layout it is used in, so the multiplications by it in
+    the forward and the backward read it contiguously. Elsewhere each layer's mask is drawn by
+    ``bernoulli_`` itself. Memory is kept from one step to the next, by batch size."""
+
+    def __init__(self, ps, widths, K: int, feature_major: bool = False):
+        self.ps, self.widths, self.K, self.feature_major = [float(p) for p in ps], list(widths), K, feature_major
+        self._buffers = {}
+
+    def draw(self, B: int, gens) -> list:
+        if not self.ps:
+            return []
+        if B not in self._buffers:
+            self._buffers[B] = self._allocate(B)
+        noise, draws, rows, kept = self._buffers[B]
+        if len(gens) != self.K or len({id(g) for g in gens}) != self.K:
+            raise ValueError(f"gens: {self.K} distinct generators needed, one per model (got {len(gens)})")
+        if not bernoulli_as_integers():
+            for k, g in enumerate(gens):
+                for p, d in zip(self.ps, draws):
+                    d[k].bernoulli_(1 - p, generator=g)
+            for p, d, n in zip(self.ps, draws, noise):
+                n.copy_(d.div_(1 - p).transpose(1, 2) if self.feature_major else d.div_(1 - p))
+            return noise
+        for row, g in zip(rows, gens):
+            row.random_(generator=g)
+        whole, parts = draws
+        whole.bitwise_and_(_LOW_53)
+        for p, d, kp, n in zip(self.ps, parts, kept, noise):
+            torch.lt(d, _threshold(1 - p), out=kp)
+            torch.mul(kp.transpose(1, 2) if self.feature_major else kp, _scale(1 - p), out=n)
+        return noise
+
+    def _allocate(self, B: int):
+        K, widths = self.K, self.widths
+        noise = [torch.empty(K, C, B) if self.feature_major else torch.empty(K, B, C) for C in widths]
+        if not bernoulli_as_integers():
+            draws = [torch.empty(K, B, C) for C in widths]  # each model's [B, C] contiguous
+            return noise, draws, None, None
+        whole = torch.empty(K, B * sum(widths), dtype=torch.int64)  # model k's draws: row k
+        parts, o = [], 0
+        for C in widths:
+            parts.append(whole[:, o:o + B * C].view(K, B, C))
+            o += B * C
+        kept = [torch.empty(K, B, C, dtype=torch.bool) for C in widths]
+        return noise, (whole, parts), whole.unbind(0), kept
+
+
+# ATen's default CPU bernoulli_(q) draws one 64-bit number r per element (random64, as random_
+# on int64 does: r mod 2^63) and keeps the element when the double (r mod 2^53) / 2^53 is below
+# q, i.e. when the integer r mod 2^53 is below q * 2^53 (exact: a power of two), which for an
+# integer is "below ceil(q * 2^53)".
+_LOW_53 = (1 << 53) - 1
+
+
+def _threshold(q: float) -> int:
+    return math.ceil(q * 2.0 ** 53)
+
+
+@functools.cache
+def _scale(q: float):
+    """The kept elements' value, 1 / q, rounded as ATen's ``div_`` rounds it in float32."""
+    return torch.ones(()).div_(q)
+
+
+@functools.cache
+def bernoulli_as_integers() -> bool:
+    """Whether this PyTorch build's CPU ``bernoulli_`` draws as described above, checked once
+    per process by drawing both ways from two equal generators: masks and generator states
+    must come out equal. MKL builds on Intel CPUs draw Bernoulli masks another way (one seed
+    from the generator, then MKL's own stream); there :func:`dropout_noise` calls
+    ``bernoulli_`` itself."""
+    g1, g2 = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
+    want = torch.empty(4, 257).bernoulli_(0.8, generator=g1).div_(0.8)
+    draws = torch.empty(4, 257, dtype=torch.int64).random_(generator=g2)
+    got = (draws.bitwise_and_(_LOW_53) < _threshold(0.8)) * _scale(0.8)
+    return torch.equal(want, got) and torch.equal(g1.get_state(), g2.get_state())
 
 
 def _backward(op, keep, g, grads, need_input: bool):

@@ -65,7 +65,7 @@ from .data.loaders import epoch_permutation
 from .lock import project_lock
 from .progress import report
 from .checkpoints import archive_previous, model_and_name, project_dir, restore_previous
-from .fused import dropout_noise, leaves, probe_output
+from .fused import DropoutMasks, dropout_noise, leaves, probe_output
 from .lit import Interrupted, LitClassifier, NonFiniteLoss, StopOnInterrupt, _fused_adam_ok, count_optimizer_steps
 from .runtime import interruptible, quiet_lightning, torch_flags_restored, torch_threads
 from .settings import DEFAULTS, TrainSettings
@@ -142,6 +142,7 @@ class _Stack:
         self.buffers = {}  # state-dict name -> [K, C] running statistics
         self.layers = self._layers(nets)  # (kind, module, tensors, their gradients: views into grad_flat)
         self.ops = [_prepared(layer) for layer in self.layers]  # what :meth:`step` reads, made once
+        self.masks = _dropout_masks(self.layers, K)  # every mask of a step, drawn at its start
         self._consts = {}  # the loss's constants, by batch size
         self.template = net0
 
@@ -199,9 +200,12 @@ class _Stack:
         model's mean loss ``[K]`` and its predicted classes ``[K, batch]``. The result is
         autograd's (``losses.sum().backward()`` over :meth:`forward`) bit for bit: the same
         kernels on tensors of the same shapes and strides."""
+        if x.shape[-1] < 2:
+            _refuse_one_row(self.ops, self.K)
         saved, h = [], x
+        masks = iter(self.masks.draw(x.shape[-1], gens))
         for op in self.ops:
-            h, keep = _forward_keeping(op, h, self.K, gens)
+            h, keep = _forward_keeping(op, h, self.K, masks)
             saved.append(keep)
         losses, preds, g = _loss_and_grad(h, y, self._consts)
         for i in range(len(self.ops) - 1, -1, -1):
@@ -561,12 +565,35 @@ def _prepared(layer):
         return kind, m, (w, w.transpose(1, 2), b.unsqueeze(2) if b is not None else None), grads
     if kind == "bn":
         return kind, m, tuple(x.detach().view(-1) for x in t), tuple(x.view(-1) for x in grads)
-    return kind, m, {}, ()  # Dropout: its masks' memory, by batch size
+    return kind, m, (), ()
 
 
-def _forward_keeping(op, h, K: int, gens):
+def _dropout_masks(layers, K: int) -> DropoutMasks:
+    """The masks of the chain's Dropout layers that draw any (0 < p < 1), feature-major."""
+    ps, widths = [], []
+    width = next((m.in_features if kind == "linear" else m.num_features for kind, m, *_ in layers
+                  if kind in ("linear", "bn")), None)
+    for kind, m, *_ in layers:
+        if kind == "linear":
+            width = m.out_features
+        elif kind == "dropout" and 0 < m.p < 1:
+            ps.append(m.p)
+            widths.append(width)
+    return DropoutMasks(ps, widths, K, feature_major=True)
+
+
+def _refuse_one_row(ops, K: int):
+    """F.batch_norm's error for one row in training, as the first BatchNorm raises it in
+    :meth:`_Stack.forward` and in a run alone; raised before anything is drawn or changed."""
+    for kind, m, t, _ in ops:
+        if kind == "bn":
+            F.batch_norm(torch.zeros(1, K * m.num_features, 1), t[2], t[3], t[0], t[1], True, m.momentum, m.eps)
+
+
+def _forward_keeping(op, h, K: int, masks):
     """One layer of :meth:`_Stack.step`'s forward (what :meth:`_Stack.forward` computes in
-    training) on ``h`` ``[K, features, batch]``: its output, and what its backward needs."""
+    training) on ``h`` ``[K, features, batch]``: its output, and what its backward needs.
+    ``masks``: an iterator over the step's Dropout masks (``[K, features, batch]``), in order."""
     kind, m, t, _ = op
     B = h.shape[-1]
     if kind == "linear":
@@ -574,8 +601,6 @@ def _forward_keeping(op, h, K: int, gens):
         return (torch.baddbmm(b, w, h) if b is not None else torch.bmm(w, h)), h
     if kind == "bn":
         rows = h.view(1, -1, B)
-        if B < 2:  # F.batch_norm's error for one row in training (a run alone raises it too)
-            F.batch_norm(rows, t[2], t[3], t[0], t[1], True, m.momentum, m.eps)
         # F.batch_norm's kernel in training (running statistics updated in place), with the
         # batch statistics it saves for the backward
         out, mean, invstd = torch.native_batch_norm(rows, *t, True, m.momentum, m.eps)
@@ -585,8 +610,7 @@ def _forward_keeping(op, h, K: int, gens):
         return out, out
     if m.p == 0:
         return h, None
-    noise = dropout_noise(m.p, B, K, h.shape[1], gens, t)
-    noise = noise if noise.dim() == 0 else noise.transpose(1, 2)  # [K, B, C] as [K, C, B]
+    noise = next(masks) if m.p < 1 else torch.zeros(())  # p = 1: all dropped, nothing drawn
     return h * noise, noise
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import labkit.fused as fused
 import labkit.lit as lit
 from labkit.fused import FusedStep
 from labkit.models import get_model
@@ -163,3 +164,31 @@ def test_train_uses_it_and_gets_autograds_result(small_data, monkeypatch):
         for i, s in a["optimizer_states"][0]["state"].items():
             for k, v in s.items():
                 assert torch.equal(v, b["optimizer_states"][0]["state"][i][k]), (which, i, k)
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+@pytest.mark.parametrize("integers", [True, False])
+def test_dropout_masks_are_the_masks_f_dropout_draws(integers, feature_major, monkeypatch):
+    """Every layer's mask, for each of K generators, equals what F.dropout draws from that
+    generator's state, layer after layer, and leaves the generator where F.dropout leaves it,
+    both through random_ on int64 (ATen's default kernel) and through bernoulli_ itself."""
+    if not integers:
+        monkeypatch.setattr(fused, "bernoulli_as_integers", lambda: False)
+    elif not fused.bernoulli_as_integers():
+        pytest.skip("this build's CPU bernoulli_ draws another way (MKL); masks come from bernoulli_ itself")
+    ps, widths, K, B = [0.2, 0.5, 0.999, 0.01], [7, 3, 5, 4], 3, 11
+    masks = fused.DropoutMasks(ps, widths, K, feature_major)
+    gens = [torch.Generator().manual_seed(40 + k) for k in range(K)]
+    saved = torch.get_rng_state()
+    for _ in range(2):  # the buffers kept from one step to the next
+        before = [g.get_state() for g in gens]
+        got = masks.draw(B, gens)
+        for k in range(K):
+            torch.set_rng_state(before[k])
+            for p, C, mask in zip(ps, widths, got):
+                want = F.dropout(torch.ones(B, C), p, training=True)
+                assert torch.equal(mask[k].t() if feature_major else mask[k], want), (p, k)
+            assert torch.equal(torch.get_rng_state(), gens[k].get_state())
+    torch.set_rng_state(saved)
+    with pytest.raises(ValueError, match="gens: 3 distinct generators"):
+        masks.draw(B, [gens[0], gens[0], gens[1]])
