@@ -269,7 +269,7 @@ class DropoutMasks:
         whole.bitwise_and_(_LOW_53)
         for p, d, kp, n in zip(self.ps, parts, kept, noise):
             torch.lt(d, _threshold(1 - p), out=kp)
-            torch.mul(kp.transpose(1, 2) if self.feature_major else kp, _scale(1 - p), out=n)
+            n.copy_(kp.transpose(1, 2) if self.feature_major else kp).mul_(_scale(1 - p))  # 1.5x a mul from bool
         return noise
 
     def _allocate(self, B: int):
