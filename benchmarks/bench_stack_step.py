@@ -7,7 +7,11 @@ thread; the two stacked ways are timed alternately, ``--repeats`` times, and the
 (the machine may be shared). Both give the same weights bit for bit (tests/test_stack.py).
 "masks' bound" is a run alone's step time over what it spends drawing its Dropout masks: a
 stacked model must draw each model's masks with those same calls, so no stack of these models
-can be faster than that many times running them one by one.
+can be faster than that many times running them one by one. "floor" is what the stacked step
+spends on the work no stack can share between its models, timed alone with the step's own
+kernels and shapes: every model's matrix products (forward, weight and input gradients) and
+its Dropout masks; "floor bound" is K runs alone over it, the most the stacked step could gain
+if everything else in it cost nothing.
 
     python benchmarks/bench_stack_step.py
     python benchmarks/bench_stack_step.py --models jsc-tiny --ks 1 6 16
@@ -84,6 +88,26 @@ def masks_ms(net, batch: int, steps: int) -> float:
     return ms_per_step(lambda: [dropout_noise(p, batch, 1, c, gen, b) for (p, c), b in zip(widths, bufs)], steps)
 
 
+def floor_ms(net, k: int, batch: int, steps: int) -> float:
+    """The stacked step's unshareable work alone: its masks and its matrix products."""
+    stack = _Stack([copy.deepcopy(net) for _ in range(k)], [1e-3] * k, [0.0] * k)
+    gens = [torch.Generator().manual_seed(j) for j in range(k)]
+    products = []
+    for i, (kind, m, t, _) in enumerate(stack.ops):
+        if kind == "linear":
+            w, wt, b = t
+            products.append((w, wt, b, torch.randn(k, m.in_features, batch), torch.randn(k, m.out_features, batch), i > 0))
+
+    def work():
+        stack.masks.draw(batch, gens)
+        for w, wt, b, h, g, need_input in products:
+            torch.baddbmm(b, w, h) if b is not None else torch.bmm(w, h)
+            torch.bmm(g, h.transpose(1, 2))
+            if need_input:
+                wt.bmm(g)
+    return ms_per_step(work, steps)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["jsc-tiny", "jsc-custom"])
@@ -108,17 +132,21 @@ def main():
                         t = stacked_ms(fn, net, k, batch, steps)
                         best[fn] = min(best.get(fn, t), t)
                 a, h = best[autograd_step], best[hand_written_step]
+                floor = min(floor_ms(net, k, batch, steps) for _ in range(args.repeats))
                 rows.append({"model": name, "batch": batch, "K": k, "autograd ms/step": round(a, 3),
                              "hand-written ms/step": round(h, 3), "speed-up": round(a / h, 2),
                              "K runs alone (fused) ms": round(k * alone, 3),
                              "stacked vs alone": round(k * alone / h, 2),
-                             "masks' bound": round(alone / masks, 2) if masks else "none"})
+                             "masks' bound": round(alone / masks, 2) if masks else "none",
+                             "floor ms": round(floor, 3), "floor bound": round(k * alone / floor, 2)})
                 print(f"{name} batch {batch} K={k}: autograd {a:.3f} ms, hand-written {h:.3f} ms -> {a / h:.2f}x; "
                       f"{k} runs alone {k * alone:.3f} ms ({k * alone / h:.2f}x)", flush=True)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
     print("masks' bound: a run alone's step time over the time it spends drawing Dropout masks, the most a stack "
           "that draws each model's masks as its run alone does can gain over running the K models one by one")
+    print("floor: the stacked step's matrix products and Dropout masks alone (work no stack shares between models); "
+          "floor bound: K runs alone over the floor, the most the stacked step could gain if nothing else cost")
     print(f"load average at start {load0:.2f}, at the end {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
 
 
