@@ -222,9 +222,10 @@ def dropout_noise(p: float, B: int, K: int, C: int, gens, buffers=None):
         return torch.zeros(())
     if buffers is None:
         buffers = {}
-    if "masks" not in buffers:
-        buffers["masks"] = DropoutMasks([p], [C], K)
-    return buffers["masks"].draw(B, gens)[0]
+    key = ("masks", p, K, C)
+    if key not in buffers:
+        buffers[key] = DropoutMasks([p], [C], K)
+    return buffers[key].draw(B, gens)[0]
 
 
 class DropoutMasks:
@@ -238,11 +239,12 @@ class DropoutMasks:
 
     Where :func:`bernoulli_as_integers` holds (ATen's default CPU kernel), a model's masks for
     all layers come from ONE ``random_`` call on int64, the very 64-bit numbers the layers'
-    ``bernoulli_`` calls would draw one after another, then three whole-tensor operations for
-    all K models: about 5 ns an element, where ``bernoulli_`` and ``div_`` take about 11. The
-    last of them writes each mask in the layout it is used in, so the multiplications by it in
-    the forward and the backward read it contiguously. Elsewhere each layer's mask is drawn by
-    ``bernoulli_`` itself. Memory is kept from one step to the next, by batch size."""
+    ``bernoulli_`` calls would draw one after another; then, for all K models at once, the low
+    53 bits are compared with the threshold and the result converted and scaled: about 5 ns an
+    element in all, where ``bernoulli_`` and ``div_`` take about 11. The conversion writes each
+    mask in the layout it is used in, so the multiplications by it in the forward and the
+    backward read it contiguously. Elsewhere each layer's mask is drawn by ``bernoulli_``
+    itself. ``gens``: K distinct generators. Memory is kept from one step to the next, by batch size."""
 
     def __init__(self, ps, widths, K: int, feature_major: bool = False):
         self.ps, self.widths, self.K, self.feature_major = [float(p) for p in ps], list(widths), K, feature_major
