@@ -375,4 +375,4 @@ def _same_forward(model: nn.Module, layers) -> bool:
     return want.shape == h.shape and torch.equal(want, h)
 
 
-__all__ = ["FusedStep", "dropout_noise", "leaves", "probe_output", "SEQUENTIAL"]
+__all__ = ["FusedStep", "DropoutMasks", "bernoulli_as_integers", "dropout_noise", "leaves", "probe_output", "SEQUENTIAL"]
