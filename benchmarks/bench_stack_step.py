@@ -27,7 +27,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from labkit.fused import FusedStep, dropout_noise, leaves
+from labkit.fused import FusedStep, dropout_noise
 from labkit.models import get_model
 from labkit.stack import _losses, _Stack
 
@@ -75,17 +75,13 @@ def masks_ms(net, batch: int, steps: int) -> float:
     """What a run alone spends per step drawing its Dropout masks (the same calls its step makes).
     A stack must draw each model's masks from its own generator with these very calls to equal
     its run alone, so K times this is a floor under a K-model stacked step."""
-    widths, width = [], 16
-    for _, m in leaves(net):
-        if isinstance(m, torch.nn.Linear):
-            width = m.out_features
-        elif isinstance(m, torch.nn.Dropout) and 0 < m.p < 1:
-            widths.append((m.p, width))
-    if not widths:
+    layers = _Stack([net], [0.0], [0.0]).masks  # the chain's Dropout layers that draw, and their widths
+    if not layers.ps:
         return 0.0
-    bufs = [{} for _ in widths]
+    bufs = [{} for _ in layers.ps]  # each layer's own memory, as in a run alone's step
     gen = [torch.Generator().manual_seed(0)]
-    return ms_per_step(lambda: [dropout_noise(p, batch, 1, c, gen, b) for (p, c), b in zip(widths, bufs)], steps)
+    return ms_per_step(lambda: [dropout_noise(p, batch, 1, c, gen, b)
+                                for p, c, b in zip(layers.ps, layers.widths, bufs)], steps)
 
 
 def floor_ms(net, k: int, batch: int, steps: int) -> float:

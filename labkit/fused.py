@@ -217,7 +217,8 @@ def dropout_noise(p: float, B: int, K: int, C: int, gens, buffers=None):
     _dropout_impl: ``bernoulli_(1 - p)``, then ``div_(1 - p)``), model k's drawn from ``gens[k]``,
     so it is the mask its run alone would draw (:mod:`labkit.stack`; here K = 1 and the global
     generator). ``p >= 1``: a zero, and no random numbers drawn. ``buffers``: a dict to keep
-    the mask's memory in from one step to the next (see :class:`DropoutMasks`)."""
+    the mask's memory in from one step to the next (see :class:`DropoutMasks`), one per layer:
+    the next draw from the same dict overwrites the mask."""
     if p >= 1:
         return torch.zeros(())
     if buffers is None:
@@ -263,7 +264,9 @@ class DropoutMasks:
                 for p, d in zip(self.ps, draws):
                     d[k].bernoulli_(1 - p, generator=g)
             for p, d, n in zip(self.ps, draws, noise):
-                n.copy_(d.div_(1 - p).transpose(1, 2) if self.feature_major else d.div_(1 - p))
+                d.div_(1 - p)
+                if self.feature_major:
+                    n.copy_(d.transpose(1, 2))
             return noise
         for row, g in zip(rows, gens):
             row.random_(generator=g)
@@ -277,8 +280,8 @@ class DropoutMasks:
     def _allocate(self, B: int):
         K, widths = self.K, self.widths
         noise = [torch.empty(K, C, B) if self.feature_major else torch.empty(K, B, C) for C in widths]
-        if not bernoulli_as_integers():
-            draws = [torch.empty(K, B, C) for C in widths]  # each model's [B, C] contiguous
+        if not bernoulli_as_integers():  # drawn into each model's contiguous [B, C]: the masks themselves if batch-major
+            draws = [torch.empty(K, B, C) for C in widths] if self.feature_major else noise
             return noise, draws, None, None
         whole = torch.empty(K, B * sum(widths), dtype=torch.int64)  # model k's draws: row k
         parts, o = [], 0
